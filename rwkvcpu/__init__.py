@@ -1,0 +1,1 @@
+"""rwkvcpu: RWKV-7 inference in NumPy + Numba."""

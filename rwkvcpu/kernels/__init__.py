@@ -1,0 +1,1 @@
+"""Numba kernels (cpu), their NumPy references, and quantized block formats."""
