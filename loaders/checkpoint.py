@@ -87,6 +87,14 @@ class QTensor:
     def nbytes(self) -> int:
         return int(self.raw.nbytes)
 
+    @property
+    def row_bytes(self) -> np.ndarray:
+        """The raw rows as uint8 [rows, row_bytes] (a view of the file), for the kernels."""
+        rb = self.__dict__.get("_row_bytes")
+        if rb is None:
+            rb = self.__dict__["_row_bytes"] = dq.as_row_bytes(self.raw)
+        return rb
+
     def dequantize(self, r0: int = 0, r1: int | None = None) -> np.ndarray:
         """Rows [r0, r1) as float32 [rows, cols]."""
         return dq.dequantize(self.raw[r0:r1], self.qtype, self.shape[1])

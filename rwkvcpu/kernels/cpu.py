@@ -1,0 +1,195 @@
+"""Numba CPU kernels of the RWKV-7 forward pass.
+
+Each kernel has a NumPy twin in ``reference.py`` and a test comparing them
+(``tests/kernels/test_cpu_kernels.py``).  Sequences in a batch are laid out as
+consecutive rows of one ``[T_total, C]`` activation matrix; ``seg_start``,
+``seg_len`` and ``seg_slot`` say which rows belong to which sequence and which
+state-cache slot that sequence owns.  A kernel touches only the slots named
+there, so one sequence's state can never reach another's.
+
+``fastmath`` is limited to ``reassoc``/``contract`` on dot products (summation
+order); decay and state are float32 everywhere and never use approximate
+math functions.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import dequant as dq
+
+DOT_FLAGS = {"reassoc", "contract"}
+
+
+@njit(cache=True, parallel=True)
+def layer_norm(x, w, b, eps, out):
+    T, C = x.shape
+    for t in prange(T):
+        mu = np.float32(0.0)
+        for j in range(C):
+            mu += x[t, j]
+        mu /= C
+        var = np.float32(0.0)
+        for j in range(C):
+            d = x[t, j] - mu
+            var += d * d
+        var /= C
+        inv = np.float32(1.0) / np.sqrt(var + np.float32(eps))
+        for j in range(C):
+            out[t, j] = (x[t, j] - mu) * inv * w[j] + b[j]
+
+
+@njit(cache=True, parallel=True)
+def group_norm(x, w, b, n_head, eps, out):
+    T, C = x.shape
+    N = C // n_head
+    for job in prange(T * n_head):
+        t = job // n_head
+        o = (job % n_head) * N
+        mu = np.float32(0.0)
+        for j in range(N):
+            mu += x[t, o + j]
+        mu /= N
+        var = np.float32(0.0)
+        for j in range(N):
+            d = x[t, o + j] - mu
+            var += d * d
+        var /= N
+        inv = np.float32(1.0) / np.sqrt(var + np.float32(eps))
+        for j in range(N):
+            out[t, o + j] = (x[t, o + j] - mu) * inv * w[o + j] + b[o + j]
+
+
+@njit(cache=True, parallel=True)
+def l2_normalize_heads(x, n_head, eps, out):
+    T, C = x.shape
+    N = C // n_head
+    for job in prange(T * n_head):
+        t = job // n_head
+        o = (job % n_head) * N
+        s = np.float32(0.0)
+        for j in range(N):
+            s += x[t, o + j] * x[t, o + j]
+        n = max(np.sqrt(s), np.float32(eps))
+        for j in range(N):
+            out[t, o + j] = x[t, o + j] / n
+
+
+@njit(cache=True)
+def token_shift(x, seg_start, seg_len, seg_slot, cache_rows, off, prev):
+    """prev[t] = x[t-1] within each sequence; its first row takes the slot's saved row
+    ``cache_rows[slot, off:off+C]``, which is then replaced by the sequence's last row."""
+    C = x.shape[1]
+    for s in range(seg_start.shape[0]):
+        t0 = seg_start[s]
+        n = seg_len[s]
+        slot = seg_slot[s]
+        for j in range(C):
+            prev[t0, j] = cache_rows[slot, off + j]
+        for t in range(t0 + 1, t0 + n):
+            for j in range(C):
+                prev[t, j] = x[t - 1, j]
+        for j in range(C):
+            cache_rows[slot, off + j] = x[t0 + n - 1, j]
+
+
+@njit(cache=True, parallel=True)
+def lerps(x, prev, mixes, out):
+    """out[m, t] = x[t] + (prev[t] - x[t]) * mixes[m] for each of the M mix vectors."""
+    M = mixes.shape[0]
+    T, C = x.shape
+    for t in prange(T):
+        for j in range(C):
+            d = prev[t, j] - x[t, j]
+            for m in range(M):
+                out[m, t, j] = x[t, j] + d * mixes[m, j]
+
+
+@njit(cache=True, parallel=True, fastmath=DOT_FLAGS)
+def wkv7(r, w, k, v, a, b, seg_start, seg_len, seg_slot, S, y):
+    """The WKV7 recurrence over every sequence x head, in parallel.
+
+    r, w, k, v, a, b, y: [T_total, H, N] float32;  S: [n_slots, H, N, N] float32,
+    S[slot, h, i, j]: value channel i, key channel j.  Per token:
+    S <- S * w[j] + (S @ a)[i] * b[j] + v[i] * k[j];  y[i] = S[i, :] . r
+    """
+    H = r.shape[1]
+    N = r.shape[2]
+    for job in prange(seg_start.shape[0] * H):
+        s = job // H
+        h = job % H
+        St = S[seg_slot[s], h]
+        sa = np.empty(N, dtype=np.float32)
+        for t in range(seg_start[s], seg_start[s] + seg_len[s]):
+            at = a[t, h]
+            bt = b[t, h]
+            wt = w[t, h]
+            kt = k[t, h]
+            rt = r[t, h]
+            for i in range(N):
+                acc = np.float32(0.0)
+                for j in range(N):
+                    acc += St[i, j] * at[j]
+                sa[i] = acc
+            for i in range(N):
+                vi = v[t, h, i]
+                si = sa[i]
+                acc = np.float32(0.0)
+                for j in range(N):
+                    sij = St[i, j] * wt[j] + si * bt[j] + vi * kt[j]
+                    St[i, j] = sij
+                    acc += sij * rt[j]
+                y[t, h, i] = acc
+
+
+# --- matrix products on weights in their file encoding ---------------------------
+
+ROWS_PER_TASK = 16
+
+
+@njit(cache=True, parallel=True, fastmath=DOT_FLAGS)
+def qmatmul_small(qtype, raw, x, out, kv, f16_lut):
+    """out[t, r] = dequant(raw[r]) . x[t] for a few rows of x (decode): weights streamed once.
+
+    raw: uint8 [rows, row_bytes]; x: float32 [T, cols]; out: float32 [T, rows].
+    """
+    rows = raw.shape[0]
+    T, cols = x.shape
+    ntask = (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for task in prange(ntask):
+        buf = np.empty(cols, dtype=np.float32)
+        r1 = min(rows, (task + 1) * ROWS_PER_TASK)
+        for r in range(task * ROWS_PER_TASK, r1):
+            dq.dequant_row(qtype, raw[r], buf, kv, f16_lut)
+            for t in range(T):
+                acc = np.float32(0.0)
+                for j in range(cols):
+                    acc += buf[j] * x[t, j]
+                out[t, r] = acc
+
+
+SMALL_T = 4              # up to this many rows of x: fused kernel; above: dequantized tiles + BLAS
+TILE_BYTES = 2 << 20     # float32 bytes of one dequantized weight tile
+
+
+def matmul(x: np.ndarray, W, out: np.ndarray | None = None) -> np.ndarray:
+    """x [T, in] float32 times the weight W (a QTensor, [out, in]) transposed -> [T, out]."""
+    rows, cols = W.shape
+    T = x.shape[0]
+    if out is None:
+        out = np.empty((T, rows), dtype=np.float32)
+    if W.qtype == dq.F32:
+        np.matmul(x, W.raw.T, out=out)
+        return out
+    raw = W.row_bytes
+    if T <= SMALL_T:
+        qmatmul_small(W.qtype, raw, np.ascontiguousarray(x), out, dq.KVALUES_IQ4, dq.F16_LUT)
+        return out
+    tile = max(1, TILE_BYTES // (4 * cols))
+    buf = np.empty((min(tile, rows), cols), dtype=np.float32)
+    for r0 in range(0, rows, tile):
+        r1 = min(rows, r0 + tile)
+        b = buf[: r1 - r0]
+        dq.dequant_rows(W.qtype, raw[r0:r1], b, dq.KVALUES_IQ4, dq.F16_LUT)
+        np.matmul(x, b.T, out=out[:, r0:r1])
+    return out

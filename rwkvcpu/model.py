@@ -1,0 +1,231 @@
+"""The RWKV-7 ("x070") forward pass on the CPU kernels.
+
+One code path serves prefill (T tokens of a sequence at once: every projection
+a [T, C] matrix product, the recurrence inside the WKV kernel), decode (T = 1)
+and batches of independent sequences (their rows concatenated; each sequence
+owns one slot of a ``StateCache``).
+
+``rec``: an optional callable ``rec(name, array)`` that receives every
+intermediate under the name llama.cpp's graph gives it (``attn_norm-0``,
+``ffn_inp-0``, ...; see ``rwkvcpu/debug.py``).  When it is ``None`` (the
+default) nothing is copied or formatted.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from rwkvcpu.kernels import cpu as K
+from rwkvcpu.kernels.reference import DECAY_SCALE, GROUP_NORM_EPS, L2_EPS
+from rwkvcpu.loaders import Checkpoint, load
+from rwkvcpu.state import State, StateCache
+
+PREFILL_CHUNK = 512      # tokens per forward call on long prompts (bounds activation memory)
+
+
+def _sigmoid(x):
+    return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
+
+
+class Model:
+    """A loaded RWKV-7 model.  ``Model.load(path)``; ``forward(tokens, state)``."""
+
+    def __init__(self, ckpt: Checkpoint, threads: int | None = None):
+        self.ckpt = ckpt
+        self.hparams = hp = ckpt.hparams
+        self.weights = ckpt.weights
+        self.set_threads(threads)
+        # The six time-mix lerps of each layer stacked once: one kernel call per layer.
+        self._mixes = [np.stack([L.x_r, L.x_w, L.x_k, L.x_v, L.x_a, L.x_g]) for L in self.weights.layers]
+        self._tokenizer = None
+        self.n_vocab = hp.vocab_size
+
+    @classmethod
+    def load(cls, path: str, threads: int | None = None, vocab: str | None = None) -> "Model":
+        return cls(load(path, vocab=vocab), threads=threads)
+
+    @staticmethod
+    def set_threads(threads: int | None) -> None:
+        import numba
+        if threads is None:
+            env = os.environ.get("RWKVCPU_THREADS")
+            threads = int(env) if env else None
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from rwkvcpu.tokenizer import Tokenizer
+            if self.ckpt.vocab is None:
+                raise ValueError(f"{self.ckpt.path}: no vocabulary (give a World vocab .txt with vocab=...)")
+            self._tokenizer = Tokenizer(self.ckpt.vocab)
+        return self._tokenizer
+
+    def new_state(self) -> State:
+        return State.for_model(self.hparams)
+
+    def new_cache(self, n_slots: int) -> StateCache:
+        return StateCache.for_model(self.hparams, n_slots)
+
+    # --- public entry points -------------------------------------------------------
+    def forward(self, tokens, state: State | None = None, all_logits: bool = False, rec=None):
+        """Advance one sequence.  Returns (logits, state): logits [V] of the last token,
+        or [T, V] with ``all_logits``; ``state`` is updated in place (a new one if None)."""
+        tokens = self._check_tokens(tokens)
+        if state is None:
+            state = self.new_state()
+        state.check_compatible(self.hparams)
+        if len(tokens) == 0:
+            raise ValueError("forward() needs at least one token")
+        outs = []
+        for c0 in range(0, len(tokens), PREFILL_CHUNK):
+            chunk = tokens[c0:c0 + PREFILL_CHUNK]
+            last = c0 + PREFILL_CHUNK >= len(tokens)
+            if not (all_logits or last):
+                self._run(chunk, [0], [len(chunk)], [0], state, out_rows=np.empty(0, np.int64), rec=rec)
+                continue
+            rows = np.arange(len(chunk)) if all_logits else np.array([len(chunk) - 1])
+            outs.append(self._run(chunk, [0], [len(chunk)], [0], state, rows, rec))
+        logits = np.concatenate(outs) if all_logits else outs[-1][0]
+        return logits, state
+
+    def forward_batch(self, seqs, cache: StateCache, slots, all_logits: bool = False, rec=None):
+        """Advance several independent sequences in one pass; seqs[i] uses cache slot slots[i].
+
+        Returns a list with, per sequence, logits [V] of its last token ([T_i, V] with
+        ``all_logits``), or None for a sequence given no tokens (its state is untouched).
+        """
+        if len(seqs) != len(slots):
+            raise ValueError(f"{len(seqs)} sequences but {len(slots)} slots")
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"slots must be distinct (got {list(slots)}): two sequences cannot share a state")
+        cache.check_compatible(self.hparams)
+        for s in slots:
+            cache._slot(s)
+        seqs = [self._check_tokens(t) for t in seqs]
+        live = [i for i, t in enumerate(seqs) if len(t)]
+        if not live:
+            return [None] * len(seqs)
+        lens = [len(seqs[i]) for i in live]
+        starts = np.cumsum([0] + lens[:-1])
+        flat = np.concatenate([seqs[i] for i in live])
+        if all_logits:
+            rows = np.arange(len(flat))
+        else:
+            rows = np.array([s + n - 1 for s, n in zip(starts, lens)])
+        logits = self._run(flat, starts, lens, [slots[i] for i in live], cache, rows, rec)
+        out = [None] * len(seqs)
+        pos = 0
+        for j, i in enumerate(live):
+            if all_logits:
+                out[i] = logits[pos:pos + lens[j]]
+                pos += lens[j]
+            else:
+                out[i] = logits[j]
+        return out
+
+    def _check_tokens(self, tokens) -> np.ndarray:
+        t = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if t.size and (t.min() < 0 or t.max() >= self.n_vocab):
+            bad = int(t[(t < 0) | (t >= self.n_vocab)][0])
+            raise ValueError(f"token id {bad} is outside this model's vocabulary [0, {self.n_vocab})")
+        return t
+
+    # --- the forward pass ---------------------------------------------------------
+    def _run(self, tokens, seg_start, seg_len, seg_slot, cache: StateCache, out_rows, rec):
+        hp, W = self.hparams, self.weights
+        H, N, C = hp.n_head, hp.head_size, hp.n_embd
+        seg_start = np.asarray(seg_start, dtype=np.int64)
+        seg_len = np.asarray(seg_len, dtype=np.int64)
+        seg_slot = np.asarray(seg_slot, dtype=np.int64)
+        T = len(tokens)
+
+        x = W.emb.rows(tokens)                                   # embd
+        if rec:
+            rec("embd", x)
+        x = self._ln(x, W.ln0_w, W.ln0_b)
+        v_first = None
+        last = len(W.layers) - 1
+        for il, L in enumerate(W.layers):
+            if rec:
+                rec(f"cache_r_l{il}.in", cache.r[il, seg_slot].copy())
+                rec(f"cache_s_l{il}.in", cache.s[il, seg_slot].copy())
+            # --- time mix --------------------------------------------------------
+            xa = self._ln(x, L.ln1_w, L.ln1_b)
+            if rec:
+                rec(f"attn_norm-{il}", xa)
+            prev = np.empty_like(xa)
+            K.token_shift(xa, seg_start, seg_len, seg_slot, cache.r[il], 0, prev)
+            mixed = np.empty((6, T, C), dtype=np.float32)
+            K.lerps(xa, prev, self._mixes[il], mixed)
+            xr, xw, xk, xv, xaa, xg = mixed
+            r = K.matmul(xr, L.receptance)
+            w = np.exp(np.float32(-DECAY_SCALE) * _sigmoid(L.w0 + np.tanh(xw @ L.w1.T) @ L.w2.T))
+            k = K.matmul(xk, L.key)
+            v = K.matmul(xv, L.value)
+            if il == 0:
+                v_first = v
+            else:
+                v = v + (v_first - v) * _sigmoid(L.v0 + (xv @ L.v1.T) @ L.v2.T)
+            a = _sigmoid(L.a0 + (xaa @ L.a1.T) @ L.a2.T)
+            g = _sigmoid(xg @ L.g1.T) @ L.g2.T
+            kk = np.empty_like(k)
+            K.l2_normalize_heads(k * L.k_k, H, L2_EPS, kk)
+            k = k * (np.float32(1.0) + (a - np.float32(1.0)) * L.k_a)
+            if rec:
+                rec(f"r-{il}", r), rec(f"w-{il}", w), rec(f"k-{il}", k), rec(f"v-{il}", v)
+                rec(f"a-{il}", a), rec(f"g-{il}", g), rec(f"kk-{il}", kk)
+            y = np.empty((T, H, N), dtype=np.float32)
+            sh = (T, H, N)
+            K.wkv7(r.reshape(sh), w.reshape(sh), k.reshape(sh), v.reshape(sh),
+                   (-kk).reshape(sh), (kk * a).reshape(sh),
+                   seg_start, seg_len, seg_slot, cache.s[il], y)
+            y = y.reshape(T, C)
+            if rec:
+                rec(f"wkv_out-{il}", y)
+                rec(f"cache_s_l{il}.out", cache.s[il, seg_slot].copy())
+            yn = np.empty_like(y)
+            K.group_norm(y, L.ln_x_w, L.ln_x_b, H, GROUP_NORM_EPS, yn)
+            bonus = (r * k * L.r_k).reshape(sh).sum(-1, keepdims=True) * v.reshape(sh)
+            att = K.matmul((yn + bonus.reshape(T, C)) * g, L.output)
+            x = x + att
+            if rec:
+                rec(f"att_out-{il}", att)
+                rec(f"ffn_inp-{il}", x)
+            # --- channel mix -------------------------------------------------------
+            xf = self._ln(x, L.ln2_w, L.ln2_b)
+            if rec:
+                rec(f"ffn_norm-{il}", xf)
+            prev = np.empty_like(xf)
+            K.token_shift(xf, seg_start, seg_len, seg_slot, cache.r[il], C, prev)
+            if rec:
+                rec(f"cache_r_l{il}.out", cache.r[il, seg_slot].copy())
+            if il == last:            # only the rows whose logits are wanted go further
+                x, xf, prev = x[out_rows], xf[out_rows], prev[out_rows]
+                if len(out_rows) == 0:
+                    break
+            kf = xf + (prev - xf) * L.ffn_x_k
+            hidden = K.matmul(kf, L.ffn_key)
+            np.maximum(hidden, 0, out=hidden)
+            hidden *= hidden
+            x = x + K.matmul(hidden, L.ffn_value)
+            if rec:
+                rec(f"l_out-{il}", x)
+        np.add.at(cache.n_tokens, seg_slot, seg_len)
+        if len(out_rows) == 0:
+            return np.empty((0, hp.vocab_size), dtype=np.float32)
+        xo = self._ln(x, W.ln_out_w, W.ln_out_b)
+        logits = K.matmul(xo, W.head)
+        if rec:
+            rec("result_norm", xo)
+            rec("result_output", logits)
+        return logits
+
+    def _ln(self, x, w, b):
+        out = np.empty_like(x)
+        K.layer_norm(x, w, b, np.float32(self.hparams.norm_eps), out)
+        return out

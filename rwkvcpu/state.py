@@ -1,0 +1,255 @@
+"""Recurrent state: a fixed set of slots laid out like llama.cpp's recurrent memory.
+
+THE LAYOUT (the only one in this project; every other layout is converted here)
+-------------------------------------------------------------------------------
+``StateCache.r``: float32 ``[n_layer, n_slots, 2 * n_embd]``
+    ``r[il, slot]`` is byte for byte the row of that cell in llama.cpp's
+    ``cache_r_l{il}``: ``[0:C]`` the attention token-shift state (the ``ln1``
+    output of the sequence's last token), ``[C:2C]`` the channel-mix
+    token-shift state (the ``ln2`` output of the last token).
+``StateCache.s``: float32 ``[n_layer, n_slots, H, N, N]``
+    ``s[il, slot, h, i, j]``: head ``h``, **row i = value channel, column j =
+    key channel**.  Flattened per slot it is byte for byte the row of llama.cpp's
+    ``cache_s_l{il}`` (``n_embd * head_size`` floats) and equals RWKV-LM / rwkv
+    pip's ``att_kv[h, i, j]``.  flash-linear-attention stores the transpose
+    (``[B, H, K, V]``): use ``to_fla`` / ``from_fla``, never a bare ``.T``.
+
+Decay and state are float32 always.  A ``State`` is a one-slot cache.
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+LLAMA_STATE_MAGIC = 0xAF13A4D8   # first u32 of llama_state_seq_get_data for a sequence
+
+
+class StateError(ValueError):
+    """A state does not fit the model, or its bytes are not a valid state."""
+
+
+class StateCache:
+    def __init__(self, n_layer: int, n_embd: int, head_size: int, n_slots: int = 1):
+        if n_embd % head_size:
+            raise StateError(f"n_embd {n_embd} is not divisible by head_size {head_size}")
+        self.n_layer, self.n_embd, self.head_size = n_layer, n_embd, head_size
+        self.n_head = n_embd // head_size
+        self.r = np.zeros((n_layer, n_slots, 2 * n_embd), dtype=np.float32)
+        self.s = np.zeros((n_layer, n_slots, self.n_head, head_size, head_size), dtype=np.float32)
+        self.n_tokens = np.zeros(n_slots, dtype=np.int64)   # tokens processed per slot
+
+    @classmethod
+    def for_model(cls, hp, n_slots: int = 1) -> "StateCache":
+        return cls(hp.n_layer, hp.n_embd, hp.head_size, n_slots)
+
+    # --- shape -----------------------------------------------------------------
+    @property
+    def n_slots(self) -> int:
+        return self.r.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.r.nbytes + self.s.nbytes
+
+    def shape_key(self) -> tuple:
+        return (self.n_layer, self.n_embd, self.head_size)
+
+    def check_compatible(self, hp, what: str = "state") -> None:
+        if self.shape_key() != (hp.n_layer, hp.n_embd, hp.head_size):
+            raise StateError(
+                f"{what} is for a model with n_layer={self.n_layer}, n_embd={self.n_embd}, "
+                f"head_size={self.head_size}; this model has n_layer={hp.n_layer}, "
+                f"n_embd={hp.n_embd}, head_size={hp.head_size}")
+
+    def _slot(self, slot: int) -> int:
+        if not 0 <= slot < self.n_slots:
+            raise StateError(f"slot {slot} out of range (this cache has {self.n_slots} slots)")
+        return slot
+
+    # --- llama.cpp-style memory operations ------------------------------------------
+    def clear(self, slot: int | None = None) -> None:
+        """Zero one slot (or all): the state of a sequence that has seen no token."""
+        sl = slice(None) if slot is None else self._slot(slot)
+        self.r[:, sl] = 0
+        self.s[:, sl] = 0
+        self.n_tokens[sl] = 0
+
+    def copy_slot(self, src: int, dst: int) -> None:
+        """dst <- src (llama_memory_seq_cp): fork a sequence, e.g. from a shared prefix."""
+        self.r[:, self._slot(dst)] = self.r[:, self._slot(src)]
+        self.s[:, dst] = self.s[:, src]
+        self.n_tokens[dst] = self.n_tokens[src]
+
+    def keep_only(self, slot: int) -> None:
+        """Clear every slot but one (llama_memory_seq_keep)."""
+        self._slot(slot)
+        for i in range(self.n_slots):
+            if i != slot:
+                self.clear(i)
+
+    def extract(self, slot: int) -> "State":
+        st = State(self.n_layer, self.n_embd, self.head_size)
+        st.r[:, 0] = self.r[:, self._slot(slot)]
+        st.s[:, 0] = self.s[:, slot]
+        st.n_tokens[0] = self.n_tokens[slot]
+        return st
+
+    def assign(self, slot: int, state: "StateCache", src_slot: int = 0) -> None:
+        if state.shape_key() != self.shape_key():
+            raise StateError(f"state of shape {state.shape_key()} does not fit a cache of shape {self.shape_key()}")
+        self.r[:, self._slot(slot)] = state.r[:, src_slot]
+        self.s[:, slot] = state.s[:, src_slot]
+        self.n_tokens[slot] = state.n_tokens[src_slot]
+
+    # --- per-layer views of one slot (no copies) ---------------------------------
+    def att_x_prev(self, slot: int = 0) -> np.ndarray:
+        return self.r[:, slot, : self.n_embd]
+
+    def ffn_x_prev(self, slot: int = 0) -> np.ndarray:
+        return self.r[:, slot, self.n_embd:]
+
+    def wkv(self, slot: int = 0) -> np.ndarray:
+        """[n_layer, H, N_v, N_k]."""
+        return self.s[:, slot]
+
+    def cache_r_l(self, il: int) -> np.ndarray:
+        """The bytes of llama.cpp's ``cache_r_l{il}`` buffer (all slots), as float32 [n_slots * 2C]."""
+        return self.r[il].reshape(-1)
+
+    def cache_s_l(self, il: int) -> np.ndarray:
+        return self.s[il].reshape(-1)
+
+
+class State(StateCache):
+    """The state of one sequence: a one-slot StateCache."""
+
+    def __init__(self, n_layer: int, n_embd: int, head_size: int):
+        super().__init__(n_layer, n_embd, head_size, 1)
+
+    @classmethod
+    def for_model(cls, hp, n_slots: int = 1) -> "State":
+        return cls(hp.n_layer, hp.n_embd, hp.head_size)
+
+    def copy(self) -> "State":
+        st = State(self.n_layer, self.n_embd, self.head_size)
+        st.r[:] = self.r
+        st.s[:] = self.s
+        st.n_tokens[:] = self.n_tokens
+        return st
+
+    def max_abs_diff(self, other: "State") -> dict:
+        if self.shape_key() != other.shape_key():
+            raise StateError("states of different shapes cannot be compared")
+        return {"att_x_prev": float(np.abs(self.att_x_prev() - other.att_x_prev()).max()),
+                "ffn_x_prev": float(np.abs(self.ffn_x_prev() - other.ffn_x_prev()).max()),
+                "wkv": float(np.abs(self.wkv() - other.wkv()).max())}
+
+    def allclose(self, other: "State", atol: float = 0.0) -> bool:
+        return max(self.max_abs_diff(other).values()) <= atol
+
+    # --- converters to other tools' layouts ------------------------------------------
+    def to_rwkv_pip(self) -> list[np.ndarray]:
+        """rwkv pip / ChatRWKV list: per layer [att_x_prev [C], att_kv [H, N, N], ffn_x_prev [C]]."""
+        out = []
+        for il in range(self.n_layer):
+            out += [self.att_x_prev()[il].copy(), self.wkv()[il].copy(), self.ffn_x_prev()[il].copy()]
+        return out
+
+    @classmethod
+    def from_rwkv_pip(cls, items) -> "State":
+        items = [np.asarray(x, dtype=np.float32) for x in items]
+        if len(items) % 3 or not items:
+            raise StateError(f"an rwkv pip state has 3 tensors per layer; got {len(items)}")
+        L = len(items) // 3
+        att_kv = items[1]
+        if att_kv.ndim != 3 or att_kv.shape[1] != att_kv.shape[2]:
+            raise StateError(f"rwkv pip att_kv must be [H, N, N]; got {list(att_kv.shape)}")
+        H, N, _ = att_kv.shape
+        st = cls(L, H * N, N)
+        for il in range(L):
+            a, kv, f = items[3 * il: 3 * il + 3]
+            if a.reshape(-1).shape[0] != H * N or f.reshape(-1).shape[0] != H * N or kv.shape != (H, N, N):
+                raise StateError(f"rwkv pip state layer {il} has inconsistent shapes "
+                                 f"{list(a.shape)}, {list(kv.shape)}, {list(f.shape)}")
+            st.att_x_prev()[il] = a.reshape(-1)
+            st.wkv()[il] = kv
+            st.ffn_x_prev()[il] = f.reshape(-1)
+        return st
+
+    def to_fla(self) -> np.ndarray:
+        """flash-linear-attention layout: [n_layer, B=1, H, K, V] (the transpose of ours)."""
+        return np.ascontiguousarray(self.wkv().transpose(0, 1, 3, 2))[:, None]
+
+    @classmethod
+    def from_fla(cls, wkv_fla, att_x_prev, ffn_x_prev) -> "State":
+        """wkv_fla: [n_layer, (1,) H, K, V]; the token-shift rows [n_layer, C]."""
+        w = np.asarray(wkv_fla, dtype=np.float32)
+        if w.ndim == 5:
+            w = w[:, 0]
+        L, H, K, V = w.shape
+        st = cls(L, H * K, K)
+        st.wkv()[:] = w.transpose(0, 1, 3, 2)
+        st.att_x_prev()[:] = np.asarray(att_x_prev, dtype=np.float32).reshape(L, -1)
+        st.ffn_x_prev()[:] = np.asarray(ffn_x_prev, dtype=np.float32).reshape(L, -1)
+        return st
+
+    def to_llama_seq_bytes(self, seq_id: int = 0) -> bytes:
+        """The bytes ``llama_state_seq_get_data`` returns for one RWKV sequence (f32 cache)."""
+        C = self.n_embd
+        pos = int(self.n_tokens[0]) - 1
+        parts = [struct.pack("<Ii", LLAMA_STATE_MAGIC, seq_id), struct.pack("<I", 1),
+                 struct.pack("<iI", pos, 0), struct.pack("<II", 0, self.n_layer)]
+        for il in range(self.n_layer):
+            parts += [struct.pack("<iQ", 0, 2 * C * 4), self.r[il, 0].astype("<f4").tobytes()]
+        for il in range(self.n_layer):
+            parts += [struct.pack("<iQ", 0, C * self.head_size * 4), self.s[il, 0].astype("<f4").tobytes()]
+        return b"".join(parts)
+
+    @classmethod
+    def from_llama_seq_bytes(cls, data: bytes, n_embd: int, head_size: int, where: str = "state") -> "State":
+        """Parse ``llama_state_seq_get_data`` bytes of one RWKV sequence (f32 cache)."""
+        mv = memoryview(bytes(data))
+        off = 0
+
+        def take(fmt):
+            nonlocal off
+            size = struct.calcsize(fmt)
+            if off + size > len(mv):
+                raise StateError(f"{where}: llama.cpp state truncated at byte {off} (needs {size} more)")
+            vals = struct.unpack_from(fmt, mv, off)
+            off += size
+            return vals
+
+        magic, _seq = take("<Ii")
+        if magic != LLAMA_STATE_MAGIC:
+            raise StateError(f"{where}: not a llama.cpp sequence state (magic {magic:#x}, expected {LLAMA_STATE_MAGIC:#x})")
+        (cells,) = take("<I")
+        if cells != 1:
+            raise StateError(f"{where}: llama.cpp state holds {cells} cells; an RWKV sequence has exactly 1")
+        pos, n_seq = take("<iI")
+        take(f"<{n_seq}i") if n_seq else None
+        s_trans, n_layer = take("<II")
+        if s_trans:
+            raise StateError(f"{where}: transposed (s_trans=1) llama.cpp state is not supported")
+        st = cls(n_layer, n_embd, head_size)
+        for kind, row in (("r_l", 2 * n_embd), ("s_l", n_embd * head_size)):
+            for il in range(n_layer):
+                ttype, nbytes = take("<iQ")
+                if ttype != 0:
+                    raise StateError(f"{where}: {kind} of layer {il} has ggml type {ttype}; only f32 (0) caches are supported")
+                if nbytes != row * 4:
+                    raise StateError(f"{where}: {kind} of layer {il} holds {nbytes} bytes, expected {row * 4} "
+                                     f"(model shape mismatch?)")
+                if off + nbytes > len(mv):
+                    raise StateError(f"{where}: llama.cpp state truncated in {kind} of layer {il}")
+                arr = np.frombuffer(mv[off: off + nbytes], dtype="<f4")
+                off += nbytes
+                if kind == "r_l":
+                    st.r[il, 0] = arr
+                else:
+                    st.s[il, 0] = arr.reshape(st.n_head, head_size, head_size)
+        if off != len(mv):
+            raise StateError(f"{where}: {len(mv) - off} unexpected bytes after the llama.cpp state")
+        st.n_tokens[0] = pos + 1
+        return st
