@@ -71,6 +71,13 @@ class Model:
     def new_cache(self, n_slots: int) -> StateCache:
         return StateCache.for_model(self.hparams, n_slots)
 
+    def generate(self, prompt, state: State | None = None, **kw):
+        """Iterator of text pieces; ``kw`` as ``rwkvcpu.generate.stream_generate``."""
+        from rwkvcpu.generate import stream_generate
+        for r in stream_generate(self, prompt, state=state, **kw):
+            if r.text:
+                yield r.text
+
     # --- public entry points -------------------------------------------------------
     def forward(self, tokens, state: State | None = None, all_logits: bool = False, rec=None):
         """Advance one sequence.  Returns (logits, state): logits [V] of the last token,

@@ -253,3 +253,121 @@ class State(StateCache):
             raise StateError(f"{where}: {len(mv) - off} unexpected bytes after the llama.cpp state")
         st.n_tokens[0] = pos + 1
         return st
+
+
+# --- the state file format ------------------------------------------------------------
+#
+# A ``.npz`` (zip; read with allow_pickle=False) holding:
+#   header   : uint8 bytes of a JSON object {format, version, arch, n_layer, n_embd,
+#              head_size, shape_hash, dtype, n_tokens, sha256, ...}
+#   r, s     : the layout above for one slot, stored as float32 / float16 / bfloat16 bits
+#   tokens   : optional int64 token ids the state has consumed (for prompt caching)
+# ``sha256`` covers the stored bytes of r, s (and tokens), so truncation or corruption
+# is detected before a state is used.  Writes go to a temporary file, then an atomic rename.
+
+STATE_FORMAT = "rwkvcpu-state"
+STATE_VERSION = 1
+STORE_DTYPES = ("f32", "f16", "bf16")
+
+
+def _encode(a: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "f32":
+        return a.astype("<f4")
+    if dtype == "f16":
+        return a.astype("<f2")
+    u = a.astype("<f4").view("<u4")
+    return ((u + np.uint32(0x7FFF) + ((u >> 16) & 1)) >> 16).astype("<u2")   # round to nearest even
+
+
+def _decode(a: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "bf16":
+        return (a.astype("<u4") << 16).view("<f4")
+    return a.astype(np.float32)
+
+
+def _digest(*arrays) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def atomic_write(path: str, write) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    import os
+    import tempfile
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".rwkvcpu-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_state(path: str, state: StateCache, slot: int = 0, dtype: str = "f32",
+               tokens=None, extra: dict | None = None) -> None:
+    import json
+    if dtype not in STORE_DTYPES:
+        raise StateError(f"state dtype must be one of {STORE_DTYPES}, got {dtype!r}")
+    r = _encode(state.r[:, slot], dtype)
+    s = _encode(state.s[:, slot], dtype)
+    arrays = {"r": r, "s": s}
+    if tokens is not None:
+        arrays["tokens"] = np.asarray(tokens, dtype="<i8")
+    header = {"format": STATE_FORMAT, "version": STATE_VERSION, "arch": "rwkv7",
+              "n_layer": state.n_layer, "n_embd": state.n_embd, "head_size": state.head_size,
+              "shape_hash": _shape_hash(state), "dtype": dtype,
+              "n_tokens": int(state.n_tokens[slot]), "sha256": _digest(*arrays.values())}
+    header.update(extra or {})
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _shape_hash(state: StateCache) -> str:
+    import hashlib
+    import json
+    key = {"arch": "rwkv7", "n_layer": state.n_layer, "n_embd": state.n_embd, "head_size": state.head_size}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_state(path: str, hp=None) -> tuple[State, dict]:
+    """Read a state file; verify its checksum and (if ``hp`` is given) that it fits the model."""
+    import json
+    import zipfile
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = set(z.files)
+            if "header" not in files:
+                raise StateError(f"{path}: not an rwkvcpu state file (no header)")
+            header = json.loads(bytes(z["header"]).decode())
+            arrays = {k: z[k] for k in ("r", "s", "tokens") if k in files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        if isinstance(e, StateError):
+            raise
+        raise StateError(f"{path}: unreadable state file ({type(e).__name__}: {e}); truncated or corrupted?") from None
+    if header.get("format") != STATE_FORMAT:
+        raise StateError(f"{path}: not an rwkvcpu state file (format {header.get('format')!r})")
+    if header.get("version", 0) > STATE_VERSION:
+        raise StateError(f"{path}: state format version {header['version']} is newer than this rwkvcpu ({STATE_VERSION})")
+    if "r" not in arrays or "s" not in arrays:
+        raise StateError(f"{path}: state file lacks its r/s arrays")
+    digest = _digest(*[arrays[k] for k in ("r", "s", "tokens") if k in arrays])
+    if digest != header.get("sha256"):
+        raise StateError(f"{path}: checksum mismatch: the state file is corrupted")
+    st = State(int(header["n_layer"]), int(header["n_embd"]), int(header["head_size"]))
+    if arrays["r"].shape != st.r[:, 0].shape or arrays["s"].shape != st.s[:, 0].shape:
+        raise StateError(f"{path}: array shapes do not match the header")
+    st.r[:, 0] = _decode(arrays["r"], header["dtype"])
+    st.s[:, 0] = _decode(arrays["s"], header["dtype"])
+    st.n_tokens[0] = int(header.get("n_tokens", 0))
+    if hp is not None:
+        st.check_compatible(hp, f"state file {path}")
+    header["tokens"] = arrays["tokens"].tolist() if "tokens" in arrays else None
+    return st, header

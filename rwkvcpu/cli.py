@@ -1,0 +1,308 @@
+"""``rwkvcpu`` command line: a thin shell over the Python API (flags named as llama.cpp's)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+from rwkvcpu.loaders import LoadError
+from rwkvcpu.registry import RegistryError
+from rwkvcpu.state import StateError
+
+
+class UserError(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None):
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+# --- shared options -------------------------------------------------------------------
+
+def model_options(f):
+    f = click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
+                     help="Threads for the kernels (default: all cores).")(f)
+    f = click.option("--vocab", type=click.Path(dir_okay=False), default=None,
+                     help="World vocabulary .txt for a .pth model (found beside it if omitted).")(f)
+    f = click.option("-m", "--model", "model_arg", default=None,
+                     help="Model file (.gguf or .pth) or a name from models.toml.")(f)
+    return f
+
+
+def sampling_options(f):
+    opts = [
+        click.option("--temp", type=float, default=1.0, show_default=True, help="Temperature; 0 = greedy."),
+        click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0 = off."),
+        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.85, show_default=True),
+        click.option("--min-p", type=click.FloatRange(0, 1), default=0.0, show_default=True),
+        click.option("--repeat-penalty", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
+        click.option("--repeat-last-n", type=click.IntRange(min=0), default=64, show_default=True),
+        click.option("--presence-penalty", type=float, default=0.0, show_default=True),
+        click.option("--frequency-penalty", type=float, default=0.0, show_default=True),
+        click.option("--penalty-decay", type=click.FloatRange(0, 1, min_open=True), default=0.996, show_default=True,
+                     help="RWKV-style decay of the presence/frequency counts per token."),
+        click.option("-s", "--seed", type=int, default=None, help="RNG seed (reproducible sampling)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def sampler_from(kw):
+    from rwkvcpu.sampling import Sampler, SamplerParams
+    return Sampler(SamplerParams(
+        temperature=kw["temp"], top_k=kw["top_k"], top_p=kw["top_p"], min_p=kw["min_p"],
+        repeat_penalty=kw["repeat_penalty"], repeat_last_n=kw["repeat_last_n"],
+        presence_penalty=kw["presence_penalty"], frequency_penalty=kw["frequency_penalty"],
+        penalty_decay=kw["penalty_decay"], seed=kw["seed"]))
+
+
+def open_model(model_arg, vocab=None, threads=None):
+    from rwkvcpu.model import Model
+    from rwkvcpu.registry import resolve_model
+    if model_arg is None:
+        from rwkvcpu import bundled
+        model_arg = bundled.default_model_path()
+    path, reg_vocab = resolve_model(model_arg)
+    _compile_notice()
+    return Model.load(path, threads=threads, vocab=vocab or reg_vocab)
+
+
+def _compile_notice():
+    """Say so once when kernels are about to be compiled for the first time on this machine."""
+    from rwkvcpu.kernels import cpu
+    cache_dir = os.path.join(os.path.dirname(cpu.__file__), "__pycache__")
+    cached = os.path.isdir(cache_dir) and any(n.startswith("cpu.") and n.endswith(".nbi")
+                                              for n in os.listdir(cache_dir))
+    if not cached and not os.environ.get("NUMBA_CACHE_DIR"):
+        click.echo("rwkvcpu: compiling kernels for this machine (first run only, ~1 minute)...", err=True)
+
+
+# --- commands ---------------------------------------------------------------------------
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rwkvcpu")
+def cli():
+    """RWKV-7 inference in NumPy + Numba: GGUF and .pth, llama.cpp-compatible states and logs."""
+
+
+@cli.command()
+@model_options
+@click.option("-p", "--prompt", default=None, help="Prompt text.")
+@click.option("-f", "--file", "prompt_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Read the prompt from a file.")
+@click.option("-n", "--n-predict", type=click.IntRange(min=0), default=128, show_default=True,
+              help="Tokens to generate.")
+@click.option("--stop", multiple=True, help="Stop string (repeatable).")
+@click.option("--no-display-prompt", is_flag=True, help="Do not echo the prompt.")
+@click.option("--state-in", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start from a saved state (rwkvcpu state file).")
+@click.option("--state-out", type=click.Path(dir_okay=False), default=None,
+              help="Save the final state here (atomic write).")
+@sampling_options
+def generate(model_arg, vocab, threads, prompt, prompt_file, n_predict, stop, no_display_prompt,
+             state_in, state_out, **kw):
+    """Generate text, streaming it as it is produced; speeds go to stderr."""
+    from rwkvcpu.generate import stream_generate
+    from rwkvcpu.state import load_state, save_state
+    if prompt is None and prompt_file is None:
+        raise UserError("give a prompt with -p TEXT or -f FILE")
+    if prompt_file:
+        prompt = open(prompt_file, encoding="utf-8").read()
+    m = open_model(model_arg, vocab, threads)
+    state = load_state(state_in, m.hparams)[0] if state_in else m.new_state()
+    if not no_display_prompt:
+        click.echo(prompt, nl=False)
+    last = None
+    for r in stream_generate(m, prompt, state=state, max_tokens=n_predict,
+                             sampler=sampler_from(kw), stop=stop):
+        if r.text:
+            click.echo(r.text, nl=False)
+        last = r
+    click.echo()
+    if last is not None:
+        click.echo(f"prompt: {last.prompt_tokens} tokens, {last.prompt_tps:.1f} tok/s | "
+                   f"generation: {last.generation_tokens} tokens, {last.generation_tps:.1f} tok/s",
+                   err=True)
+    if state_out:
+        save_state(state_out, state)
+        click.echo(f"state saved to {state_out}", err=True)
+
+
+CHAT_HELP = "Commands: /save FILE, /load FILE, /reset, /quit"
+
+
+@cli.command()
+@model_options
+@click.option("-n", "--n-predict", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Maximum tokens per reply.")
+@click.option("--system", default=None, help="Optional system prompt (prepended once).")
+@click.option("--state-in", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Resume a conversation state saved with /save.")
+@sampling_options
+def chat(model_arg, vocab, threads, n_predict, system, state_in, **kw):
+    """Multi-turn chat in RWKV's format; the state carries the conversation (history is never re-read)."""
+    from rwkvcpu.generate import stream_generate
+    from rwkvcpu.state import load_state, save_state
+    m = open_model(model_arg, vocab, threads)
+    state = load_state(state_in, m.hparams)[0] if state_in else m.new_state()
+    sampler = sampler_from(kw)
+    pending = f"System: {system.strip()}\n\n" if system else ""
+    click.echo(CHAT_HELP, err=True)
+    while True:
+        try:
+            line = click.prompt("User", prompt_suffix=": ", default="", show_default=False)
+        except (EOFError, click.Abort):
+            click.echo()
+            return
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            cmd, _, arg = line.partition(" ")
+            arg = arg.strip()
+            try:
+                if cmd == "/quit":
+                    return
+                if cmd == "/reset":
+                    state = m.new_state()
+                    pending = f"System: {system.strip()}\n\n" if system else ""
+                    click.echo("(conversation reset)", err=True)
+                elif cmd == "/save" and arg:
+                    save_state(arg, state)
+                    click.echo(f"(state saved to {arg}: {int(state.n_tokens[0])} tokens of context)", err=True)
+                elif cmd == "/load" and arg:
+                    state = load_state(arg, m.hparams)[0]
+                    pending = ""
+                    click.echo(f"(state loaded from {arg}: {int(state.n_tokens[0])} tokens of context)", err=True)
+                else:
+                    click.echo(CHAT_HELP, err=True)
+            except (StateError, OSError) as e:
+                click.echo(f"error: {e}", err=True)
+            continue
+        # Normalise as ChatRWKV does: no blank lines inside a turn (they end turns).
+        text = "\n".join(x for x in line.replace("\r\n", "\n").split("\n") if x.strip())
+        prompt = f"{pending}User: {text}\n\nAssistant:"
+        pending = ""
+        click.echo("Assistant:", nl=False)
+        for r in stream_generate(m, prompt, state=state, max_tokens=n_predict, sampler=sampler,
+                                 stop=("\n\n",)):
+            click.echo(r.text, nl=False)
+            if r.finish_reason == "length":
+                # The reply was cut: close the turn so the next "User:" starts cleanly.
+                m.forward(m.tokenizer.encode("\n\n"), state)
+        click.echo("\n")
+
+
+@cli.command()
+@model_options
+@click.option("-f", "--file", "text_file", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="Text to score.")
+@click.option("--chunk", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Tokens per forward call; the state is carried across chunks.")
+@click.option("--max-tokens", type=click.IntRange(min=2), default=None, help="Score only the first N tokens.")
+def perplexity(model_arg, vocab, threads, text_file, chunk, max_tokens):
+    """Perplexity of a text file (every token after the first is scored, state carried across chunks)."""
+    from rwkvcpu.generate import perplexity as ppl
+    m = open_model(model_arg, vocab, threads)
+    ids = m.tokenizer.encode(open(text_file, encoding="utf-8").read())
+    if max_tokens:
+        ids = ids[:max_tokens]
+    if len(ids) < 2:
+        raise UserError(f"{text_file}: needs at least 2 tokens of text")
+    t0 = time.perf_counter()
+    with click.progressbar(length=len(ids) - 1, label="scoring", file=sys.stderr) as bar:
+        res = ppl(m, ids, chunk=chunk, progress=bar.update)
+    dt = time.perf_counter() - t0
+    click.echo(f"tokens: {res['tokens']}  chunk: {chunk} (state carried across chunks)  "
+               f"nll: {res['nll']:.4f}  ppl: {res['ppl']:.4f}  ({res['tokens'] / dt:.1f} tok/s)")
+
+
+@cli.command()
+@click.argument("file", type=click.Path())
+@click.option("--vocab", type=click.Path(dir_okay=False), default=None)
+def info(file, vocab):
+    """Architecture, hyper-parameters, tensor table, bytes by type, state size."""
+    from rwkvcpu.loaders import load
+    from rwkvcpu.registry import resolve_model
+    path, reg_vocab = resolve_model(file)
+    ck = load(path, vocab=vocab or reg_vocab)
+    hp = ck.hparams
+    click.echo(f"file:          {path} ({ck.format}, {os.path.getsize(path):,} bytes)")
+    click.echo(f"architecture:  {hp.arch}")
+    for k, v in hp.as_dict().items():
+        if k != "arch":
+            click.echo(f"{k + ':':<14} {v}")
+    click.echo(f"vocabulary:    {len(ck.vocab) if ck.vocab else 'none (pass --vocab)'} tokens")
+    sb = hp.state_floats * 4
+    click.echo(f"state/seq:     {sb:,} bytes float32 ({hp.n_layer} layers x (2x{hp.n_embd} token shift"
+               f" + {hp.n_head}x{hp.head_size}x{hp.head_size} wkv))")
+    by_type: dict[str, int] = {}
+    for _, t, _, nb in ck.tensor_table:
+        by_type[t] = by_type.get(t, 0) + nb
+    click.echo("bytes by type: " + ", ".join(f"{t} {nb:,}" for t, nb in sorted(by_type.items(), key=lambda x: -x[1])))
+    click.echo(f"\n{'tensor':<40} {'type':<6} shape")
+    for name, t, shape, _ in ck.tensor_table:
+        click.echo(f"{name:<40} {t:<6} {list(shape)}")
+
+
+@cli.group()
+def models():
+    """Known RWKV-7 releases (models.toml): list, pull."""
+
+
+@models.command("list")
+def models_list():
+    from rwkvcpu.registry import load_registry, local_path, registry_path
+    reg = load_registry()
+    click.echo(f"# {registry_path()}")
+    for name, e in reg["models"].items():
+        here = "pulled" if local_path(e).exists() else ""
+        click.echo(f"{name:<14} {e.get('format', ''):<5} {e.get('shape', ''):<10} {here:<7} {e.get('description', '')}")
+
+
+@models.command("pull")
+@click.argument("name")
+def models_pull(name):
+    """Download a model (resumable, verified, never a half file under the final name)."""
+    from rwkvcpu.registry import pull
+    state = {"bar": None}
+
+    def progress(done, total):
+        if total and not state["bar"]:
+            state["bar"] = click.progressbar(length=total, label=name, file=sys.stderr)
+            state["bar"].__enter__()
+            state["bar"].update(done)
+            state["done"] = done
+        elif state["bar"]:
+            state["bar"].update(done - state["done"])
+            state["done"] = done
+    try:
+        paths = pull(name, progress=progress)
+    finally:
+        if state["bar"]:
+            state["bar"].__exit__(None, None, None)
+    for p in paths:
+        click.echo(str(p))
+
+
+def main(argv=None):
+    """Entry point: known errors become one line on stderr and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="rwkvcpu", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
+    except (LoadError, StateError, RegistryError, ValueError, OSError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Each Numba CPU kernel against its NumPy reference (kernels/reference.py)."""
+import numpy as np
+import pytest
+
+from rwkvcpu.kernels import cpu as K
+from rwkvcpu.kernels import dequant as dq
+from rwkvcpu.kernels import reference as R
+from loaders.checkpoint import QTensor
+
+rng = np.random.default_rng(0)
+# float32 kernels vs float32/64 NumPy: differences are summation-order rounding,
+# a few ulps of the O(1) values here -> 1e-5 absolute.
+TOL = 1e-5
+
+
+def rand(*shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def test_layer_norm():
+    x, w, b = rand(7, 96, scale=3), rand(96), rand(96)
+    out = np.empty_like(x)
+    K.layer_norm(x, w, b, np.float32(1e-5), out)
+    np.testing.assert_allclose(out, R.layer_norm(x.astype(np.float64), w, b, 1e-5), atol=TOL)
+
+
+def test_group_norm():
+    x, w, b = rand(5, 128), rand(128), rand(128)
+    out = np.empty_like(x)
+    K.group_norm(x, w, b, 2, np.float32(64e-5), out)
+    np.testing.assert_allclose(out, R.group_norm(x.astype(np.float64), w, b, 2), atol=TOL)
+
+
+def test_l2_normalize_heads_including_zero_vector():
+    x = rand(3, 128)
+    x[1, :64] = 0.0                      # a zero head must not become NaN (eps guard)
+    out = np.empty_like(x)
+    K.l2_normalize_heads(x, 2, np.float32(1e-12), out)
+    np.testing.assert_allclose(out, R.l2_normalize_heads(x.astype(np.float64), 2), atol=TOL)
+    assert np.all(out[1, :64] == 0)
+
+
+def test_token_shift_and_lerps_per_segment():
+    x = rand(6, 8)
+    cache = rand(3, 16)
+    before = cache.copy()
+    prev = np.empty_like(x)
+    # two sequences: rows 0-3 use slot 2, rows 4-5 use slot 0; slot 1 untouched
+    K.token_shift(x, np.array([0, 4]), np.array([4, 2]), np.array([2, 0]), cache, 8, prev)
+    np.testing.assert_array_equal(prev[0:4], R.token_shift(x[0:4], before[2, 8:]))
+    np.testing.assert_array_equal(prev[4:6], R.token_shift(x[4:6], before[0, 8:]))
+    np.testing.assert_array_equal(cache[2, 8:], x[3])
+    np.testing.assert_array_equal(cache[0, 8:], x[5])
+    np.testing.assert_array_equal(cache[1], before[1])
+    np.testing.assert_array_equal(cache[:, :8], before[:, :8])
+    mixes = rng.random((6, 8)).astype(np.float32)
+    out = np.empty((6, 6, 8), np.float32)
+    K.lerps(x, prev, mixes, out)
+    for m in range(6):
+        np.testing.assert_allclose(out[m], R.lerp(x, prev, mixes[m]), atol=1e-6)
+
+
+def test_wkv7_matches_reference_for_each_sequence_of_a_batch():
+    H, N = 2, 16
+    lens = [5, 1, 3]
+    T = sum(lens)
+    r, k, v = rand(T, H, N), rand(T, H, N), rand(T, H, N)
+    w = np.exp(-0.6 * rng.random((T, H, N))).astype(np.float32)
+    kk = rand(T, H, N)
+    kk /= np.linalg.norm(kk, axis=-1, keepdims=True)
+    a_ = rng.random((T, H, N)).astype(np.float32)
+    S = rand(4, H, N, N, scale=0.1)
+    S0 = S.copy()
+    y = np.empty_like(r)
+    starts = np.cumsum([0] + lens[:-1])
+    slots = np.array([3, 0, 1])
+    K.wkv7(r, w, k, v, -kk, kk * a_, starts, np.array(lens), slots, S, y)
+    for s0, n, slot in zip(starts, lens, slots):
+        Sref = S0[slot].astype(np.float64)
+        sl = slice(s0, s0 + n)
+        yref = R.wkv7(r[sl], w[sl], k[sl], v[sl], -kk[sl], (kk * a_)[sl], Sref)
+        np.testing.assert_allclose(y[sl], yref, atol=TOL)
+        np.testing.assert_allclose(S[slot], Sref, atol=TOL)
+    np.testing.assert_array_equal(S[2], S0[2])       # the slot no sequence named is untouched
+
+
+@pytest.mark.parametrize("T", [1, 3, 9])
+@pytest.mark.parametrize("qtype", [dq.F32, dq.F16, dq.BF16, dq.Q8_0, dq.Q4_0])
+def test_matmul_all_paths(qtype, T):
+    """Fused small-T kernel and tiled BLAS path both equal x @ dequant(W).T."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+    rows, cols = 70, 64
+    Wf = rand(rows, cols)
+    if qtype == dq.F32:
+        raw = Wf
+    elif qtype == dq.F16:
+        raw = Wf.astype(np.float16)
+    elif qtype == dq.BF16:
+        raw = quantize(Wf, GGMLQuantizationType.BF16).view(np.uint16)
+    else:
+        raw = quantize(Wf, GGMLQuantizationType(qtype))
+    W = QTensor("w", qtype, (rows, cols), raw)
+    x = rand(T, cols)
+    ref = x.astype(np.float64) @ W.dequantize().astype(np.float64).T
+    np.testing.assert_allclose(K.matmul(x, W), ref, atol=1e-4)
