@@ -22,7 +22,8 @@ import struct
 
 import numpy as np
 
-LLAMA_STATE_MAGIC = 0xAF13A4D8   # first u32 of llama_state_seq_get_data for a sequence
+LLAMA_STATE_MAGIC = 0xAF143CD8   # io_magic of llama_state_seq_get_data (llama-context.cpp); the
+#                                  fixtures README writes 0xAF13A4D8, but its bytes and llama.cpp say this
 
 
 class StateError(ValueError):

@@ -1,0 +1,155 @@
+"""The forward pass against rwkv pip and llama.cpp, and the invariants every RWKV port must keep."""
+import json
+
+import numpy as np
+import pytest
+
+from rwkvcpu.kernels import reference as R
+from rwkvcpu.state import State
+from tests.conftest import GGUF_TYPES, fixture_model, require_fixtures
+
+# A float32 runtime on the file's exact weights must match the exact-dequantization
+# reference to ~1e-4 (fixtures README); the issue sets 2e-4 over all 64 positions.
+EXACT_TOL = 2e-4
+
+
+def test_pth_matches_rwkv_pip_every_position(pth_model, pip_ref):
+    for seq in ("seq1", "seq16", "seqlong"):
+        logits, st = pth_model.forward(pip_ref[f"{seq}_tokens"], all_logits=True)
+        ref = pip_ref[f"{seq}_logits"].reshape(logits.shape)
+        assert np.abs(logits - ref).max() <= EXACT_TOL, seq
+
+
+def test_pth_final_state_matches_rwkv_pip(pth_model, pip_ref):
+    _, st = pth_model.forward(pip_ref["seqlong_tokens"])
+    pip = State.from_rwkv_pip(sum(([pip_ref["seqlong_state_att_x_prev"][i], pip_ref["seqlong_state_wkv"][i],
+                                    pip_ref["seqlong_state_ffn_x_prev"][i]] for i in range(3)), []))
+    d = st.max_abs_diff(pip)
+    # rwkv pip vs llama.cpp agree to 1.4e-6 (x_prev) and 7.6e-6 (wkv) on this state (README)
+    assert d["att_x_prev"] < 1e-5 and d["ffn_x_prev"] < 1e-5 and d["wkv"] < 5e-5, d
+
+
+@pytest.mark.parametrize("typ", GGUF_TYPES)
+def test_gguf_matches_exact_reference_and_sits_near_llama(typ):
+    fx = require_fixtures()
+    ref = np.load(fx / f"ref-llama-tiny-rwkv7-{typ}.npz")
+    m = fixture_model(f"tiny-rwkv7-{typ}.gguf")
+    logits, _ = m.forward(ref["seqlong_tokens"], all_logits=True)
+    exact, llama = ref["seqlong_exact_logits"], ref["seqlong_llama_logits"]
+    assert np.abs(logits - exact).max() <= EXACT_TOL
+    # within 1.5x llama.cpp's own distance to the exact reference (for f32 that distance is
+    # float32 noise, 7e-6, so the bound gets a 2e-5 floor: two float32 orderings of the same sums)
+    llama_dist = np.abs(llama - exact).max()
+    assert np.abs(logits - llama).max() <= max(1.5 * llama_dist, 2e-5)
+
+
+def test_final_state_matches_llama_cpp_state_bytes(f32_model, fx):
+    ref = np.load(fx / "ref-llama-tiny-rwkv7-f32.npz")
+    _, st = f32_model.forward(ref["seqlong_tokens"])
+    theirs = State.from_llama_seq_bytes(ref["seqlong_state_bytes"].tobytes(), 256, 64)
+    np.testing.assert_allclose(st.r[:, 0], ref["seqlong_state_r_l"], atol=1e-5)
+    np.testing.assert_allclose(st.s[:, 0].reshape(3, -1), ref["seqlong_state_s_l"], atol=5e-5)
+    assert st.max_abs_diff(theirs)["wkv"] < 5e-5
+    # the transposed reading differs by ~14.8 (README): make sure our layout is not it
+    assert np.abs(st.wkv().transpose(0, 1, 3, 2) - theirs.wkv()).max() > 1.0
+
+
+@pytest.mark.parametrize("name,key", [("tiny-rwkv7.pth", None), ("tiny-rwkv7-f32.gguf", "f32"),
+                                      ("tiny-rwkv7-q8_0.gguf", "q8_0"), ("tiny-rwkv7-q4_0.gguf", "q4_0")])
+def test_two_calls_equal_one_call_and_state_is_carried(name, key):
+    fx = require_fixtures()
+    m = fixture_model(name)
+    toks = np.load(fx / "ref-rwkvpip-tiny-rwkv7.npz")["seqlong_tokens"]
+    full, _ = m.forward(toks, all_logits=True)
+    st = m.new_state()
+    m.forward(toks[:40], st)
+    second, _ = m.forward(toks[40:], st, all_logits=True)
+    # llama.cpp and rwkv pip give 0.0 here; ours is exact on F32 and within float32
+    # reordering (BLAS blocks a 24-row and a 64-row product differently) on the rest.
+    assert np.abs(second - full[40:]).max() <= 1e-5 * np.abs(full).max()
+    if key == "f32":
+        ref = np.load(fx / f"ref-llama-tiny-rwkv7-{key}.npz")["twocall_llama_logits_second"]
+        assert np.abs(second - ref).max() < 2e-5
+    # The llama.cpp rwkv7-world-2.9B report: a second call that starts from zeros.
+    fresh, _ = m.forward(toks[40:], m.new_state(), all_logits=True)
+    assert np.abs(fresh - second).max() > 0.1, "the second call must see the first call's state"
+
+
+def test_sequence_mode_equals_token_mode_over_64_tokens(f32_model, pip_ref):
+    toks = pip_ref["seqlong_tokens"]
+    seq_logits, seq_state = f32_model.forward(toks, all_logits=True)
+    st = f32_model.new_state()
+    tok_logits = np.stack([f32_model.forward([t], st)[0] for t in toks])
+    rel = np.abs(seq_logits - tok_logits).max() / np.abs(seq_logits).max()
+    assert rel <= 1e-5
+    assert st.max_abs_diff(seq_state)["wkv"] <= 1e-5 * max(1.0, np.abs(st.wkv()).max())
+
+
+def test_batch_of_four_equals_each_alone(f32_model, pip_ref):
+    toks = pip_ref["seqlong_tokens"]
+    prompts = [toks[:7], toks[10:41], toks[5:6], toks[20:64]]
+    cache = f32_model.new_cache(6)
+    cache.s[:] = 123.0                      # garbage in the slots that no sequence uses
+    slots = [4, 0, 2, 1]
+    for s in slots:
+        cache.clear(s)
+    out = f32_model.forward_batch(prompts, cache, slots, all_logits=True)
+    for p, s, lg in zip(prompts, slots, out):
+        alone, st = f32_model.forward(p, all_logits=True)
+        assert np.abs(lg - alone).max() <= 1e-5
+        assert cache.extract(s).max_abs_diff(st)["wkv"] <= 1e-5
+        assert cache.n_tokens[s] == len(p)
+    assert np.all(cache.s[:, [3, 5]] == 123.0), "slots not in the batch must be untouched"
+
+
+def test_prefix_copy_then_extend_equals_from_scratch(f32_model, pip_ref):
+    toks = pip_ref["seqlong_tokens"]
+    cache = f32_model.new_cache(3)
+    f32_model.forward_batch([toks[:30]], cache, [0])
+    cache.copy_slot(0, 1)
+    cache.copy_slot(0, 2)
+    out = f32_model.forward_batch([toks[30:50], toks[30:64]], cache, [1, 2])
+    a, _ = f32_model.forward(toks[:50])
+    b, _ = f32_model.forward(toks[:64])
+    assert np.abs(out[0] - a).max() <= 1e-5 and np.abs(out[1] - b).max() <= 1e-5
+    assert cache.n_tokens.tolist() == [30, 50, 64]
+
+
+def test_4096_tokens_stay_finite_and_track_float64(f32_model):
+    rng = np.random.default_rng(7)
+    toks = rng.integers(1, 4096, size=4096)
+    logits, st = f32_model.forward(toks, all_logits=False)
+    assert np.all(np.isfinite(logits)) and np.all(np.isfinite(st.s))
+    hp = f32_model.hparams
+    ap, fp = np.zeros((3, 256)), np.zeros((3, 256))
+    S = np.zeros((3, 4, 64, 64))
+    ref = R.forward(f32_model.weights, hp, toks, ap, fp, S, dtype=np.float64)[-1]
+    # float32 state and float32 decay over 4096 steps: measured max |delta| ~1e-4 on logits of
+    # magnitude ~10 (bf16 decay would drift by >1e-2 here); 1e-3 leaves 10x margin.
+    assert np.abs(logits - ref).max() < 1e-3
+    assert np.abs(st.wkv() - S).max() < 1e-3 * max(1.0, np.abs(S).max())
+
+
+def test_decay_and_state_stay_float32(f32_model):
+    st = f32_model.new_state()
+    assert st.s.dtype == np.float32 and st.r.dtype == np.float32
+    for L in f32_model.weights.layers:
+        assert L.w0.dtype == np.float32 and L.w1.dtype == np.float32 and L.w2.dtype == np.float32
+
+
+def test_bad_tokens_are_rejected_with_the_id(f32_model):
+    with pytest.raises(ValueError, match="token id 4096 is outside"):
+        f32_model.forward([1, 4096])
+    with pytest.raises(ValueError, match="at least one token"):
+        f32_model.forward([])
+
+
+def test_long_prompt_is_chunked_but_identical(f32_model, monkeypatch):
+    import rwkvcpu.model as M
+    toks = np.random.default_rng(1).integers(1, 4096, size=50)
+    full, s1 = f32_model.forward(toks, all_logits=True)
+    monkeypatch.setattr(M, "PREFILL_CHUNK", 16)
+    chunked, s2 = f32_model.forward(toks, all_logits=True)
+    # relative 1e-5, as for sequence vs token mode: BLAS orders a 16-row and a 50-row product differently
+    assert np.abs(full - chunked).max() <= 1e-5 * np.abs(full).max()
+    assert s1.max_abs_diff(s2)["wkv"] <= 1e-5 * max(1.0, np.abs(s1.wkv()).max())
