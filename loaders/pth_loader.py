@@ -117,8 +117,9 @@ def _member_offset(f, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + n + m
 
 
-def read_pth_state_dict(path: str) -> dict:
-    """The pickled dict of a torch zip file, tensors as StoredTensor (memory-mapped where stored)."""
+def read_pth_state_dict(path: str, allow_list: bool = False) -> dict:
+    """The pickled dict (or, with ``allow_list``, list) of a torch zip file, tensors as StoredTensor
+    (memory-mapped where stored)."""
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
@@ -158,7 +159,7 @@ def read_pth_state_dict(path: str) -> dict:
             raise LoadError(f"{path}: damaged pickle in {pkl[0]} ({type(e).__name__}: {e})") from None
         finally:
             raw_file.close()
-    if not isinstance(obj, dict):
+    if not isinstance(obj, dict) and not (allow_list and isinstance(obj, list)):
         raise LoadError(f"{path}: the pickle holds a {type(obj).__name__}, expected a state dict")
     return obj
 

@@ -288,6 +288,123 @@ def models_pull(name):
         click.echo(str(p))
 
 
+@cli.command()
+@model_options
+@click.option("-p", "--prompt", default=None, help="Prompt text.")
+@click.option("--tokens", default=None, help="Comma-separated token ids instead of a prompt.")
+@click.option("--split", default=None,
+              help="Comma-separated token counts per decode call (e.g. 10,6), as in a two-call log.")
+@click.option("--filter", "name_filter", default=None, help="Only tensors whose name matches this regex.")
+@click.option("--npz", type=click.Path(dir_okay=False), default=None,
+              help="Also write every recorded tensor at full precision to this .npz.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the log here.")
+def dump(model_arg, vocab, threads, prompt, tokens, split, name_filter, npz, output):
+    """Print our tensors in llama-eval-callback's text format (diffable with its log)."""
+    import numpy as np
+    from rwkvcpu import debug as D
+    m = open_model(model_arg, vocab, threads)
+    if tokens:
+        ids = [int(x) for x in tokens.split(",") if x.strip()]
+    elif prompt is not None:
+        ids = m.tokenizer.encode(prompt)
+    else:
+        raise UserError("give -p PROMPT or --tokens IDS")
+    calls = [ids]
+    if split:
+        sizes = [int(x) for x in split.split(",")]
+        if sum(sizes) != len(ids):
+            raise UserError(f"--split {split} covers {sum(sizes)} tokens; the prompt has {len(ids)}")
+        calls, pos = [], 0
+        for n in sizes:
+            calls.append(ids[pos:pos + n])
+            pos += n
+    head = f"number of input tokens = {len(ids)}\n" + "".join(f"  {t}\n" for t in ids)
+    text, rec = D.dump_text(m, ids, calls, name_filter)
+    if output:
+        with open(output, "w") as f:
+            f.write(head + text)
+    else:
+        click.echo(head + text, nl=False)
+    if npz:
+        arrays = {f"call{ci + 1}/{k}": v for ci, c in enumerate(rec.calls) for k, v in c.items()}
+        np.savez(npz, **arrays)
+        click.echo(f"{len(arrays)} tensors written to {npz}", err=True)
+
+
+@cli.command()
+@click.argument("log", type=click.Path(exists=True, dir_okay=False))
+@model_options
+@click.option("--rel-tol", type=float, default=None,
+              help="Relative tolerance (default by model type: F32 2e-4, F16 1e-2, BF16 2e-2, quantized 8e-2).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def compare(log, model_arg, vocab, threads, rel_tol, as_json):
+    """Compare a llama-eval-callback log with rwkvcpu on the same tokens; name the first divergence."""
+    import json
+    from rwkvcpu import debug as D
+    m = open_model(model_arg, vocab, threads)
+    parsed = D.parse_log(open(log, encoding="utf-8", errors="replace").read())
+    if not parsed.tensors:
+        raise UserError(f"{log}: no common_debug_cb_eval tensors found: not a llama-eval-callback log?")
+    res = D.compare_log(m, parsed, rel_tol)
+    if as_json:
+        click.echo(json.dumps(D.report_json(res), indent=1))
+    else:
+        click.echo(D.format_report(res, log))
+    if res["first_divergent"] is not None or res["zero_state"]:
+        sys.exit(1)
+
+
+@cli.group()
+def state():
+    """Inspect and compare states (rwkvcpu files, llama.cpp sequence bytes, rwkv pip .pth)."""
+
+
+def _load_any_state(path, model=None):
+    from rwkvcpu.state_tools import load_any_state
+    return load_any_state(path, model.hparams if model else None)
+
+
+@state.command("info")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def state_info(file):
+    """Per-layer magnitudes of a state; warns on NaN/Inf."""
+    from rwkvcpu.state_tools import state_stats
+    st, kind = _load_any_state(file)
+    click.echo(f"{file}: {kind}, n_layer {st.n_layer}, n_embd {st.n_embd}, head_size {st.head_size}, "
+               f"{int(st.n_tokens[0])} tokens, {st.nbytes:,} bytes")
+    for line in state_stats(st):
+        click.echo(line)
+
+
+@state.command("diff")
+@click.argument("a", type=click.Path(exists=True, dir_okay=False))
+@click.argument("b", type=click.Path(exists=True, dir_okay=False), required=False)
+@model_options
+@click.option("-p", "--prompt", default=None, help="Without B: compare A with rwkvcpu's state after this prompt.")
+@click.option("--tokens", default=None, help="Without B: comma-separated token ids instead of a prompt.")
+@click.option("--atol", type=float, default=1e-4, show_default=True)
+def state_diff(a, b, model_arg, vocab, threads, prompt, tokens, atol):
+    """Per-layer differences between two states (e.g. llama.cpp's bytes vs ours); exit 1 if any > atol."""
+    from rwkvcpu.state_tools import diff_states
+    m = open_model(model_arg, vocab, threads) if (model_arg or b is None) else None
+    sa, ka = _load_any_state(a, m)
+    if b:
+        sb, kb = _load_any_state(b, m)
+    else:
+        if prompt is None and tokens is None:
+            raise UserError("give a second state file, or -m MODEL with -p PROMPT / --tokens IDS")
+        ids = [int(x) for x in tokens.split(",")] if tokens else m.tokenizer.encode(prompt)
+        _, sb = m.forward(ids)
+        kb = f"rwkvcpu after {len(ids)} tokens"
+    lines, worst = diff_states(sa, sb)
+    click.echo(f"A: {a} ({ka})\nB: {b or '-'} ({kb})")
+    for line in lines:
+        click.echo(line)
+    click.echo(f"max |Δ| = {worst:.3g} ({'within' if worst <= atol else 'EXCEEDS'} atol {atol:g})")
+    if worst > atol:
+        sys.exit(1)
+
+
 def main(argv=None):
     """Entry point: known errors become one line on stderr and exit code 2."""
     try:

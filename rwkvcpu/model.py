@@ -170,22 +170,37 @@ class Model:
             mixed = np.empty((6, T, C), dtype=np.float32)
             K.lerps(xa, prev, self._mixes[il], mixed)
             xr, xw, xk, xv, xaa, xg = mixed
+            p = f"MUL_MAT:blk.{il}.time_mix_"      # llama.cpp's projections, keyed by their weight
             r = K.matmul(xr, L.receptance)
-            w = np.exp(np.float32(-DECAY_SCALE) * _sigmoid(L.w0 + np.tanh(xw @ L.w1.T) @ L.w2.T))
+            w1 = xw @ L.w1.T
+            w2 = np.tanh(w1) @ L.w2.T
+            w = np.exp(np.float32(-DECAY_SCALE) * _sigmoid(L.w0 + w2))
             k = K.matmul(xk, L.key)
             v = K.matmul(xv, L.value)
+            if rec:
+                rec(p + "receptance.weight", r), rec(p + "w1.weight", w1), rec(p + "w2.weight", w2)
+                rec(p + "key.weight", k), rec(p + "value.weight", v)
             if il == 0:
                 v_first = v
             else:
-                v = v + (v_first - v) * _sigmoid(L.v0 + (xv @ L.v1.T) @ L.v2.T)
-            a = _sigmoid(L.a0 + (xaa @ L.a1.T) @ L.a2.T)
-            g = _sigmoid(xg @ L.g1.T) @ L.g2.T
+                v1 = xv @ L.v1.T
+                v2 = v1 @ L.v2.T
+                v = v + (v_first - v) * _sigmoid(L.v0 + v2)
+                if rec:
+                    rec(p + "v1.weight", v1), rec(p + "v2.weight", v2)
+            a1 = xaa @ L.a1.T
+            a2 = a1 @ L.a2.T
+            a = _sigmoid(L.a0 + a2)
+            g1 = xg @ L.g1.T
+            g = _sigmoid(g1) @ L.g2.T
+            if rec:
+                rec(p + "a1.weight", a1), rec(p + "a2.weight", a2)
+                rec(p + "g1.weight", g1), rec(p + "g2.weight", g)
             kk = np.empty_like(k)
             K.l2_normalize_heads(k * L.k_k, H, L2_EPS, kk)
             k = k * (np.float32(1.0) + (a - np.float32(1.0)) * L.k_a)
             if rec:
-                rec(f"r-{il}", r), rec(f"w-{il}", w), rec(f"k-{il}", k), rec(f"v-{il}", v)
-                rec(f"a-{il}", a), rec(f"g-{il}", g), rec(f"kk-{il}", kk)
+                rec(f"w-{il}", w), rec(f"kk-{il}", kk)
             y = np.empty((T, H, N), dtype=np.float32)
             sh = (T, H, N)
             K.wkv7(r.reshape(sh), w.reshape(sh), k.reshape(sh), v.reshape(sh),
@@ -193,7 +208,7 @@ class Model:
                    seg_start, seg_len, seg_slot, cache.s[il], y)
             y = y.reshape(T, C)
             if rec:
-                rec(f"wkv_out-{il}", y)
+                rec(f"RWKV_WKV7-{il}", np.concatenate([y.reshape(-1), cache.s[il, seg_slot].reshape(-1)]))
                 rec(f"cache_s_l{il}.out", cache.s[il, seg_slot].copy())
             yn = np.empty_like(y)
             K.group_norm(y, L.ln_x_w, L.ln_x_b, H, GROUP_NORM_EPS, yn)
@@ -201,7 +216,7 @@ class Model:
             att = K.matmul((yn + bonus.reshape(T, C)) * g, L.output)
             x = x + att
             if rec:
-                rec(f"att_out-{il}", att)
+                rec(p + "output.weight", att)
                 rec(f"ffn_inp-{il}", x)
             # --- channel mix -------------------------------------------------------
             xf = self._ln(x, L.ln2_w, L.ln2_b)
@@ -217,9 +232,14 @@ class Model:
                     break
             kf = xf + (prev - xf) * L.ffn_x_k
             hidden = K.matmul(kf, L.ffn_key)
-            np.maximum(hidden, 0, out=hidden)
+            if rec:
+                rec(f"MUL_MAT:blk.{il}.channel_mix_key.weight", hidden)
+            hidden = np.maximum(hidden, 0)
             hidden *= hidden
-            x = x + K.matmul(hidden, L.ffn_value)
+            ffn = K.matmul(hidden, L.ffn_value)
+            x = x + ffn
+            if rec:
+                rec(f"MUL_MAT:blk.{il}.channel_mix_value.weight", ffn)
             if rec:
                 rec(f"l_out-{il}", x)
         np.add.at(cache.n_tokens, seg_slot, seg_len)
