@@ -387,12 +387,14 @@ def describe(row: Row) -> str:
 
 def format_report(res: dict, log_path: str = "") -> str:
     rows = res["rows"]
-    out = [f"{'tensor':<44} {'call':>4} {'shape':<20} {'max|Δ|':>10} {'Δsum':>10} {'tol':>9}  verdict"]
+    out = [f"{'tensor':<28} {'rwkvcpu key':<40} {'call':>4} {'shape':<18} {'max|Δ|':>9} {'Δsum':>9} "
+           f"{'tol':>8}  verdict"]
     for r in rows:
         shape = "{" + ",".join(map(str, r.ne)) + "}"
         verdict = "ok" if r.ok else "DIVERGES"
-        out.append(f"{r.name[:44]:<44} {r.call + 1:>4} {shape:<20} {r.max_abs:>10.3g} {r.d_sum:>10.3g} "
-                   f"{r.tol:>9.2g}  {verdict}{'  (' + r.note + ')' if r.note else ''}")
+        key = r.key.replace("MUL_MAT:", "x @ ")
+        out.append(f"{r.name[:28]:<28} {key[:40]:<40} {r.call + 1:>4} {shape:<18} {r.max_abs:>9.3g} {r.d_sum:>9.3g} "
+                   f"{r.tol:>8.2g}  {verdict}{'  (' + r.note + ')' if r.note else ''}")
     n_bad = sum(not r.ok for r in rows)
     out.append("")
     out.append(f"matched {len(rows)} tensors ({len(rows) - n_bad} agree, {n_bad} diverge) over "
