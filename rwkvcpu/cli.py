@@ -405,6 +405,43 @@ def state_diff(a, b, model_arg, vocab, threads, prompt, tokens, atol):
         sys.exit(1)
 
 
+def _convert(src, dst, ftype, vocab, force, allow_requantize=False):
+    from rwkvcpu.convert import convert as run
+    t0 = time.perf_counter()
+    with click.progressbar(length=1, label=f"writing {ftype}", file=sys.stderr) as bar:
+        def progress(done, total):
+            bar.length = total
+            bar.update(done - bar.pos)
+        run(src, dst, ftype, vocab=vocab, force=force, progress=progress, allow_requantize=allow_requantize)
+    click.echo(f"{dst}: {os.path.getsize(dst):,} bytes in {time.perf_counter() - t0:.1f} s", err=True)
+
+
+TYPE_CHOICE = click.Choice(["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q6_k"],
+                           case_sensitive=False)
+
+
+@cli.command()
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("dst", type=click.Path(dir_okay=False))
+@click.option("--type", "ftype", type=TYPE_CHOICE, default="f16", show_default=True)
+@click.option("--vocab", type=click.Path(dir_okay=False), default=None, help="World vocab .txt for a .pth.")
+@click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
+def convert(src, dst, ftype, vocab, force):
+    """.pth (or GGUF) -> GGUF with llama.cpp's names, metadata and type choices (no torch needed)."""
+    _convert(src, dst, ftype.lower(), vocab, force)
+
+
+@cli.command()
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False))
+@click.argument("ftype", type=TYPE_CHOICE)
+@click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
+@click.option("--allow-requantize", is_flag=True, help="Accept an already-quantized input.")
+def quantize(src, dst, ftype, force, allow_requantize):
+    """GGUF -> GGUF of another type (llama-quantize's choices; output.weight Q6_K for 4/5-bit types)."""
+    _convert(src, dst, ftype.lower(), None, force, allow_requantize)
+
+
 def main(argv=None):
     """Entry point: known errors become one line on stderr and exit code 2."""
     try:
@@ -415,7 +452,7 @@ def main(argv=None):
     except click.ClickException as e:
         e.show()
         sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
-    except (LoadError, StateError, RegistryError, ValueError, OSError) as e:
+    except (LoadError, StateError, RegistryError, ValueError, OSError) as e:  # incl. FileExistsError
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     sys.exit(0)

@@ -1,0 +1,184 @@
+"""Writing RWKV-7 GGUF files the way llama.cpp's converter and ``llama-quantize`` do.
+
+``gguf_tensors`` maps our container back onto llama.cpp's names, shapes and
+order (fused lerp tensor, low-rank matrices as stored, dummy layer-0
+v0/v1/v2 = copies of a0/a1/a2); ``tensor_type`` applies llama.cpp's choices of
+which tensors get the target type; ``write_gguf`` writes with gguf-py's writer.
+Quantization uses gguf-py's quantizers (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, BF16, F16)
+and ``rwkvcpu.kernels.quantize`` for the K-quants it has.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from rwkvcpu.kernels import dequant as dq
+
+# llama_ftype values (general.file_type) and the weight type each implies
+FTYPES = {"f32": (0, dq.F32), "f16": (1, dq.F16), "q4_0": (2, dq.Q4_0), "q4_1": (3, dq.Q4_1),
+          "q8_0": (7, dq.Q8_0), "q5_0": (8, dq.Q5_0), "q5_1": (9, dq.Q5_1), "q6_k": (18, dq.Q6_K),
+          "bf16": (32, dq.BF16)}
+# what llama-quantize gives output.weight for each target (Q6_K unless the target is finer)
+OUTPUT_TYPE = {dq.Q8_0: dq.Q8_0, dq.F16: dq.F16, dq.BF16: dq.BF16, dq.F32: dq.F32}
+BIG = ("time_mix_receptance", "time_mix_key", "time_mix_value", "time_mix_output",
+       "channel_mix_key", "channel_mix_value")
+LOWRANK_KEEP_F32 = ("time_mix_w1", "time_mix_w2")   # the converter keeps the decay low-rank in F32
+
+
+# RWKV's chat format ("User: ...\n\nAssistant: ...\n\n"), as a Jinja template for llama.cpp's chat code.
+CHAT_TEMPLATE = (
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'system' -%}{{ 'System: ' + m['content'] | trim + '\\n\\n' }}"
+    "{%- elif m['role'] == 'user' -%}{{ 'User: ' + m['content'] | trim + '\\n\\n' }}"
+    "{%- elif m['role'] == 'assistant' and m['content'] is not none -%}"
+    "{{ 'Assistant: ' + m['content'] | trim + '\\n\\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt is not defined or add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}")
+
+
+def escape_token(b: bytes) -> str:
+    """llama.cpp's converter writes an RWKV token as the body of Python's bytes repr."""
+    return repr(bytes(b))[2:-1]
+
+
+def gguf_tensors(weights, hp):
+    """[(name, float32 array in GGUF/NumPy layout)] in llama.cpp's converter order."""
+    def m(q):
+        return q.dequantize() if hasattr(q, "dequantize") else np.asarray(q, np.float32)
+    out = [("token_embd.weight", m(weights.emb)),
+           ("token_embd_norm.weight", weights.ln0_w), ("token_embd_norm.bias", weights.ln0_b)]
+    C = hp.n_embd
+    for i, L in enumerate(weights.layers):
+        p = f"blk.{i}."
+        v0, v1, v2 = (L.a0, L.a1, L.a2) if i == 0 else (L.v0, L.v1, L.v2)
+        lerp = np.stack([L.x_r, L.x_w, L.x_k, L.x_v, L.x_a, L.x_g]).reshape(6, 1, 1, C)
+        out += [(p + "attn_norm.weight", L.ln1_w), (p + "attn_norm.bias", L.ln1_b),
+                (p + "attn_norm_2.weight", L.ln2_w), (p + "attn_norm_2.bias", L.ln2_b),
+                (p + "time_mix_lerp_fused.weight", lerp),
+                (p + "time_mix_w0.weight", L.w0), (p + "time_mix_w1.weight", L.w1),
+                (p + "time_mix_w2.weight", L.w2), (p + "time_mix_v0.weight", v0),
+                (p + "time_mix_a0.weight", L.a0), (p + "time_mix_v1.weight", v1),
+                (p + "time_mix_a1.weight", L.a1), (p + "time_mix_v2.weight", v2),
+                (p + "time_mix_a2.weight", L.a2), (p + "time_mix_g1.weight", L.g1),
+                (p + "time_mix_g2.weight", L.g2), (p + "time_mix_k_k.weight", L.k_k),
+                (p + "time_mix_k_a.weight", L.k_a), (p + "time_mix_r_k.weight", L.r_k),
+                (p + "time_mix_receptance.weight", m(L.receptance)),
+                (p + "time_mix_key.weight", m(L.key)), (p + "time_mix_value.weight", m(L.value)),
+                (p + "time_mix_output.weight", m(L.output)),
+                (p + "time_mix_ln.weight", L.ln_x_w), (p + "time_mix_ln.bias", L.ln_x_b),
+                (p + "channel_mix_lerp_k.weight", L.ffn_x_k),
+                (p + "channel_mix_key.weight", m(L.ffn_key)),
+                (p + "channel_mix_value.weight", m(L.ffn_value))]
+    out += [("output_norm.weight", weights.ln_out_w), ("output_norm.bias", weights.ln_out_b),
+            ("output.weight", m(weights.head))]
+    return [(n, np.ascontiguousarray(a, dtype=np.float32)) for n, a in out]
+
+
+def tensor_type(name: str, shape, target: int) -> int:
+    """llama.cpp's choice for one tensor: converter rules for F16/BF16, llama-quantize's otherwise."""
+    if len(shape) != 2 or target == dq.F32:
+        return dq.F32
+    if target in (dq.F16, dq.BF16):
+        return dq.F32 if any(k in name for k in LOWRANK_KEEP_F32) else target
+    if name == "output.weight":
+        return OUTPUT_TYPE.get(target, dq.Q6_K)
+    if name == "token_embd.weight" or any(f".{k}." in name for k in BIG):
+        return target
+    return dq.F32
+
+
+def encode(a: np.ndarray, qtype: int) -> np.ndarray:
+    """float32 [rows, cols] -> the raw encoding of ``qtype`` (as gguf-py's writer wants it)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+    if qtype == dq.F32:
+        return a
+    if qtype == dq.F16:
+        return a.astype(np.float16)
+    if qtype == dq.Q6_K:
+        from rwkvcpu.kernels.quantize import quantize_q6_k
+        return quantize_q6_k(a)
+    return quantize(a, GGMLQuantizationType(qtype))
+
+
+def write_gguf(path: str, hp, tensors, target: int, ftype_id: int, vocab=None, name: str = "rwkv7",
+               progress=None, types: dict | None = None) -> None:
+    """Write ``tensors`` [(name, float32 array)] to ``path`` with llama.cpp's metadata, atomically."""
+    from gguf import GGMLQuantizationType, GGUFWriter, TokenType
+    tmp = f"{path}.tmp-{os.getpid()}"
+    w = GGUFWriter(tmp, "rwkv7")
+    try:
+        w.add_type("model")
+        w.add_name(name)
+        n_params = sum(a.size for _, a in tensors)
+        w.add_size_label(_size_label(n_params))
+        w.add_context_length(1048576)
+        w.add_embedding_length(hp.n_embd)
+        w.add_block_count(hp.n_layer)
+        w.add_layer_norm_eps(float(hp.norm_eps))
+        w.add_uint32("rwkv7.wkv.head_size", hp.head_size)
+        w.add_uint32("rwkv7.attention.decay_lora_rank", hp.rank_w)
+        w.add_uint32("rwkv7.attention.iclr_lora_rank", hp.rank_a)
+        w.add_uint32("rwkv7.attention.value_residual_mix_lora_rank", hp.rank_v)
+        w.add_uint32("rwkv7.attention.gate_lora_rank", hp.rank_g)
+        w.add_feed_forward_length(hp.n_ffn)
+        w.add_file_type(ftype_id)
+        w.add_head_count(0)
+        w.add_quantization_version(2)
+        if vocab is not None:
+            toks = ["<s>"] + [escape_token(b) for b in vocab[1:]]
+            w.add_tokenizer_model("rwkv")
+            w.add_token_list(toks)
+            w.add_token_types([int(TokenType.CONTROL)] + [int(TokenType.NORMAL)] * (len(toks) - 1))
+            w.add_eot_token_id(261)           # "\n\n" in the World vocabulary, as llama.cpp's converter sets
+            w.add_bos_token_id(0)
+            w.add_eos_token_id(0)
+            w.add_chat_template(CHAT_TEMPLATE)
+        for i, (tname, a) in enumerate(tensors):
+            qt = (types or {}).get(tname, tensor_type(tname, a.shape, target))
+            raw = encode(a if a.ndim > 1 else a, qt)
+            if qt in (dq.F32, dq.F16):
+                w.add_tensor(tname, raw)
+            else:
+                w.add_tensor(tname, raw, raw_dtype=GGMLQuantizationType(qt))
+            if progress:
+                progress(i + 1, len(tensors))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, path)
+    except BaseException:
+        w.close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _size_label(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def convert(src: str, dst: str, ftype: str, vocab: str | None = None, force: bool = False,
+            progress=None, name: str | None = None, allow_requantize: bool = False) -> None:
+    """Any loadable model (.pth, GGUF) -> a GGUF of ``ftype``."""
+    from rwkvcpu.loaders import load
+    if ftype not in FTYPES:
+        raise ValueError(f"type {ftype!r} is not supported (choose from {', '.join(FTYPES)})")
+    if os.path.exists(dst) and not force:
+        raise FileExistsError(f"{dst} exists; pass --force to overwrite it")
+    if os.path.abspath(dst) == os.path.abspath(src):
+        raise ValueError(f"{dst}: output would overwrite the input")
+    ck = load(src, vocab=vocab)
+    quantized = {q.type_name for _, q in ck.weights.matrices()} - {"F32", "F16", "BF16"}
+    if quantized and not allow_requantize:
+        raise ValueError(f"{src} is already quantized ({', '.join(sorted(quantized))}); requantizing loses "
+                         "accuracy: pass --allow-requantize, or start from the f32/f16/bf16 file")
+    ftype_id, target = FTYPES[ftype]
+    tensors = gguf_tensors(ck.weights, ck.hparams)
+    write_gguf(dst, ck.hparams, tensors, target, ftype_id, ck.vocab,
+               name=name or os.path.splitext(os.path.basename(src))[0], progress=progress)
