@@ -49,6 +49,8 @@ def models_dir() -> Path:
 
 
 def local_path(entry: dict) -> Path:
+    if entry.get("bundled"):
+        return PKG_DIR / "data" / entry["file"]
     return models_dir() / entry["file"]
 
 
@@ -135,6 +137,8 @@ def pull(name: str, reg: dict | None = None, progress=None) -> list[Path]:
     entry = reg["models"].get(name)
     if entry is None:
         raise RegistryError(f"unknown model {name!r} (known: {', '.join(sorted(reg['models']))})")
+    if entry.get("bundled"):
+        return [local_path(entry)]          # ships with the package: nothing to download
     out = []
     items = [entry]
     if entry.get("vocab"):

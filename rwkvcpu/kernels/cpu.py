@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import dequant as dq
+from .matvec import matvec
 
 DOT_FLAGS = {"reassoc", "contract"}
 
@@ -183,7 +184,9 @@ def matmul(x: np.ndarray, W, out: np.ndarray | None = None) -> np.ndarray:
         return out
     raw = W.row_bytes
     if T <= SMALL_T:
-        qmatmul_small(W.qtype, raw, np.ascontiguousarray(x), out, dq.KVALUES_IQ4, dq.F16_LUT)
+        x = np.ascontiguousarray(x)
+        if not matvec(W.qtype, W, x, out):
+            qmatmul_small(W.qtype, raw, x, out, dq.KVALUES_IQ4, dq.F16_LUT)
         return out
     tile = max(1, TILE_BYTES // (4 * cols))
     buf = np.empty((min(tile, rows), cols), dtype=np.float32)

@@ -1,0 +1,185 @@
+"""Fused decode matvecs on weights in their file encoding (no dequantized copy in memory).
+
+``out[t, r] = W[r] . x[t]`` for a few activation rows ``x`` (decode, small batches),
+rows split across threads, each weight byte read once per call.  Activations stay
+float32 (the *exact* mode: the same numbers as dequantizing and multiplying, up to
+summation order).  Per block the scale is factored out of the dot product
+(``d * sum(q * x)``), which is where these differ from ``dequant_row`` + dot by
+float32 rounding only.
+
+Each kernel is checked against ``x @ dequantize(W).T`` in tests/kernels/test_matvec.py.
+F16 has no Numba scalar type: its bits are moved into a float32
+(``sign<<16 | exp,mant<<13``) and scaled by 2**112, exact for normal and subnormal halves.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import dequant as dq
+
+FLAGS = {"reassoc", "contract"}
+ROWS = 8                 # rows per parallel task
+TWO_112 = np.float32(2.0 ** 112)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_f16(w16, x, out):
+    rows, cols = w16.shape
+    T = x.shape[0]
+    for task in prange((rows + ROWS - 1) // ROWS):
+        u = np.empty(cols, dtype=np.uint32)
+        f = u.view(np.float32)
+        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
+            wr = w16[r]
+            for j in range(cols):
+                h = np.uint32(wr[j])
+                u[j] = ((h & 0x8000) << 16) | ((h & 0x7FFF) << 13)
+            for t in range(T):
+                acc = np.float32(0.0)
+                for j in range(cols):
+                    acc += f[j] * x[t, j]
+                out[t, r] = acc * TWO_112
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_bf16(w16, x, out):
+    rows, cols = w16.shape
+    T = x.shape[0]
+    for task in prange((rows + ROWS - 1) // ROWS):
+        u = np.empty(cols, dtype=np.uint32)
+        f = u.view(np.float32)
+        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
+            wr = w16[r]
+            for j in range(cols):
+                u[j] = np.uint32(wr[j]) << 16
+            for t in range(T):
+                acc = np.float32(0.0)
+                for j in range(cols):
+                    acc += f[j] * x[t, j]
+                out[t, r] = acc
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_q8_0(raw, raw_i8, x, out, lut):
+    rows = raw.shape[0]
+    T, cols = x.shape
+    nb = cols // 32
+    for task in prange((rows + ROWS - 1) // ROWS):
+        accv = np.empty(32, dtype=np.float32)     # one lane per block position: no per-block reduction
+        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
+            b = raw[r]
+            q = raw_i8[r]
+            for t in range(T):
+                accv[:] = 0.0
+                for k in range(nb):
+                    o = k * 34
+                    d = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)]
+                    for i in range(32):
+                        accv[i] += d * (np.float32(q[o + 2 + i]) * x[t, k * 32 + i])
+                out[t, r] = accv.sum()
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_q4_0(raw, x, out, lut):
+    rows = raw.shape[0]
+    T, cols = x.shape
+    nb = cols // 32
+    for task in prange((rows + ROWS - 1) // ROWS):
+        accv = np.empty(32, dtype=np.float32)
+        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
+            b = raw[r]
+            for t in range(T):
+                accv[:] = 0.0
+                for k in range(nb):
+                    o = k * 18
+                    d = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)]
+                    for i in range(16):
+                        v = np.int32(b[o + 2 + i])
+                        accv[i] += d * (np.float32((v & 15) - 8) * x[t, k * 32 + i])
+                        accv[i + 16] += d * (np.float32((v >> 4) - 8) * x[t, k * 32 + 16 + i])
+                out[t, r] = accv.sum()
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_q4_k(raw, x, xsum, out, lut):
+    """xsum[t, s]: sum of x[t] over 32-value sub-block s (for the dmin * min term)."""
+    rows = raw.shape[0]
+    T, cols = x.shape
+    nb = cols // 256
+    for task in prange((rows + ROWS - 1) // ROWS):
+        accv = np.empty(32, dtype=np.float32)
+        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
+            b = raw[r]
+            for t in range(T):
+                accv[:] = 0.0
+                accm = np.float32(0.0)
+                for k in range(nb):
+                    o = k * 144
+                    d = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)]
+                    dmin = lut[np.int64(b[o + 2]) | (np.int64(b[o + 3]) << 8)]
+                    for sb in range(8):
+                        sc, mn = dq._k_scale_min(b, o + 4, sb)
+                        ds = d * np.float32(sc)
+                        accm += (dmin * np.float32(mn)) * xsum[t, k * 8 + sb]
+                        base = o + 16 + (sb // 2) * 32
+                        sh = 4 * (sb % 2)
+                        xo = k * 256 + sb * 32
+                        for i in range(32):
+                            accv[i] += ds * (np.float32((np.int32(b[base + i]) >> sh) & 15) * x[t, xo + i])
+                out[t, r] = accv.sum() - accm
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_q6_k(raw, raw_i8, x, out, lut):
+    rows = raw.shape[0]
+    T, cols = x.shape
+    nb = cols // 256
+    for task in prange((rows + ROWS - 1) // ROWS):
+        accv = np.empty(32, dtype=np.float32)
+        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
+            b = raw[r]
+            sb8 = raw_i8[r]
+            for t in range(T):
+                accv[:] = 0.0
+                for k in range(nb):
+                    o = k * 210
+                    d = lut[np.int64(b[o + 208]) | (np.int64(b[o + 209]) << 8)]
+                    for h in range(2):
+                        for part in range(4):           # 4 runs of 32 values in each half
+                            xo = k * 256 + h * 128 + part * 32
+                            qlo = o + h * 64 + (part % 2) * 32
+                            lsh = 4 * (part // 2)
+                            qhi = o + 128 + h * 32
+                            hsh = 2 * part
+                            si = o + 192 + (h * 128 + part * 32) // 16
+                            d0 = d * np.float32(sb8[si])
+                            d1 = d * np.float32(sb8[si + 1])
+                            for i in range(32):
+                                q = ((np.int32(b[qlo + i]) >> lsh) & 15) | (((np.int32(b[qhi + i]) >> hsh) & 3) << 4)
+                                dd = d0 if i < 16 else d1
+                                accv[i] += dd * (np.float32(q - 32) * x[t, xo + i])
+                out[t, r] = accv.sum()
+
+
+def matvec(qtype: int, W, x: np.ndarray, out: np.ndarray) -> bool:
+    """Run the dedicated kernel for ``W``'s type if there is one; False when there is none."""
+    lut = dq.F16_LUT
+    if qtype == dq.F16:
+        mv_f16(W.raw.view(np.uint16), x, out)
+    elif qtype == dq.BF16:
+        mv_bf16(W.raw.view(np.uint16), x, out)
+    elif qtype == dq.Q8_0:
+        rb = W.row_bytes
+        mv_q8_0(rb, rb.view(np.int8), x, out, lut)
+    elif qtype == dq.Q4_0:
+        mv_q4_0(W.row_bytes, x, out, lut)
+    elif qtype == dq.Q4_K:
+        xsum = x.reshape(x.shape[0], -1, 32).sum(-1, dtype=np.float32)
+        mv_q4_k(W.row_bytes, x, xsum, out, lut)
+    elif qtype == dq.Q6_K:
+        rb = W.row_bytes
+        mv_q6_k(rb, rb.view(np.int8), x, out, lut)
+    else:
+        return False
+    return True

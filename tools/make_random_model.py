@@ -1,0 +1,86 @@
+"""Random RWKV-7 models with real shapes, written as GGUF (llama.cpp's layout), for benchmarks.
+
+    python tools/make_random_model.py --shape 0.1b --type q8_0 -o /tmp/rand-0.1b-q8_0.gguf
+
+Parameters follow RWKV-7's initialisation ranges (lerps in [0,1], decay speeds -6.5..-1.5, k_k ~0.85,
+k_a ~1) and matrices are normal with std 1/sqrt(fan_in), like the fixture model.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from rwkvcpu.convert import FTYPES, gguf_tensors, write_gguf
+from rwkvcpu.loaders.checkpoint import HParams, LayerWeights, QTensor, Weights
+
+SHAPES = {  # n_layer, n_embd, ffn, (rank_w, rank_a, rank_v, rank_g) as in the released models
+    "tiny": (3, 256, 1024, (64, 64, 32, 128)),
+    "0.1b": (12, 768, 3072, (64, 64, 32, 128)),
+    "0.4b": (24, 1024, 4096, (64, 64, 32, 128)),
+    "1.5b": (24, 2048, 8192, (96, 96, 64, 256)),
+    "2.9b": (32, 2560, 10240, (96, 96, 64, 320)),
+}
+
+
+def random_weights(shape: str, vocab: int = 65536, seed: int = 0):
+    L, C, F, (rw, ra, rv, rg) = SHAPES[shape]
+    hp = HParams(n_layer=L, n_embd=C, head_size=64, n_ffn=F, rank_w=rw, rank_a=ra, rank_v=rv,
+                 rank_g=rg, vocab_size=vocab)
+    rng = np.random.default_rng(seed)
+
+    def mat(rows, cols, name):
+        a = rng.standard_normal((rows, cols), dtype=np.float32)
+        a *= np.float32(1.0 / np.sqrt(cols))
+        return QTensor.from_array(name, a)
+
+    def vec(lo, hi):
+        return rng.uniform(lo, hi, C).astype(np.float32)
+
+    layers = []
+    for i in range(L):
+        f = dict(ln1_w=vec(0.8, 1.2), ln1_b=vec(-0.1, 0.1), ln2_w=vec(0.8, 1.2), ln2_b=vec(-0.1, 0.1),
+                 x_r=vec(0, 1), x_w=vec(0, 1), x_k=vec(0, 1), x_v=vec(0, 1), x_a=vec(0, 1), x_g=vec(0, 1),
+                 w0=vec(-6.5, -1.5), a0=vec(-0.5, 0.5), v0=vec(0.5, 1.5), k_k=vec(0.8, 0.9),
+                 k_a=vec(0.9, 1.1), r_k=vec(-0.3, 0.3), ln_x_w=vec(0.8, 1.2), ln_x_b=vec(-0.1, 0.1),
+                 ffn_x_k=vec(0, 1))
+        for k, (d, r) in {"w": (rw, 0), "a": (ra, 0), "v": (rv, 0), "g": (rg, 0)}.items():
+            f[k + "1"] = mat(d, C, k + "1").raw
+            f[k + "2"] = mat(C, d, k + "2").raw * np.float32(0.1)
+        for k in ("receptance", "key", "value", "output"):
+            f[k] = mat(C, C, k)
+        f["ffn_key"], f["ffn_value"] = mat(F, C, "ffn_key"), mat(C, F, "ffn_value")
+        if i == 0:
+            f["v0"] = f["v1"] = f["v2"] = None
+        layers.append(LayerWeights(**f))
+    w = Weights(emb=mat(vocab, C, "emb"), ln0_w=vec(0.8, 1.2), ln0_b=vec(-0.1, 0.1), layers=layers,
+                ln_out_w=vec(0.8, 1.2), ln_out_b=vec(-0.1, 0.1), head=mat(vocab, C, "head"))
+    return hp, w
+
+
+def synthetic_vocab(n: int) -> list[bytes]:
+    v = [b""] + [bytes([i]) for i in range(256)]
+    v += [f"<{i}>".encode() for i in range(len(v), n)]
+    return v[:n]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="0.1b")
+    ap.add_argument("--type", choices=sorted(FTYPES), default="q8_0")
+    ap.add_argument("--vocab", type=int, default=65536)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("-o", "--output", required=True)
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    hp, w = random_weights(a.shape, a.vocab, a.seed)
+    ftype_id, target = FTYPES[a.type]
+    write_gguf(a.output, hp, gguf_tensors(w, hp), target, ftype_id, synthetic_vocab(a.vocab),
+               name=f"random-rwkv7-{a.shape}")
+    print(f"{a.output}: {a.shape} {a.type} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
