@@ -97,26 +97,36 @@ def cli():
               help="Tokens to generate.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--no-display-prompt", is_flag=True, help="Do not echo the prompt.")
-@click.option("--state-in", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Start from a saved state (rwkvcpu state file).")
+@click.option("--state-in", "--state", "state_in", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Initial state: an rwkvcpu state file, llama.cpp sequence-state bytes, an rwkv pip "
+                   "state .pth or an RWKV-PEFT state-tuned .pth (blocks.N.att.time_state).")
 @click.option("--state-out", type=click.Path(dir_okay=False), default=None,
               help="Save the final state here (atomic write).")
+@click.option("--prompt-cache", type=click.Path(dir_okay=False), default=None,
+              help="Reuse the saved state of an earlier prompt that is a prefix of this one; save this one's.")
 @sampling_options
 def generate(model_arg, vocab, threads, prompt, prompt_file, n_predict, stop, no_display_prompt,
-             state_in, state_out, **kw):
+             state_in, state_out, prompt_cache, **kw):
     """Generate text, streaming it as it is produced; speeds go to stderr."""
     from rwkvcpu.generate import stream_generate
-    from rwkvcpu.state import load_state, save_state
+    from rwkvcpu.state import save_state
     if prompt is None and prompt_file is None:
         raise UserError("give a prompt with -p TEXT or -f FILE")
+    if prompt_cache and state_in:
+        raise UserError("--prompt-cache starts from an empty state; it cannot be combined with --state-in")
     if prompt_file:
         prompt = open(prompt_file, encoding="utf-8").read()
     m = open_model(model_arg, vocab, threads)
-    state = load_state(state_in, m.hparams)[0] if state_in else m.new_state()
+    state = _initial_state(state_in, m)
+    ids = m.tokenizer.encode(prompt)
+    if not ids:
+        raise UserError("empty prompt")
+    if prompt_cache:
+        ids = _use_prompt_cache(m, prompt_cache, ids, state)
     if not no_display_prompt:
         click.echo(prompt, nl=False)
     last = None
-    for r in stream_generate(m, prompt, state=state, max_tokens=n_predict,
+    for r in stream_generate(m, ids, state=state, max_tokens=n_predict,
                              sampler=sampler_from(kw), stop=stop):
         if r.text:
             click.echo(r.text, nl=False)
@@ -131,6 +141,38 @@ def generate(model_arg, vocab, threads, prompt, prompt_file, n_predict, stop, no
         click.echo(f"state saved to {state_out}", err=True)
 
 
+def _initial_state(path, m):
+    """A state file of any supported format as this model's initial state (warns on odd values)."""
+    if not path:
+        return m.new_state()
+    from rwkvcpu.interop import state_warnings
+    from rwkvcpu.state_tools import load_any_state
+    st, kind = load_any_state(path, m.hparams)
+    for w in state_warnings(st):
+        click.echo(f"warning: {path}: {w}", err=True)
+    return st
+
+
+def _use_prompt_cache(m, cache_path, ids, state):
+    """Like llama.cpp's --prompt-cache: returns the tokens still to feed (at least the last one)."""
+    from rwkvcpu.state import StateError, load_state, save_state
+    fed = 0
+    if os.path.exists(cache_path):
+        try:
+            cached, hdr = load_state(cache_path, m.hparams)
+            toks = hdr.get("tokens") or []
+            if 0 < len(toks) < len(ids) and ids[:len(toks)] == toks:
+                state.assign(0, cached)
+                fed = len(toks)
+                click.echo(f"prompt cache: reusing {fed} of {len(ids)} prompt tokens", err=True)
+        except StateError as e:
+            click.echo(f"warning: ignoring prompt cache ({e})", err=True)
+    if len(ids) - 1 > fed:
+        m.forward(ids[fed:-1], state)
+    save_state(cache_path, state, tokens=ids[:-1])
+    return ids[-1:]
+
+
 CHAT_HELP = "Commands: /save FILE, /load FILE, /reset, /quit"
 
 
@@ -139,15 +181,15 @@ CHAT_HELP = "Commands: /save FILE, /load FILE, /reset, /quit"
 @click.option("-n", "--n-predict", type=click.IntRange(min=1), default=512, show_default=True,
               help="Maximum tokens per reply.")
 @click.option("--system", default=None, help="Optional system prompt (prepended once).")
-@click.option("--state-in", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Resume a conversation state saved with /save.")
+@click.option("--state-in", "--state", "state_in", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Resume a conversation saved with /save, or start from a state-tuned initial state.")
 @sampling_options
 def chat(model_arg, vocab, threads, n_predict, system, state_in, **kw):
     """Multi-turn chat in RWKV's format; the state carries the conversation (history is never re-read)."""
     from rwkvcpu.generate import stream_generate
     from rwkvcpu.state import load_state, save_state
     m = open_model(model_arg, vocab, threads)
-    state = load_state(state_in, m.hparams)[0] if state_in else m.new_state()
+    state = _initial_state(state_in, m)
     sampler = sampler_from(kw)
     pending = f"System: {system.strip()}\n\n" if system else ""
     click.echo(CHAT_HELP, err=True)
@@ -403,6 +445,62 @@ def state_diff(a, b, model_arg, vocab, threads, prompt, tokens, atol):
     click.echo(f"max |Δ| = {worst:.3g} ({'within' if worst <= atol else 'EXCEEDS'} atol {atol:g})")
     if worst > atol:
         sys.exit(1)
+
+
+@state.command("blend")
+@click.argument("a", type=click.Path(exists=True, dir_okay=False))
+@click.argument("b", type=click.Path(exists=True, dir_okay=False))
+@click.option("--weight", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="(1-w)*A + w*B")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+@model_options
+def state_blend(a, b, weight, output, model_arg, vocab, threads):
+    """Blend two states (every part of the state, linearly)."""
+    from rwkvcpu.state import save_state
+    from rwkvcpu.state_tools import blend
+    m = open_model(model_arg, vocab, threads) if model_arg else None
+    sa, _ = _load_any_state(a, m)
+    sb, _ = _load_any_state(b, m)
+    save_state(output, blend(sa, sb, weight))
+    click.echo(f"{output}: (1-{weight:g})*A + {weight:g}*B", err=True)
+
+
+@state.command("decay")
+@click.argument("a", type=click.Path(exists=True, dir_okay=False))
+@click.option("--factor", type=click.FloatRange(0, 1), required=True, help="Multiply the wkv state by this.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+def state_decay(a, factor, output):
+    """Fade the wkv part of a state (weakens old context, keeps token shift)."""
+    from rwkvcpu.state import save_state
+    from rwkvcpu.state_tools import decay_wkv
+    sa, _ = _load_any_state(a)
+    save_state(output, decay_wkv(sa, factor))
+
+
+@state.command("convert")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False))
+@click.option("--to", "fmt", type=click.Choice(["rwkvcpu", "llama", "pip", "fla-npz"]), required=True)
+@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16"]), default="f32", show_default=True,
+              help="Storage type for --to rwkvcpu.")
+@model_options
+def state_convert(src, dst, fmt, dtype, model_arg, vocab, threads):
+    """Convert a state between rwkvcpu, llama.cpp sequence bytes, rwkv pip .pth and fla layout."""
+    import numpy as np
+    from rwkvcpu.interop import write_pip_state
+    from rwkvcpu.state import atomic_write, save_state
+    m = open_model(model_arg, vocab, threads) if model_arg else None
+    st, kind = _load_any_state(src, m)
+    if fmt == "rwkvcpu":
+        save_state(dst, st, dtype=dtype)
+    elif fmt == "llama":
+        data = st.to_llama_seq_bytes()
+        atomic_write(dst, lambda f: f.write(data))
+    elif fmt == "pip":
+        write_pip_state(dst, st)
+    else:
+        atomic_write(dst, lambda f: np.savez(f, wkv=st.to_fla(), att_x_prev=st.att_x_prev(),
+                                             ffn_x_prev=st.ffn_x_prev()))
+    click.echo(f"{src} ({kind}) -> {dst} ({fmt})", err=True)
 
 
 def _convert(src, dst, ftype, vocab, force, allow_requantize=False):

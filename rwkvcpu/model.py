@@ -65,8 +65,16 @@ class Model:
             self._tokenizer = Tokenizer(self.ckpt.vocab)
         return self._tokenizer
 
-    def new_state(self) -> State:
-        return State.for_model(self.hparams)
+    def new_state(self, initial_state=None) -> State:
+        """A fresh state, or a copy of ``initial_state`` (a State or a path to any state file,
+        e.g. an RWKV-PEFT state-tuned .pth)."""
+        if initial_state is None:
+            return State.for_model(self.hparams)
+        if isinstance(initial_state, State):
+            initial_state.check_compatible(self.hparams, "initial state")
+            return initial_state.copy()
+        from rwkvcpu.state_tools import load_any_state
+        return load_any_state(str(initial_state), self.hparams)[0]
 
     def new_cache(self, n_slots: int) -> StateCache:
         return StateCache.for_model(self.hparams, n_slots)
