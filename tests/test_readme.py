@@ -23,3 +23,12 @@ def test_ci_runs_the_readme_test_command():
     cmd = re.search(r"Run the tests.*?```bash\n(.*?)\n```", readme, re.S).group(1).strip()
     assert cmd == "python -m pytest -q"
     assert "python3 -m pytest -q" in ci or cmd in ci
+
+
+def test_states_example_runs_and_prints_what_readme_shows(tmp_path, monkeypatch, capsys):
+    text = (ROOT / "README.md").read_text()
+    sec = text[text.index("## States: save, resume"):]
+    code = re.search(r"```python\n(.*?)```", sec, re.S).group(1).replace("/tmp/henry.state", str(tmp_path / "h.state"))
+    shown = re.search(r"prints\n\n```\n(.*?)```", sec, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out == shown

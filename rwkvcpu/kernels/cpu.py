@@ -169,7 +169,7 @@ def qmatmul_small(qtype, raw, x, out, kv, f16_lut):
                 out[t, r] = acc
 
 
-SMALL_T = 4              # up to this many rows of x: fused kernel; above: dequantized tiles + BLAS
+SMALL_T = 16             # up to this many rows of x: fused kernels (weights streamed once); above: tiles + BLAS
 TILE_BYTES = 2 << 20     # float32 bytes of one dequantized weight tile
 
 

@@ -1,0 +1,163 @@
+"""Side-by-side CPU benchmark: rwkvcpu vs llama.cpp (llama-cpp-python) on one GGUF.
+
+    python tools/bench.py -m /tmp/rand-0.1b-q8_0.gguf -t 2 [--rounds 2] [--json out.json]
+
+Each engine runs in its own subprocess (so peak RSS is its own), A/B/A/B for ``--rounds``,
+best of the rounds kept.  Measured: decode tok/s (batch 1, after a 16-token prompt),
+prefill-512 tok/s, batched decode (8 sequences, one forward per step) in total tok/s,
+peak RSS, and cold start (process start -> first generated token, second run, kernels cached).
+llama.cpp runs only when ``llama_cpp`` imports (an optional extra:
+``pip install llama-cpp-python==0.3.36``, ~5 min to build on 2 cores).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+N_PROMPT = 16
+
+
+def worker_rwkvcpu(path, threads, n_decode, n_prefill, batch):
+    t0 = time.perf_counter()
+    from rwkvcpu.model import Model
+    m = Model.load(path, threads=threads)
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    V = m.n_vocab
+    prompt = rng.integers(1, V, N_PROMPT)
+    st = m.new_state()
+    logits, _ = m.forward(prompt, st)                       # warm-up (compiles if needed)
+    m.forward([1], st)
+    t = time.perf_counter()
+    for i in range(n_decode):
+        logits, _ = m.forward([int(np.argmax(logits))], st)
+    decode = n_decode / (time.perf_counter() - t)
+    long = rng.integers(1, V, n_prefill)
+    m.forward(long[:64], m.new_state())
+    t = time.perf_counter()
+    m.forward(long, m.new_state())
+    prefill = n_prefill / (time.perf_counter() - t)
+    cache = m.new_cache(batch)
+    slots = list(range(batch))
+    outs = m.forward_batch([rng.integers(1, V, N_PROMPT) for _ in slots], cache, slots)
+    m.forward_batch([[1]] * batch, cache, slots)
+    t = time.perf_counter()
+    steps = max(4, n_decode // 2)
+    for _ in range(steps):
+        outs = m.forward_batch([[int(np.argmax(o))] for o in outs], cache, slots)
+    batched = batch * steps / (time.perf_counter() - t)
+    return {"decode": decode, "prefill": prefill, "batched": batched, "load_s": load_s}
+
+
+def worker_llama(path, threads, n_decode, n_prefill, batch):
+    from llama_cpp import Llama
+    t0 = time.perf_counter()
+    llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_prefill + 256,
+                n_batch=n_prefill, verbose=False)
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    V = llm.n_vocab()
+    llm.eval(rng.integers(1, V, N_PROMPT).tolist())
+    llm.eval([1])
+    t = time.perf_counter()
+    for i in range(n_decode):
+        llm.eval([int(rng.integers(1, V))])
+    decode = n_decode / (time.perf_counter() - t)
+    long = rng.integers(1, V, n_prefill).tolist()
+    llm.reset()
+    llm.eval(long[:64])
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(long)
+    prefill = n_prefill / (time.perf_counter() - t)
+    return {"decode": decode, "prefill": prefill, "batched": None, "load_s": load_s}
+
+
+def cold_start(path, threads):
+    cmd = [sys.executable, "-m", "rwkvcpu.cli", "generate", "-m", path, "-p", "Hello", "-n", "1", "-t", str(threads)]
+    times = []
+    for _ in range(2):
+        t = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=True)
+        times.append(time.perf_counter() - t)
+    return times[-1]
+
+
+def run_worker(engine, a):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "-m", a.model, "-t", str(a.threads),
+           "--n-decode", str(a.n_decode), "--prefill", str(a.prefill), "--batch", str(a.batch)]
+    env = dict(os.environ)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"{engine} worker failed:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-m", "--model", required=True)
+    ap.add_argument("-t", "--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--n-decode", type=int, default=64)
+    ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.worker:
+        fn = {"rwkvcpu": worker_rwkvcpu, "llama.cpp": worker_llama}[a.worker]
+        res = fn(a.model, a.threads, a.n_decode, a.prefill, a.batch)
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(res))
+        return
+    engines = ["rwkvcpu"]
+    try:
+        import llama_cpp  # noqa: F401
+        engines.append("llama.cpp")
+    except ImportError:
+        print("llama_cpp not installed: rwkvcpu only (pip install llama-cpp-python==0.3.36)", file=sys.stderr)
+    best: dict[str, dict] = {}
+    for rnd in range(a.rounds):
+        for e in engines:                                   # interleaved A/B/A/B
+            r = run_worker(e, a)
+            b = best.setdefault(e, r)
+            for k in ("decode", "prefill", "batched"):
+                if r[k] is not None and (b[k] is None or r[k] > b[k]):
+                    b[k] = r[k]
+            b["peak_rss_mb"] = min(b["peak_rss_mb"], r["peak_rss_mb"])
+    best["rwkvcpu"]["cold_start_s"] = cold_start(a.model, a.threads)
+    size_mb = os.path.getsize(a.model) / 2**20
+    ref = best.get("llama.cpp")
+    print(f"\n{os.path.basename(a.model)} ({size_mb:.0f} MiB), {a.threads} threads, best of {a.rounds} interleaved rounds")
+    print(f"{'engine':<10} {'decode tok/s':>13} {'prefill-' + str(a.prefill):>13} {'batch-' + str(a.batch) + ' tok/s':>14} "
+          f"{'peak RSS MiB':>13} {'cold start s':>13}")
+    for e, r in best.items():
+        def cell(k, w):
+            v = r.get(k)
+            if v is None:
+                return f"{'n/a':>{w}}"
+            s = f"{v:.1f}"
+            if ref and e != "llama.cpp" and ref.get(k):
+                s += f" ({v / ref[k]:.2f}x)"
+            return f"{s:>{w}}"
+        cs = r.get("cold_start_s")
+        print(f"{e:<10} {cell('decode', 13)} {cell('prefill', 13)} {cell('batched', 14)} "
+              f"{r['peak_rss_mb']:>13.0f} {(f'{cs:.2f}' if cs else 'n/a'):>13}")
+    if "rwkvcpu" in best:
+        r = best["rwkvcpu"]
+        print(f"rwkvcpu: batched/single decode = {r['batched'] / r['decode']:.2f}x; "
+              f"weights streamed per decoded token = {size_mb:.0f} MiB -> {size_mb * r['decode'] / 1024:.1f} GiB/s")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"model": a.model, "threads": a.threads, "results": best}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
