@@ -1,9 +1,8 @@
-"""GGUF (llama.cpp's format) -> Checkpoint, through gguf-py's memory-mapped reader.
+"""GGUF (llama.cpp's format) -> Checkpoint, memory-mapped (``gguf_format.GGUFFile``).
 
-ggml lists a tensor's dimensions fastest-first (``ne[0]`` = columns); gguf-py's
-reader already returns ``data`` in NumPy order (rows first), which is the
-``[out, in]`` orientation of ``checkpoint.py``.  That reversal is the only
-dimension-order fact this module relies on, and it lives in ``_tensor``.
+ggml lists a tensor's dimensions fastest-first (``ne[0]`` = columns); NumPy order is the
+reverse (rows first), which is the ``[out, in]`` orientation of ``checkpoint.py``.  That
+reversal is the only dimension-order fact this module relies on, and it lives in ``_tensor``.
 """
 from __future__ import annotations
 
@@ -36,19 +35,24 @@ _MATRIX_FIELDS = {"receptance", "key", "value", "output", "ffn_key", "ffn_value"
 
 
 def _field(reader, key, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    return f.contents()
+    return reader.get(key, default)
+
+
+def _type_name(qtype: int) -> str:
+    try:
+        from gguf import GGMLQuantizationType
+        return GGMLQuantizationType(qtype).name
+    except ValueError:
+        return f"type {qtype}"
 
 
 def _tensor(path: str, t) -> QTensor:
-    """One gguf-py ReaderTensor -> QTensor (a view of the mmap, rows first)."""
-    qtype = int(t.tensor_type)
+    """One tensor of the file -> QTensor (a view of the mmap, rows first)."""
+    qtype = int(t.type)
     if qtype not in dq.BLOCKS:
-        raise LoadError(f"{path}: tensor {t.name} has ggml type {t.tensor_type.name}, "
+        raise LoadError(f"{path}: tensor {t.name} has ggml type {_type_name(qtype)}, "
                         f"which rwkvcpu does not support (supported: {', '.join(dq.TYPE_NAMES.values())})")
-    ne = [int(x) for x in t.shape]              # ggml order, ne[0] fastest
+    ne = [int(x) for x in t.ne]                  # ggml order, ne[0] fastest
     shape = tuple(reversed(ne))                  # NumPy order
     cols = ne[0]
     rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
@@ -57,26 +61,20 @@ def _tensor(path: str, t) -> QTensor:
         raise LoadError(f"{path}: tensor {t.name}: row length {cols} is not a multiple of "
                         f"the {dq.TYPE_NAMES[qtype]} block size {blk}")
     data = t.data
-    expected_bytes = rows * cols // blk * nbytes
-    if data.nbytes != expected_bytes:
-        raise LoadError(f"{path}: tensor {t.name} holds {data.nbytes} bytes, expected {expected_bytes} "
-                        f"(file truncated?)")
-    if qtype == dq.BF16:
+    if qtype == dq.F32:
+        raw = data.view(np.float32).reshape(rows, cols)
+    elif qtype == dq.F16:
+        raw = data.view(np.float16).reshape(rows, cols)
+    elif qtype == dq.BF16:
         raw = data.view(np.uint16).reshape(rows, cols)
-    elif qtype in (dq.F32, dq.F16):
-        raw = data.reshape(rows, cols)
     else:
         raw = data.reshape(rows, cols // blk * nbytes)
     return QTensor(t.name, qtype, (rows, cols) if len(shape) > 1 else (cols,), raw)
 
 
 def load_gguf(path: str) -> Checkpoint:
-    from gguf import GGUFReader
-    try:
-        reader = GGUFReader(path, "r")
-    except Exception as e:  # gguf-py raises ValueError/struct errors on damaged files
-        raise LoadError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); "
-                        "the file may be truncated or corrupted") from None
+    from .gguf_format import GGUFFile
+    reader = GGUFFile(path)
     arch = _field(reader, "general.architecture")
     if arch != ARCH:
         raise LoadError(f"{path}: this file is a {arch} model; rwkvcpu runs {ARCH}")
@@ -150,22 +148,16 @@ def load_gguf(path: str) -> Checkpoint:
                 head=head)
     validate_weights(path, hp, w)
     vocab = _gguf_vocab(path, reader)
-    meta = {k: _meta_value(f) for k, f in reader.fields.items()
-            if not k.startswith("tokenizer.ggml.") and not k.startswith("GGUF.")}
-    table = [(t.name, t.tensor_type.name, tuple(int(x) for x in t.shape), int(t.n_bytes))
-             for t in reader.tensors]
+    meta = {k: _meta_value(v) for k, v in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
+    table = [(t.name, _type_name(t.type), tuple(int(x) for x in t.ne), int(t.nbytes)) for t in reader.tensors]
     return Checkpoint(path=path, format="gguf", hparams=hp, weights=w, vocab=vocab,
                       metadata=meta, tensor_table=table)
 
 
-def _meta_value(f):
-    try:
-        v = f.contents()
-    except Exception:
-        return None
-    if isinstance(v, list) and len(v) > 16:
+def _meta_value(v):
+    if isinstance(v, (list, np.ndarray)) and len(v) > 16:
         return f"[{len(v)} items]"
-    return v
+    return v.tolist() if isinstance(v, np.ndarray) else v
 
 
 def _file_type_name(tensors) -> str:
@@ -180,17 +172,13 @@ def _file_type_name(tensors) -> str:
 
 
 def _gguf_vocab(path, reader) -> list[bytes] | None:
-    f = reader.fields.get("tokenizer.ggml.tokens")
-    if f is None:
+    toks = _field(reader, "tokenizer.ggml.tokens")
+    if toks is None:
         return None
     model = _field(reader, "tokenizer.ggml.model")
     if model not in (None, "rwkv"):
         raise LoadError(f"{path}: tokenizer.ggml.model is {model!r}; rwkvcpu reads the RWKV World tokenizer ('rwkv')")
-    toks = [bytes(f.parts[i]) for i in f.data]
-    types = reader.fields.get("tokenizer.ggml.token_type")
-    out = []
-    for i, t in enumerate(toks):
-        ttype = int(types.parts[types.data[i]][0]) if types is not None else 1
-        # type 3 = control (id 0, "<s>"): not produced by the greedy tokenizer and decodes to nothing
-        out.append(b"" if ttype == 3 else unescape_gguf_token(t))
-    return out
+    types = _field(reader, "tokenizer.ggml.token_type")
+    # type 3 = control (id 0, "<s>"): not produced by the greedy tokenizer and decodes to nothing
+    return [b"" if types is not None and int(types[i]) == 3 else unescape_gguf_token(t)
+            for i, t in enumerate(toks)]

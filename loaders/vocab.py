@@ -81,3 +81,13 @@ def find_vocab_beside(model_path: str) -> str | None:
         if os.path.isfile(c):
             return c
     return None
+
+
+def read_gguf_vocab(path: str) -> list[bytes]:
+    """The id -> bytes table of any GGUF with an RWKV vocabulary (e.g. a --vocab-only file)."""
+    from .gguf_format import GGUFFile
+    from .gguf_loader import _gguf_vocab
+    v = _gguf_vocab(path, GGUFFile(path))
+    if v is None:
+        raise LoadError(f"{path}: no tokenizer.ggml.tokens in this GGUF")
+    return v

@@ -2,18 +2,17 @@ import json
 import time
 
 import pytest
-from gguf import GGUFReader
 
 from rwkvcpu.loaders import load_world_vocab
-from rwkvcpu.loaders.gguf_loader import _gguf_vocab
+from rwkvcpu.loaders.vocab import read_gguf_vocab
 from rwkvcpu.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizers(fx):
-    world = Tokenizer(_gguf_vocab("world", GGUFReader(str(fx / "world-vocab-only.gguf"))))
+    world = Tokenizer(read_gguf_vocab(str(fx / "world-vocab-only.gguf")))
     tiny_txt = Tokenizer(load_world_vocab(fx / "tiny-vocab.txt"))
-    tiny_gguf = Tokenizer(_gguf_vocab("tiny", GGUFReader(str(fx / "tiny-rwkv7-f32.gguf"))))
+    tiny_gguf = Tokenizer(read_gguf_vocab(str(fx / "tiny-rwkv7-f32.gguf")))
     return world, tiny_txt, tiny_gguf
 
 

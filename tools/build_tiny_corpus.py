@@ -29,9 +29,8 @@ HELD_OUT = "hamlet_gut.txt"
 def world_vocab(path: str) -> list[bytes]:
     if path.endswith(".txt"):
         return load_world_vocab(path)
-    from gguf import GGUFReader
-    from rwkvcpu.loaders.gguf_loader import _gguf_vocab
-    return _gguf_vocab(path, GGUFReader(path))
+    from rwkvcpu.loaders.vocab import read_gguf_vocab
+    return read_gguf_vocab(path)
 
 
 def vocab_line(i: int, b: bytes) -> str:

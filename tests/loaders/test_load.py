@@ -57,3 +57,26 @@ def test_format_detected_from_bytes_not_name(fx, tmp_path):
     q.write_bytes((fx / "tiny-rwkv7.pth").read_bytes())
     assert detect_format(q) == "pth"
     assert load(q, vocab=fx / "tiny-vocab.txt").hparams.n_layer == 3
+
+
+@pytest.mark.parametrize("name", [f"tiny-rwkv7-{t}.gguf" for t in GGUF_TYPES] + ["world-vocab-only.gguf"])
+def test_direct_gguf_reader_agrees_with_gguf_py(name):
+    """loaders/gguf_format.py replaces gguf-py's slow reader on the load path: same bytes, same values."""
+    from gguf import GGUFReader
+    from loaders.gguf_format import GGUFFile
+    path = str(require_fixtures() / name)
+    ours, ref = GGUFFile(path), GGUFReader(path)
+    assert [t.name for t in ours.tensors] == [t.name for t in ref.tensors]
+    for a, b in zip(ours.tensors, ref.tensors):
+        assert a.type == int(b.tensor_type) and a.ne == [int(x) for x in b.shape]
+        assert np.array_equal(a.data, np.asarray(b.data).view(np.uint8).reshape(-1)), a.name
+    for k, f in ref.fields.items():
+        if k.startswith("GGUF."):
+            continue
+        v = ours.fields[k]
+        if k == "tokenizer.ggml.tokens":
+            assert v == [bytes(f.parts[i]) for i in f.data]
+        elif isinstance(v, np.ndarray):
+            assert v.tolist() == f.contents(), k
+        else:
+            assert v == pytest.approx(f.contents()) if isinstance(v, float) else v == f.contents(), k
