@@ -73,3 +73,18 @@ def test_q6_k_quantizer_round_trip_error_is_small():
     y = dequantize(quantize_q6_k(x), Q6_K, 512)
     assert np.all(y[0] == 0)
     assert np.sqrt(((y - x) ** 2).mean()) < 0.02 * x.std()
+
+
+@pytest.mark.parametrize("typ", ["f16", "q8_0", "q4_0"])
+def test_llama_cpp_reads_our_files_identically(typ, tmp_path):
+    """Optional cross-check (llama-cpp-python is not a dependency): llama.cpp's logits on our file
+    equal its logits on its own fixture file."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="optional: pip install llama-cpp-python==0.3.36")
+    fx = require_fixtures()
+    out = tmp_path / f"{typ}.gguf"
+    from rwkvcpu.convert import convert
+    convert(str(fx / "tiny-rwkv7.pth"), str(out), typ, vocab=str(fx / "tiny-vocab.txt"))
+    ref = np.load(fx / f"ref-llama-tiny-rwkv7-{typ}.npz")
+    llm = llama_cpp.Llama(model_path=str(out), logits_all=True, n_threads=1, verbose=False)
+    llm.eval(ref["seqlong_tokens"].tolist())
+    assert np.array_equal(np.array(llm.scores[:64], dtype=np.float32), ref["seqlong_llama_logits"])

@@ -22,22 +22,27 @@ from .matvec import matvec
 DOT_FLAGS = {"reassoc", "contract"}
 
 
+@njit(cache=True, inline="always")
+def _normalize(x, t, o, n, w, b, eps, out):
+    """out[t, o:o+n] = (x - mean) / sqrt(var + eps) * w + b over that segment of row t."""
+    mu = np.float32(0.0)
+    for j in range(n):
+        mu += x[t, o + j]
+    mu /= n
+    var = np.float32(0.0)
+    for j in range(n):
+        d = x[t, o + j] - mu
+        var += d * d
+    var /= n
+    inv = np.float32(1.0) / np.sqrt(var + np.float32(eps))
+    for j in range(n):
+        out[t, o + j] = (x[t, o + j] - mu) * inv * w[o + j] + b[o + j]
+
+
 @njit(cache=True, parallel=True)
 def layer_norm(x, w, b, eps, out):
-    T, C = x.shape
-    for t in prange(T):
-        mu = np.float32(0.0)
-        for j in range(C):
-            mu += x[t, j]
-        mu /= C
-        var = np.float32(0.0)
-        for j in range(C):
-            d = x[t, j] - mu
-            var += d * d
-        var /= C
-        inv = np.float32(1.0) / np.sqrt(var + np.float32(eps))
-        for j in range(C):
-            out[t, j] = (x[t, j] - mu) * inv * w[j] + b[j]
+    for t in prange(x.shape[0]):
+        _normalize(x, t, 0, x.shape[1], w, b, eps, out)
 
 
 @njit(cache=True, parallel=True)
@@ -45,20 +50,7 @@ def group_norm(x, w, b, n_head, eps, out):
     T, C = x.shape
     N = C // n_head
     for job in prange(T * n_head):
-        t = job // n_head
-        o = (job % n_head) * N
-        mu = np.float32(0.0)
-        for j in range(N):
-            mu += x[t, o + j]
-        mu /= N
-        var = np.float32(0.0)
-        for j in range(N):
-            d = x[t, o + j] - mu
-            var += d * d
-        var /= N
-        inv = np.float32(1.0) / np.sqrt(var + np.float32(eps))
-        for j in range(N):
-            out[t, o + j] = (x[t, o + j] - mu) * inv * w[o + j] + b[o + j]
+        _normalize(x, job // n_head, (job % n_head) * N, N, w, b, eps, out)
 
 
 @njit(cache=True, parallel=True)

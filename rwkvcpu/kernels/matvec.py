@@ -24,40 +24,28 @@ TWO_112 = np.float32(2.0 ** 112)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mv_f16(w16, x, out):
+def mv_16bit(w16, x, out, is_bf16):
+    """F16 or BF16 weights (their bits as uint16), converted to float32 a row at a time."""
     rows, cols = w16.shape
     T = x.shape[0]
+    scale = np.float32(1.0) if is_bf16 else TWO_112
     for task in prange((rows + ROWS - 1) // ROWS):
         u = np.empty(cols, dtype=np.uint32)
         f = u.view(np.float32)
         for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
             wr = w16[r]
-            for j in range(cols):
-                h = np.uint32(wr[j])
-                u[j] = ((h & 0x8000) << 16) | ((h & 0x7FFF) << 13)
+            if is_bf16:
+                for j in range(cols):
+                    u[j] = np.uint32(wr[j]) << 16
+            else:
+                for j in range(cols):
+                    h = np.uint32(wr[j])
+                    u[j] = ((h & 0x8000) << 16) | ((h & 0x7FFF) << 13)
             for t in range(T):
                 acc = np.float32(0.0)
                 for j in range(cols):
                     acc += f[j] * x[t, j]
-                out[t, r] = acc * TWO_112
-
-
-@njit(cache=True, parallel=True, fastmath=FLAGS)
-def mv_bf16(w16, x, out):
-    rows, cols = w16.shape
-    T = x.shape[0]
-    for task in prange((rows + ROWS - 1) // ROWS):
-        u = np.empty(cols, dtype=np.uint32)
-        f = u.view(np.float32)
-        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
-            wr = w16[r]
-            for j in range(cols):
-                u[j] = np.uint32(wr[j]) << 16
-            for t in range(T):
-                acc = np.float32(0.0)
-                for j in range(cols):
-                    acc += f[j] * x[t, j]
-                out[t, r] = acc
+                out[t, r] = acc * scale
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -162,13 +150,53 @@ def mv_q6_k(raw, raw_i8, x, out, lut):
                 out[t, r] = accv.sum()
 
 
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_buffered(qtype, raw, raw_i8, x, out, kv, lut):
+    """Batches (several rows of x): decode each weight row once into float32, then dot it with
+    every row of x, so the decoding cost is shared by the whole batch."""
+    rows = raw.shape[0]
+    T, cols = x.shape
+    for task in prange((rows + ROWS - 1) // ROWS):
+        buf = np.empty(cols, dtype=np.float32)
+        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
+            b = raw[r]
+            if qtype == dq.Q8_0:
+                q = raw_i8[r]
+                for k in range(cols // 32):
+                    o = k * 34
+                    d = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)]
+                    for i in range(32):
+                        buf[k * 32 + i] = d * np.float32(q[o + 2 + i])
+            elif qtype == dq.Q4_0:
+                for k in range(cols // 32):
+                    o = k * 18
+                    d = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)]
+                    for i in range(16):
+                        v = np.int32(b[o + 2 + i])
+                        buf[k * 32 + i] = d * np.float32((v & 15) - 8)
+                        buf[k * 32 + 16 + i] = d * np.float32((v >> 4) - 8)
+            else:
+                dq.dequant_row(qtype, b, buf, kv, lut)
+            for t in range(T):
+                acc = np.float32(0.0)
+                for j in range(cols):
+                    acc += buf[j] * x[t, j]
+                out[t, r] = acc
+
+
+BATCH_T = 3              # from this many rows of x on, decode each weight row once for all of them
+
+
 def matvec(qtype: int, W, x: np.ndarray, out: np.ndarray) -> bool:
     """Run the dedicated kernel for ``W``'s type if there is one; False when there is none."""
     lut = dq.F16_LUT
-    if qtype == dq.F16:
-        mv_f16(W.raw.view(np.uint16), x, out)
-    elif qtype == dq.BF16:
-        mv_bf16(W.raw.view(np.uint16), x, out)
+    if qtype in (dq.F16, dq.BF16):
+        mv_16bit(W.raw.view(np.uint16), x, out, qtype == dq.BF16)
+    elif x.shape[0] >= BATCH_T and qtype in dq.BLOCKS and qtype != dq.F32:
+        rb = W.row_bytes
+        mv_buffered(qtype, rb, rb.view(np.int8), x, out, dq.KVALUES_IQ4, lut)
+    elif qtype in (dq.F16, dq.BF16):
+        mv_16bit(W.raw.view(np.uint16), x, out, qtype == dq.BF16)
     elif qtype == dq.Q8_0:
         rb = W.row_bytes
         mv_q8_0(rb, rb.view(np.int8), x, out, lut)
