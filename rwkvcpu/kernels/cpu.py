@@ -137,30 +137,6 @@ def wkv7(r, w, k, v, a, b, seg_start, seg_len, seg_slot, S, y):
 
 # --- matrix products on weights in their file encoding ---------------------------
 
-ROWS_PER_TASK = 16
-
-
-@njit(cache=True, parallel=True, fastmath=DOT_FLAGS)
-def qmatmul_small(qtype, raw, x, out, kv, f16_lut):
-    """out[t, r] = dequant(raw[r]) . x[t] for a few rows of x (decode): weights streamed once.
-
-    raw: uint8 [rows, row_bytes]; x: float32 [T, cols]; out: float32 [T, rows].
-    """
-    rows = raw.shape[0]
-    T, cols = x.shape
-    ntask = (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    for task in prange(ntask):
-        buf = np.empty(cols, dtype=np.float32)
-        r1 = min(rows, (task + 1) * ROWS_PER_TASK)
-        for r in range(task * ROWS_PER_TASK, r1):
-            dq.dequant_row(qtype, raw[r], buf, kv, f16_lut)
-            for t in range(T):
-                acc = np.float32(0.0)
-                for j in range(cols):
-                    acc += buf[j] * x[t, j]
-                out[t, r] = acc
-
-
 SMALL_T = 16             # up to this many rows of x: fused kernels (weights streamed once); above: tiles + BLAS
 TILE_BYTES = 2 << 20     # float32 bytes of one dequantized weight tile
 
@@ -176,9 +152,7 @@ def matmul(x: np.ndarray, W, out: np.ndarray | None = None) -> np.ndarray:
         return out
     raw = W.row_bytes
     if T <= SMALL_T:
-        x = np.ascontiguousarray(x)
-        if not matvec(W.qtype, W, x, out):
-            qmatmul_small(W.qtype, raw, x, out, dq.KVALUES_IQ4, dq.F16_LUT)
+        matvec(W.qtype, W, np.ascontiguousarray(x), out)
         return out
     tile = max(1, TILE_BYTES // (4 * cols))
     buf = np.empty((min(tile, rows), cols), dtype=np.float32)

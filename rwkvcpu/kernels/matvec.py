@@ -187,27 +187,23 @@ def mv_buffered(qtype, raw, raw_i8, x, out, kv, lut):
 BATCH_T = 3              # from this many rows of x on, decode each weight row once for all of them
 
 
-def matvec(qtype: int, W, x: np.ndarray, out: np.ndarray) -> bool:
-    """Run the dedicated kernel for ``W``'s type if there is one; False when there is none."""
+def matvec(qtype: int, W, x: np.ndarray, out: np.ndarray) -> None:
+    """``out = x @ W.T`` for a few rows of x, on W's raw encoding (any non-F32 type)."""
     lut = dq.F16_LUT
+    single = x.shape[0] < BATCH_T
     if qtype in (dq.F16, dq.BF16):
         mv_16bit(W.raw.view(np.uint16), x, out, qtype == dq.BF16)
-    elif x.shape[0] >= BATCH_T and qtype in dq.BLOCKS and qtype != dq.F32:
-        rb = W.row_bytes
-        mv_buffered(qtype, rb, rb.view(np.int8), x, out, dq.KVALUES_IQ4, lut)
-    elif qtype in (dq.F16, dq.BF16):
-        mv_16bit(W.raw.view(np.uint16), x, out, qtype == dq.BF16)
-    elif qtype == dq.Q8_0:
+    elif single and qtype == dq.Q8_0:
         rb = W.row_bytes
         mv_q8_0(rb, rb.view(np.int8), x, out, lut)
-    elif qtype == dq.Q4_0:
+    elif single and qtype == dq.Q4_0:
         mv_q4_0(W.row_bytes, x, out, lut)
-    elif qtype == dq.Q4_K:
+    elif single and qtype == dq.Q4_K:
         xsum = x.reshape(x.shape[0], -1, 32).sum(-1, dtype=np.float32)
         mv_q4_k(W.row_bytes, x, xsum, out, lut)
-    elif qtype == dq.Q6_K:
+    elif single and qtype == dq.Q6_K:
         rb = W.row_bytes
         mv_q6_k(rb, rb.view(np.int8), x, out, lut)
-    else:
-        return False
-    return True
+    else:                                   # batches, and every other block type
+        rb = W.row_bytes
+        mv_buffered(qtype, rb, rb.view(np.int8), x, out, dq.KVALUES_IQ4, lut)
