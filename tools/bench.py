@@ -1,6 +1,8 @@
-"""Side-by-side CPU benchmark: rwkvcpu vs llama.cpp (llama-cpp-python) on one GGUF.
+"""Side-by-side CPU benchmark: rwkvcpu vs llama.cpp (llama-cpp-python) on a GGUF, or vs the
+rwkv pip package (torch, cpu fp32) on a BlinkDL .pth.
 
     python tools/bench.py -m /tmp/rand-0.1b-q8_0.gguf -t 2 [--rounds 2] [--json out.json]
+    python tools/bench.py -m /tmp/rand-0.1b.pth -t 2          # ratios against rwkv pip
 
 Each engine runs in its own subprocess (so peak RSS is its own), A/B/A/B for ``--rounds``,
 best of the rounds kept.  Measured: decode tok/s (batch 1, after a 16-token prompt),
@@ -80,6 +82,30 @@ def worker_llama(path, threads, n_decode, n_prefill, batch):
     return {"decode": decode, "prefill": prefill, "batched": None, "load_s": load_s}
 
 
+def worker_rwkv_pip(path, threads, n_decode, n_prefill, batch):
+    os.environ.update(RWKV_V7_ON="1", RWKV_JIT_ON="1", RWKV_CUDA_ON="0")
+    import torch
+    torch.set_num_threads(threads)
+    from rwkv.model import RWKV
+    t0 = time.perf_counter()
+    m = RWKV(model=path[:-4] if path.endswith(".pth") else path, strategy="cpu fp32")
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    V = m.args.vocab_size
+    out, st = m.forward(rng.integers(1, V, N_PROMPT).tolist(), None)
+    out, st = m.forward([1], st)
+    t = time.perf_counter()
+    for i in range(n_decode):
+        out, st = m.forward([int(out.argmax())], st)
+    decode = n_decode / (time.perf_counter() - t)
+    long = rng.integers(1, V, n_prefill).tolist()
+    m.forward(long[:64], None)
+    t = time.perf_counter()
+    m.forward(long, None)
+    prefill = n_prefill / (time.perf_counter() - t)
+    return {"decode": decode, "prefill": prefill, "batched": None, "load_s": load_s}
+
+
 def cold_start(path, threads):
     cmd = [sys.executable, "-m", "rwkvcpu.cli", "generate", "-m", path, "-p", "Hello", "-n", "1", "-t", str(threads)]
     times = []
@@ -112,17 +138,20 @@ def main(argv=None):
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
-        fn = {"rwkvcpu": worker_rwkvcpu, "llama.cpp": worker_llama}[a.worker]
+        fn = {"rwkvcpu": worker_rwkvcpu, "llama.cpp": worker_llama, "rwkv-pip": worker_rwkv_pip}[a.worker]
         res = fn(a.model, a.threads, a.n_decode, a.prefill, a.batch)
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(res))
         return
     engines = ["rwkvcpu"]
+    pth = a.model.endswith(".pth")
+    anchor = "rwkv-pip" if pth else "llama.cpp"
     try:
-        import llama_cpp  # noqa: F401
-        engines.append("llama.cpp")
+        __import__("rwkv" if pth else "llama_cpp")
+        engines.append(anchor)
     except ImportError:
-        print("llama_cpp not installed: rwkvcpu only (pip install llama-cpp-python==0.3.36)", file=sys.stderr)
+        print(f"{anchor} not installed: rwkvcpu only (llama-cpp-python==0.3.36 for GGUF, rwkv for .pth)",
+              file=sys.stderr)
     best: dict[str, dict] = {}
     for rnd in range(a.rounds):
         for e in engines:                                   # interleaved A/B/A/B
@@ -132,9 +161,10 @@ def main(argv=None):
                 if r[k] is not None and (b[k] is None or r[k] > b[k]):
                     b[k] = r[k]
             b["peak_rss_mb"] = min(b["peak_rss_mb"], r["peak_rss_mb"])
-    best["rwkvcpu"]["cold_start_s"] = cold_start(a.model, a.threads)
+    if not pth:                      # a bare .pth has no vocabulary for the CLI's prompt
+        best["rwkvcpu"]["cold_start_s"] = cold_start(a.model, a.threads)
     size_mb = os.path.getsize(a.model) / 2**20
-    ref = best.get("llama.cpp")
+    ref = best.get(anchor)
     print(f"\n{os.path.basename(a.model)} ({size_mb:.0f} MiB), {a.threads} threads, best of {a.rounds} interleaved rounds")
     print(f"{'engine':<10} {'decode tok/s':>13} {'prefill-' + str(a.prefill):>13} {'batch-' + str(a.batch) + ' tok/s':>14} "
           f"{'peak RSS MiB':>13} {'cold start s':>13}")
@@ -144,7 +174,7 @@ def main(argv=None):
             if v is None:
                 return f"{'n/a':>{w}}"
             s = f"{v:.1f}"
-            if ref and e != "llama.cpp" and ref.get(k):
+            if ref and e != anchor and ref.get(k):
                 s += f" ({v / ref[k]:.2f}x)"
             return f"{s:>{w}}"
         cs = r.get("cold_start_s")

@@ -60,6 +60,34 @@ def random_weights(shape: str, vocab: int = 65536, seed: int = 0):
     return hp, w
 
 
+def write_pth(path, hp, w):
+    """BlinkDL-layout float32 .pth (for rwkv pip comparisons); needs torch (this tool only)."""
+    import torch
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    v3 = lambda a: t(a).view(1, 1, -1)
+    sd = {"emb.weight": t(w.emb.dequantize()), "blocks.0.ln0.weight": t(w.ln0_w), "blocks.0.ln0.bias": t(w.ln0_b)}
+    for i, L in enumerate(w.layers):
+        p = f"blocks.{i}."
+        sd.update({p + "ln1.weight": t(L.ln1_w), p + "ln1.bias": t(L.ln1_b),
+                   p + "ln2.weight": t(L.ln2_w), p + "ln2.bias": t(L.ln2_b)})
+        for k in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "k_k", "k_a"):
+            sd[p + "att." + k] = v3(getattr(L, k))
+        names = ["w", "a", "g"] + (["v"] if i else [])
+        for k in names:
+            sd[p + f"att.{k}1"] = t(getattr(L, k + "1").T)      # BlinkDL files use x @ w1: [C, D]
+            sd[p + f"att.{k}2"] = t(getattr(L, k + "2").T)
+        if i:
+            sd[p + "att.v0"] = v3(L.v0)
+        sd[p + "att.r_k"] = t(L.r_k).view(hp.n_head, hp.head_size)
+        for k in ("receptance", "key", "value", "output"):
+            sd[p + f"att.{k}.weight"] = t(getattr(L, k).dequantize())
+        sd.update({p + "att.ln_x.weight": t(L.ln_x_w), p + "att.ln_x.bias": t(L.ln_x_b),
+                   p + "ffn.x_k": v3(L.ffn_x_k), p + "ffn.key.weight": t(L.ffn_key.dequantize()),
+                   p + "ffn.value.weight": t(L.ffn_value.dequantize())})
+    sd.update({"ln_out.weight": t(w.ln_out_w), "ln_out.bias": t(w.ln_out_b), "head.weight": t(w.head.dequantize())})
+    torch.save(sd, path)
+
+
 def synthetic_vocab(n: int) -> list[bytes]:
     v = [b""] + [bytes([i]) for i in range(256)]
     v += [f"<{i}>".encode() for i in range(len(v), n)]
@@ -69,13 +97,18 @@ def synthetic_vocab(n: int) -> list[bytes]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="0.1b")
-    ap.add_argument("--type", choices=sorted(FTYPES), default="q8_0")
+    ap.add_argument("--type", choices=sorted(FTYPES) + ["pth"], default="q8_0",
+                    help="a GGUF type, or pth: a float32 BlinkDL .pth (needs torch)")
     ap.add_argument("--vocab", type=int, default=65536)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-o", "--output", required=True)
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     hp, w = random_weights(a.shape, a.vocab, a.seed)
+    if a.type == "pth":
+        write_pth(a.output, hp, w)
+        print(f"{a.output}: {a.shape} pth f32 in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        return
     ftype_id, target = FTYPES[a.type]
     write_gguf(a.output, hp, gguf_tensors(w, hp), target, ftype_id, synthetic_vocab(a.vocab),
                name=f"random-rwkv7-{a.shape}")
