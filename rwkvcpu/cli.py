@@ -31,6 +31,12 @@ def model_options(f):
     return f
 
 
+def device_option(f):
+    return click.option("--device", "device", default="cpu", show_default=True,
+                        help="Where the layers run: cpu, cuda, cuda:N, or a split such as "
+                             "'cuda *12 -> cpu' (first 12 layers on the GPU).")(f)
+
+
 def sampling_options(f):
     opts = [
         click.option("--temp", type=float, default=1.0, show_default=True, help="Temperature; 0 = greedy."),
@@ -59,7 +65,7 @@ def sampler_from(kw):
         penalty_decay=kw["penalty_decay"], seed=kw["seed"]))
 
 
-def open_model(model_arg, vocab=None, threads=None):
+def open_model(model_arg, vocab=None, threads=None, device="cpu"):
     from rwkvcpu.model import Model
     from rwkvcpu.registry import resolve_model
     if model_arg is None:
@@ -67,7 +73,7 @@ def open_model(model_arg, vocab=None, threads=None):
         model_arg = bundled.default_model_path()
     path, reg_vocab = resolve_model(model_arg)
     _compile_notice()
-    return Model.load(path, threads=threads, vocab=vocab or reg_vocab)
+    return Model.load(path, threads=threads, vocab=vocab or reg_vocab, device=device)
 
 
 def _compile_notice():
@@ -90,6 +96,7 @@ def cli():
 
 @cli.command()
 @model_options
+@device_option
 @click.option("-p", "--prompt", default=None, help="Prompt text.")
 @click.option("-f", "--file", "prompt_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Read the prompt from a file.")
@@ -105,7 +112,7 @@ def cli():
 @click.option("--prompt-cache", type=click.Path(dir_okay=False), default=None,
               help="Reuse the saved state of an earlier prompt that is a prefix of this one; save this one's.")
 @sampling_options
-def generate(model_arg, vocab, threads, prompt, prompt_file, n_predict, stop, no_display_prompt,
+def generate(model_arg, vocab, threads, device, prompt, prompt_file, n_predict, stop, no_display_prompt,
              state_in, state_out, prompt_cache, **kw):
     """Generate text, streaming it as it is produced; speeds go to stderr."""
     from rwkvcpu.generate import stream_generate
@@ -116,7 +123,7 @@ def generate(model_arg, vocab, threads, prompt, prompt_file, n_predict, stop, no
         raise UserError("--prompt-cache starts from an empty state; it cannot be combined with --state-in")
     if prompt_file:
         prompt = open(prompt_file, encoding="utf-8").read()
-    m = open_model(model_arg, vocab, threads)
+    m = open_model(model_arg, vocab, threads, device)
     state = _initial_state(state_in, m)
     ids = m.tokenizer.encode(prompt)
     if not ids:
@@ -178,17 +185,18 @@ CHAT_HELP = "Commands: /save FILE, /load FILE, /reset, /quit"
 
 @cli.command()
 @model_options
+@device_option
 @click.option("-n", "--n-predict", type=click.IntRange(min=1), default=512, show_default=True,
               help="Maximum tokens per reply.")
 @click.option("--system", default=None, help="Optional system prompt (prepended once).")
 @click.option("--state-in", "--state", "state_in", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Resume a conversation saved with /save, or start from a state-tuned initial state.")
 @sampling_options
-def chat(model_arg, vocab, threads, n_predict, system, state_in, **kw):
+def chat(model_arg, vocab, threads, device, n_predict, system, state_in, **kw):
     """Multi-turn chat in RWKV's format; the state carries the conversation (history is never re-read)."""
     from rwkvcpu.generate import stream_generate
     from rwkvcpu.state import load_state, save_state
-    m = open_model(model_arg, vocab, threads)
+    m = open_model(model_arg, vocab, threads, device)
     state = _initial_state(state_in, m)
     sampler = sampler_from(kw)
     pending = f"System: {system.strip()}\n\n" if system else ""
@@ -240,15 +248,16 @@ def chat(model_arg, vocab, threads, n_predict, system, state_in, **kw):
 
 @cli.command()
 @model_options
+@device_option
 @click.option("-f", "--file", "text_file", type=click.Path(exists=True, dir_okay=False), required=True,
               help="Text to score.")
 @click.option("--chunk", type=click.IntRange(min=1), default=512, show_default=True,
               help="Tokens per forward call; the state is carried across chunks.")
 @click.option("--max-tokens", type=click.IntRange(min=2), default=None, help="Score only the first N tokens.")
-def perplexity(model_arg, vocab, threads, text_file, chunk, max_tokens):
+def perplexity(model_arg, vocab, threads, device, text_file, chunk, max_tokens):
     """Perplexity of a text file (every token after the first is scored, state carried across chunks)."""
     from rwkvcpu.generate import perplexity as ppl
-    m = open_model(model_arg, vocab, threads)
+    m = open_model(model_arg, vocab, threads, device)
     ids = m.tokenizer.encode(open(text_file, encoding="utf-8").read())
     if max_tokens:
         ids = ids[:max_tokens]

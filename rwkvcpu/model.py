@@ -31,19 +31,39 @@ def _sigmoid(x):
 class Model:
     """A loaded RWKV-7 model.  ``Model.load(path)``; ``forward(tokens, state)``."""
 
-    def __init__(self, ckpt: Checkpoint, threads: int | None = None):
+    def __init__(self, ckpt: Checkpoint, threads: int | None = None, device: str = "cpu"):
         self.ckpt = ckpt
         self.hparams = hp = ckpt.hparams
         self.weights = ckpt.weights
         self.set_threads(threads)
+        self.device = device
+        self._segments = self._place(device)
         # The six time-mix lerps of each layer stacked once: one kernel call per layer.
         self._mixes = [np.stack([L.x_r, L.x_w, L.x_k, L.x_v, L.x_a, L.x_g]) for L in self.weights.layers]
         self._tokenizer = None
         self.n_vocab = hp.vocab_size
 
     @classmethod
-    def load(cls, path: str, threads: int | None = None, vocab: str | None = None) -> "Model":
-        return cls(load(path, vocab=vocab), threads=threads)
+    def load(cls, path: str, threads: int | None = None, vocab: str | None = None,
+             device: str = "cpu") -> "Model":
+        """``device``: "cpu", "cuda", "cuda:1", or a strategy such as "cuda *12 -> cpu"
+        (the first 12 layers on the GPU, the rest on the CPU; see ``rwkvcpu.gpu``)."""
+        return cls(load(path, vocab=vocab), threads=threads, device=device)
+
+    def _place(self, device: str):
+        """[(Segment, CudaLayers or None)]: where each range of layers runs."""
+        from rwkvcpu.gpu import CudaLayers, parse_strategy
+        segs = parse_strategy(device, self.hparams.n_layer)
+        out = []
+        for i, sg in enumerate(segs):
+            last = i == len(segs) - 1
+            runner = CudaLayers(self, sg.start, sg.stop, last, sg.index) if sg.device == "cuda" else None
+            out.append((sg, runner))
+        return out
+
+    @property
+    def on_gpu(self) -> bool:
+        return any(r is not None for _, r in self._segments)
 
     @staticmethod
     def set_threads(threads: int | None) -> None:
@@ -161,20 +181,53 @@ class Model:
 
         x = W.emb.rows(tokens)                                   # embd
         if rec:
+            if self.on_gpu:
+                raise ValueError("recording intermediates (dump/compare) runs on the CPU; "
+                                 "load the model with device='cpu'")
             rec("embd", x)
         x = self._ln(x, W.ln0_w, W.ln0_b)
-        v_first = None
-        last = len(W.layers) - 1
-        for il, L in enumerate(W.layers):
+        v_first = None          # layer 0's value, used by every later layer (value residual)
+        for n, (sg, runner) in enumerate(self._segments):
+            final = n == len(self._segments) - 1
+            if runner is not None:
+                out = runner.run(x, v_first, seg_start, seg_len, seg_slot, cache, out_rows if final else None)
+                if final:
+                    np.add.at(cache.n_tokens, seg_slot, seg_len)
+                    return out
+                x, v_first = out
+            else:
+                x, v_first = self._cpu_layers(x, v_first, sg.start, sg.stop, final, seg_start, seg_len,
+                                              seg_slot, cache, out_rows, rec)
+        np.add.at(cache.n_tokens, seg_slot, seg_len)
+        if len(out_rows) == 0:
+            return np.empty((0, hp.vocab_size), dtype=np.float32)
+        xo = self._ln(x, W.ln_out_w, W.ln_out_b)
+        logits = K.matmul(xo, W.head)
+        if rec:
+            rec("result_norm", xo)
+            rec("result_output", logits)
+        return logits
+
+    def _cpu_layers(self, x, v_first, start, stop, final, seg_start, seg_len, seg_slot, cache, out_rows, rec):
+        """Layers [start, stop) on the CPU.  With ``final`` the last layer keeps only out_rows."""
+        hp, W = self.hparams, self.weights
+        H, N, C = hp.n_head, hp.head_size, hp.n_embd
+        T = x.shape[0]
+        # A mixed strategy's CPU layers never live on the GPU: use the host arrays without
+        # synchronising the GPU's layers back every step.
+        cr, cs = (cache._r, cache._s) if self.on_gpu else (cache.r, cache.s)
+        last = stop - 1 if final else -1
+        for il in range(start, stop):
+            L = W.layers[il]
             if rec:
-                rec(f"cache_r_l{il}.in", cache.r[il, seg_slot].copy())
-                rec(f"cache_s_l{il}.in", cache.s[il, seg_slot].copy())
+                rec(f"cache_r_l{il}.in", cr[il, seg_slot].copy())
+                rec(f"cache_s_l{il}.in", cs[il, seg_slot].copy())
             # --- time mix --------------------------------------------------------
             xa = self._ln(x, L.ln1_w, L.ln1_b)
             if rec:
                 rec(f"attn_norm-{il}", xa)
             prev = np.empty_like(xa)
-            K.token_shift(xa, seg_start, seg_len, seg_slot, cache.r[il], 0, prev)
+            K.token_shift(xa, seg_start, seg_len, seg_slot, cr[il], 0, prev)
             mixed = np.empty((6, T, C), dtype=np.float32)
             K.lerps(xa, prev, self._mixes[il], mixed)
             xr, xw, xk, xv, xaa, xg = mixed
@@ -213,11 +266,11 @@ class Model:
             sh = (T, H, N)
             K.wkv7(r.reshape(sh), w.reshape(sh), k.reshape(sh), v.reshape(sh),
                    (-kk).reshape(sh), (kk * a).reshape(sh),
-                   seg_start, seg_len, seg_slot, cache.s[il], y)
+                   seg_start, seg_len, seg_slot, cs[il], y)
             y = y.reshape(T, C)
             if rec:
-                rec(f"RWKV_WKV7-{il}", np.concatenate([y.reshape(-1), cache.s[il, seg_slot].reshape(-1)]))
-                rec(f"cache_s_l{il}.out", cache.s[il, seg_slot].copy())
+                rec(f"RWKV_WKV7-{il}", np.concatenate([y.reshape(-1), cs[il, seg_slot].reshape(-1)]))
+                rec(f"cache_s_l{il}.out", cs[il, seg_slot].copy())
             yn = np.empty_like(y)
             K.group_norm(y, L.ln_x_w, L.ln_x_b, H, GROUP_NORM_EPS, yn)
             bonus = (r * k * L.r_k).reshape(sh).sum(-1, keepdims=True) * v.reshape(sh)
@@ -231,9 +284,9 @@ class Model:
             if rec:
                 rec(f"ffn_norm-{il}", xf)
             prev = np.empty_like(xf)
-            K.token_shift(xf, seg_start, seg_len, seg_slot, cache.r[il], C, prev)
+            K.token_shift(xf, seg_start, seg_len, seg_slot, cr[il], C, prev)
             if rec:
-                rec(f"cache_r_l{il}.out", cache.r[il, seg_slot].copy())
+                rec(f"cache_r_l{il}.out", cr[il, seg_slot].copy())
             if il == last:            # only the rows whose logits are wanted go further
                 x, xf, prev = x[out_rows], xf[out_rows], prev[out_rows]
                 if len(out_rows) == 0:
@@ -250,15 +303,7 @@ class Model:
                 rec(f"MUL_MAT:blk.{il}.channel_mix_value.weight", ffn)
             if rec:
                 rec(f"l_out-{il}", x)
-        np.add.at(cache.n_tokens, seg_slot, seg_len)
-        if len(out_rows) == 0:
-            return np.empty((0, hp.vocab_size), dtype=np.float32)
-        xo = self._ln(x, W.ln_out_w, W.ln_out_b)
-        logits = K.matmul(xo, W.head)
-        if rec:
-            rec("result_norm", xo)
-            rec("result_output", logits)
-        return logits
+        return x, v_first
 
     def _ln(self, x, w, b):
         out = np.empty_like(x)

@@ -36,9 +36,45 @@ class StateCache:
             raise StateError(f"n_embd {n_embd} is not divisible by head_size {head_size}")
         self.n_layer, self.n_embd, self.head_size = n_layer, n_embd, head_size
         self.n_head = n_embd // head_size
-        self.r = np.zeros((n_layer, n_slots, 2 * n_embd), dtype=np.float32)
-        self.s = np.zeros((n_layer, n_slots, self.n_head, head_size, head_size), dtype=np.float32)
+        self._r = np.zeros((n_layer, n_slots, 2 * n_embd), dtype=np.float32)
+        self._s = np.zeros((n_layer, n_slots, self.n_head, head_size, head_size), dtype=np.float32)
         self.n_tokens = np.zeros(n_slots, dtype=np.int64)   # tokens processed per slot
+        self._mirror = None     # a DeviceMirror while some layers' state lives on a GPU
+
+    # --- the host arrays; a GPU copy (rwkvcpu/gpu.py) is synchronised on access ----------
+    # While a CUDA model advances the state, the newest values of its layers are on the
+    # device.  Reading ``r``/``s`` copies them back first and marks the device copy stale
+    # (the caller may write through the arrays), so host code always sees the truth.
+    @property
+    def r(self) -> np.ndarray:
+        self._pull()
+        return self._r
+
+    @r.setter
+    def r(self, value) -> None:
+        self._pull()
+        self._r[...] = value
+
+    @property
+    def s(self) -> np.ndarray:
+        self._pull()
+        return self._s
+
+    @s.setter
+    def s(self, value) -> None:
+        self._pull()
+        self._s[...] = value
+
+    def _pull(self) -> None:
+        m = self._mirror
+        if m is not None:
+            m.pull(self)
+
+    def __getstate__(self):
+        self._pull()
+        d = dict(self.__dict__)
+        d["_mirror"] = None
+        return d
 
     @classmethod
     def for_model(cls, hp, n_slots: int = 1) -> "StateCache":
@@ -47,11 +83,11 @@ class StateCache:
     # --- shape -----------------------------------------------------------------
     @property
     def n_slots(self) -> int:
-        return self.r.shape[1]
+        return self._r.shape[1]
 
     @property
     def nbytes(self) -> int:
-        return self.r.nbytes + self.s.nbytes
+        return self._r.nbytes + self._s.nbytes
 
     def shape_key(self) -> tuple:
         return (self.n_layer, self.n_embd, self.head_size)

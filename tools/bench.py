@@ -3,6 +3,8 @@ rwkv pip package (torch, cpu fp32) on a BlinkDL .pth.
 
     python tools/bench.py -m /tmp/rand-0.1b-q8_0.gguf -t 2 [--rounds 2] [--json out.json]
     python tools/bench.py -m /tmp/rand-0.1b.pth -t 2          # ratios against rwkv pip
+    python tools/bench.py -m rand-1.5b-f16.gguf --pth rand-1.5b.pth --device cuda --batch 64 \
+        --llama-bench llama.cpp/build/bin/llama-bench              # GPU: vs llama.cpp CUDA and rwkv pip CUDA
 
 Each engine runs in its own subprocess (so peak RSS is its own), A/B/A/B for ``--rounds``,
 best of the rounds kept.  Measured: decode tok/s (batch 1, after a 16-token prompt),
@@ -26,10 +28,10 @@ import numpy as np
 N_PROMPT = 16
 
 
-def worker_rwkvcpu(path, threads, n_decode, n_prefill, batch):
+def worker_rwkvcpu(path, threads, n_decode, n_prefill, batch, device="cpu"):
     t0 = time.perf_counter()
     from rwkvcpu.model import Model
-    m = Model.load(path, threads=threads)
+    m = Model.load(path, threads=threads, device=device)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     V = m.n_vocab
@@ -42,7 +44,7 @@ def worker_rwkvcpu(path, threads, n_decode, n_prefill, batch):
         logits, _ = m.forward([int(np.argmax(logits))], st)
     decode = n_decode / (time.perf_counter() - t)
     long = rng.integers(1, V, n_prefill)
-    m.forward(long[:64], m.new_state())
+    m.forward(long, m.new_state())                          # warm-up of the prefill path
     t = time.perf_counter()
     m.forward(long, m.new_state())
     prefill = n_prefill / (time.perf_counter() - t)
@@ -58,7 +60,7 @@ def worker_rwkvcpu(path, threads, n_decode, n_prefill, batch):
     return {"decode": decode, "prefill": prefill, "batched": batched, "load_s": load_s}
 
 
-def worker_llama(path, threads, n_decode, n_prefill, batch):
+def worker_llama(path, threads, n_decode, n_prefill, batch, device="cpu"):
     from llama_cpp import Llama
     t0 = time.perf_counter()
     llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_prefill + 256,
@@ -82,13 +84,14 @@ def worker_llama(path, threads, n_decode, n_prefill, batch):
     return {"decode": decode, "prefill": prefill, "batched": None, "load_s": load_s}
 
 
-def worker_rwkv_pip(path, threads, n_decode, n_prefill, batch):
-    os.environ.update(RWKV_V7_ON="1", RWKV_JIT_ON="1", RWKV_CUDA_ON="0")
+def worker_rwkv_pip(path, threads, n_decode, n_prefill, batch, device="cpu"):
+    gpu = device != "cpu"
+    os.environ.update(RWKV_V7_ON="1", RWKV_JIT_ON="1", RWKV_CUDA_ON="1" if gpu else "0")
     import torch
     torch.set_num_threads(threads)
     from rwkv.model import RWKV
     t0 = time.perf_counter()
-    m = RWKV(model=path[:-4] if path.endswith(".pth") else path, strategy="cpu fp32")
+    m = RWKV(model=path[:-4] if path.endswith(".pth") else path, strategy="cuda fp16" if gpu else "cpu fp32")
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     V = m.args.vocab_size
@@ -99,9 +102,10 @@ def worker_rwkv_pip(path, threads, n_decode, n_prefill, batch):
         out, st = m.forward([int(out.argmax())], st)
     decode = n_decode / (time.perf_counter() - t)
     long = rng.integers(1, V, n_prefill).tolist()
-    m.forward(long[:64], None)
+    m.forward(long, None)                                    # warm-up, as for rwkvcpu
     t = time.perf_counter()
-    m.forward(long, None)
+    out, _ = m.forward(long, None)
+    float(out.float().sum())                                 # wait for the GPU (cuda strategies)
     prefill = n_prefill / (time.perf_counter() - t)
     return {"decode": decode, "prefill": prefill, "batched": None, "load_s": load_s}
 
@@ -116,9 +120,27 @@ def cold_start(path, threads):
     return times[-1]
 
 
+def llama_bench(binary, path, threads, n_decode, n_prefill, device):
+    """llama.cpp's own llama-bench binary (e.g. a CUDA build): pp<n_prefill> and tg<n_decode>."""
+    cmd = [binary, "-m", path, "-p", str(n_prefill), "-n", str(n_decode), "-t", str(threads), "-r", "3",
+           "-ngl", "99" if device != "cpu" else "0", "-o", "json"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"llama-bench failed:\n{r.stderr[-2000:]}")
+    res = {"decode": None, "prefill": None, "batched": None, "load_s": None, "peak_rss_mb": float("nan")}
+    for row in json.loads(r.stdout):
+        key = "prefill" if row.get("n_prompt") else "decode"
+        res[key] = float(row["avg_ts"])
+    return res
+
+
 def run_worker(engine, a):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "-m", a.model, "-t", str(a.threads),
-           "--n-decode", str(a.n_decode), "--prefill", str(a.prefill), "--batch", str(a.batch)]
+    if engine == "llama.cpp" and a.llama_bench:
+        return llama_bench(a.llama_bench, a.model, a.threads, a.n_decode, a.prefill, a.device)
+    model = a.pth if engine == "rwkv-pip" and a.pth else a.model
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "-m", model, "-t", str(a.threads),
+           "--n-decode", str(a.n_decode), "--prefill", str(a.prefill), "--batch", str(a.batch),
+           "--device", a.device]
     env = dict(os.environ)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
@@ -135,23 +157,33 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--device", default="cpu", help="rwkvcpu device/strategy (cuda: rwkv pip runs 'cuda fp16' "
+                    "with its CUDA kernel, llama.cpp offloads all layers)")
+    ap.add_argument("--pth", default=None, help="the same weights as a .pth: adds rwkv pip next to a GGUF")
+    ap.add_argument("--llama-bench", default=None, help="a llama-bench binary to use instead of llama-cpp-python")
+    ap.add_argument("--no-cold-start", action="store_true")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
         fn = {"rwkvcpu": worker_rwkvcpu, "llama.cpp": worker_llama, "rwkv-pip": worker_rwkv_pip}[a.worker]
-        res = fn(a.model, a.threads, a.n_decode, a.prefill, a.batch)
+        res = fn(a.model, a.threads, a.n_decode, a.prefill, a.batch, a.device)
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(res))
         return
     engines = ["rwkvcpu"]
     pth = a.model.endswith(".pth")
     anchor = "rwkv-pip" if pth else "llama.cpp"
-    try:
-        __import__("rwkv" if pth else "llama_cpp")
-        engines.append(anchor)
-    except ImportError:
-        print(f"{anchor} not installed: rwkvcpu only (llama-cpp-python==0.3.36 for GGUF, rwkv for .pth)",
-              file=sys.stderr)
+    wanted = [anchor] + (["rwkv-pip"] if a.pth and not pth else [])
+    for e in wanted:
+        if e == "llama.cpp" and a.llama_bench:
+            engines.append(e)
+            continue
+        try:
+            __import__("rwkv" if e == "rwkv-pip" else "llama_cpp")
+            engines.append(e)
+        except ImportError:
+            print(f"{e} not installed: skipped (llama-cpp-python==0.3.36 for GGUF, rwkv for .pth)",
+                  file=sys.stderr)
     best: dict[str, dict] = {}
     for rnd in range(a.rounds):
         for e in engines:                                   # interleaved A/B/A/B
@@ -161,11 +193,12 @@ def main(argv=None):
                 if r[k] is not None and (b[k] is None or r[k] > b[k]):
                     b[k] = r[k]
             b["peak_rss_mb"] = min(b["peak_rss_mb"], r["peak_rss_mb"])
-    if not pth:                      # a bare .pth has no vocabulary for the CLI's prompt
+    if not pth and not a.no_cold_start:                      # a bare .pth has no vocabulary for the CLI's prompt
         best["rwkvcpu"]["cold_start_s"] = cold_start(a.model, a.threads)
     size_mb = os.path.getsize(a.model) / 2**20
     ref = best.get(anchor)
-    print(f"\n{os.path.basename(a.model)} ({size_mb:.0f} MiB), {a.threads} threads, best of {a.rounds} interleaved rounds")
+    print(f"\n{os.path.basename(a.model)} ({size_mb:.0f} MiB), device {a.device}, {a.threads} threads, "
+          f"best of {a.rounds} interleaved rounds")
     print(f"{'engine':<10} {'decode tok/s':>13} {'prefill-' + str(a.prefill):>13} {'batch-' + str(a.batch) + ' tok/s':>14} "
           f"{'peak RSS MiB':>13} {'cold start s':>13}")
     for e, r in best.items():
@@ -180,6 +213,10 @@ def main(argv=None):
         cs = r.get("cold_start_s")
         print(f"{e:<10} {cell('decode', 13)} {cell('prefill', 13)} {cell('batched', 14)} "
               f"{r['peak_rss_mb']:>13.0f} {(f'{cs:.2f}' if cs else 'n/a'):>13}")
+    if "rwkvcpu" in best and "rwkv-pip" in best and anchor != "rwkv-pip":
+        r, q = best["rwkvcpu"], best["rwkv-pip"]
+        print("rwkvcpu / rwkv-pip: " + ", ".join(f"{k} {r[k] / q[k]:.2f}x" for k in ("decode", "prefill", "batched")
+                                                 if r.get(k) and q.get(k)))
     if "rwkvcpu" in best:
         r = best["rwkvcpu"]
         print(f"rwkvcpu: batched/single decode = {r['batched'] / r['decode']:.2f}x; "

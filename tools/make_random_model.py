@@ -17,6 +17,7 @@ from rwkvcpu.convert import FTYPES, gguf_tensors, write_gguf
 from rwkvcpu.loaders.checkpoint import HParams, LayerWeights, QTensor, Weights
 
 SHAPES = {  # n_layer, n_embd, ffn, (rank_w, rank_a, rank_v, rank_g) as in the released models
+    "micro": (2, 256, 256, (32, 32, 32, 32)),   # for the CUDA simulator
     "tiny": (3, 256, 1024, (64, 64, 32, 128)),
     "0.1b": (12, 768, 3072, (64, 64, 32, 128)),
     "0.4b": (24, 1024, 4096, (64, 64, 32, 128)),

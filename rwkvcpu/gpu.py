@@ -1,0 +1,448 @@
+"""Running layers on an NVIDIA GPU (numba.cuda), and strategies like ``"cuda *12 -> cpu"``.
+
+A ``CudaLayers`` holds a contiguous range of layers (and, when it runs the last
+one, the output norm and head) on one GPU: weights uploaded once in their file
+encoding (types without an in-kernel decoder are widened to float32: exact),
+activation buffers reused between calls, and the state of its layers in
+device slots.  Per step only the embeddings go up and the logits of the wanted
+rows come back.
+
+State ownership: a ``StateCache`` keeps its host arrays; while a GPU advances
+it, the device copy of the GPU's layers is the newest (``DeviceMirror``).
+Reading ``cache.r`` / ``cache.s`` on the host copies those layers back first
+(see ``rwkvcpu/state.py``), so saving, comparing or continuing on the CPU always
+sees the real state.  CPU layers of a mixed strategy use the host arrays
+directly, and never touch the GPU's layers.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from rwkvcpu.kernels import dequant as dq
+from rwkvcpu.kernels.reference import DECAY_SCALE, GROUP_NORM_EPS, L2_EPS
+
+assert abs(DECAY_SCALE - 0.606531) < 1e-12   # the constant written in kernels/cuda.pre_wkv
+
+
+class StrategyError(ValueError):
+    """A --device / strategy string that cannot be used."""
+
+
+@dataclass
+class Segment:
+    device: str          # "cpu" or "cuda"
+    index: int           # GPU ordinal for cuda
+    start: int           # first layer
+    stop: int            # one past the last layer
+
+
+def parse_strategy(text: str, n_layer: int) -> list[Segment]:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"cuda *12 -> cpu"``, ``"cpu *4 -> cuda"`` ...
+
+    Each ``->``-separated part is a device and optionally ``*N`` (its number of layers);
+    the last part takes the remaining layers.  Weights stay in the file's encoding, so
+    rwkv pip's precision words (fp16, fp32, bf16, i8) are refused rather than ignored.
+    """
+    parts = [p.strip() for p in str(text).split("->")]
+    if not parts or any(not p for p in parts):
+        raise StrategyError(f"strategy {text!r}: empty part (write e.g. 'cuda *12 -> cpu')")
+    segs: list[Segment] = []
+    at = 0
+    for n, part in enumerate(parts):
+        m = re.fullmatch(r"(cpu|cuda)(?::(\d+))?(?:\s+([^\s*]+))?(?:\s*\*\s*(\d+)\+?)?", part)
+        if not m:
+            raise StrategyError(f"strategy {text!r}: cannot read {part!r} "
+                                "(expected 'cpu' or 'cuda[:N]', optionally '*LAYERS')")
+        dev, idx, word, count = m.groups()
+        if word is not None:
+            raise StrategyError(f"strategy {text!r}: {word!r} is not needed: rwkvcpu keeps the weights in "
+                                "the file's encoding on every device (use 'rwkvcpu quantize' to change it)")
+        if dev == "cpu" and idx:
+            raise StrategyError(f"strategy {text!r}: 'cpu' takes no device number")
+        last = n == len(parts) - 1
+        if count is None and not last:
+            raise StrategyError(f"strategy {text!r}: {part!r} needs a layer count ('*N') "
+                                "because another part follows it")
+        k = n_layer - at if count is None else int(count)
+        if last and count is not None and at + k != n_layer:
+            k = n_layer - at          # the last part takes the rest, as in rwkv pip
+        if k < 0 or at + k > n_layer:
+            raise StrategyError(f"strategy {text!r}: asks for {at + k} layers; the model has {n_layer}")
+        if k:
+            if segs and segs[-1].device == dev and segs[-1].index == int(idx or 0):
+                segs[-1].stop += k
+            else:
+                segs.append(Segment(dev, int(idx or 0), at, at + k))
+        at += k
+    return segs
+
+
+def cuda_available() -> bool:
+    try:
+        from numba import cuda
+        return bool(cuda.is_available())
+    except Exception:          # numba without a CUDA driver raises various errors
+        return False
+
+
+class DeviceMirror:
+    """The device copy of some layers' state slots of one StateCache."""
+
+    def __init__(self, runner: "CudaLayers", cache):
+        from numba import cuda
+        self.runner = runner
+        with runner.ctx():
+            self.R = {il: cuda.to_device(cache._r[il]) for il in runner.layer_ids}
+            self.S = {il: cuda.to_device(cache._s[il]) for il in runner.layer_ids}
+        self.dev_newer = False
+        self.host_newer = False
+
+    def pull(self, cache) -> None:
+        if self.dev_newer:
+            with self.runner.ctx():
+                for il in self.R:
+                    self.R[il].copy_to_host(cache._r[il])
+                    self.S[il].copy_to_host(cache._s[il])
+            self.dev_newer = False
+        self.host_newer = True        # the caller may now write through the host arrays
+
+    def push(self, cache) -> None:
+        with self.runner.ctx():
+            for il in self.R:
+                self.R[il].copy_to_device(cache._r[il])
+                self.S[il].copy_to_device(cache._s[il])
+        self.host_newer = False
+
+
+class DevMatrix:
+    """A weight matrix on the device: kind 'q' (ggml blocks), 'f' (float32/16) or 'bf16'."""
+
+    def __init__(self, Q):
+        from numba import cuda
+        from rwkvcpu.kernels import cuda as CK
+        self.rows, self.cols = Q.shape
+        self.qt = Q.qtype
+        if Q.qtype in (dq.F32, dq.F16):
+            self.kind, host = "f", np.ascontiguousarray(Q.raw)
+        elif Q.qtype == dq.BF16:
+            self.kind, host = "bf16", np.ascontiguousarray(Q.raw)
+        elif Q.qtype in CK.NATIVE_QTYPES:
+            self.kind, host = "q", np.ascontiguousarray(Q.row_bytes)
+        else:                        # no in-kernel decoder: widen exactly, once
+            self.kind, host = "f", Q.dequantize()
+            self.qt = dq.F32
+        self.arr = cuda.to_device(host)
+        self.nbytes = host.nbytes
+
+
+def _grid_rows(n: int, per: int) -> int:
+    return (n + per - 1) // per
+
+
+def _dim3(d) -> tuple:
+    d = tuple(d) if isinstance(d, tuple) else (d,)
+    return d + (1,) * (3 - len(d))
+
+
+class _NotRecorded(RuntimeError):
+    def __init__(self, msg, launched):
+        super().__init__(msg)
+        self.launched = launched
+
+
+def _launch_hook():
+    """(module, name) of the function numba-cuda's kernel launch ends in: ``launch`` (from
+    cuda.core) in numba-cuda >= 0.2x, ``cudadrv.driver.launch_kernel`` in older numba."""
+    try:
+        import numba.cuda.dispatcher as DM
+        if callable(getattr(DM, "launch", None)):
+            return DM, "launch"
+        from numba.cuda.cudadrv import driver as D
+        if callable(getattr(D, "launch_kernel", None)):
+            return D, "launch_kernel"
+    except ImportError:
+        pass
+    raise _NotRecorded("this numba has no known kernel-launch function", launched=False)
+
+
+class _Launches:
+    """Recorded kernel launches of one step, replayed without numba's per-call dispatch.
+
+    A decode step is ~15 small kernels per layer; numba's launch path (typing every argument,
+    wrapping arrays, marshalling them) costs far more than the kernels themselves.  The first
+    step of a given shape is launched normally while numba's final driver call
+    (``cudadrv.driver.launch_kernel``) is observed; its arguments (function handle, grid,
+    marshalled kernel arguments) are kept.  Later steps of that shape refresh the inputs in
+    the same device buffers and repeat those driver calls.  Only device arrays and scalars
+    are passed (no host array that numba would copy to a temporary), and every array an
+    entry points into is held in ``keep``, so no pointer can dangle.
+    """
+
+    def __init__(self, mirror):
+        self.mirror = mirror
+        self.entries = []
+        self.keep = []
+
+    def launch_and_record(self, kern, grid, block, args) -> None:
+        from numba import cuda
+        for a in args:
+            if isinstance(a, np.ndarray) and not cuda.is_cuda_array(a):
+                raise _NotRecorded("a host array would be copied to a temporary", launched=False)
+        mod, name = _launch_hook()
+        orig = getattr(mod, name)
+        seen = []
+
+        def spy(*a, **k):
+            seen.append((a, k))
+            return orig(*a, **k)
+        setattr(mod, name, spy)
+        try:
+            kern[grid, block](*args)
+        finally:
+            setattr(mod, name, orig)
+        if len(seen) != 1:
+            raise _NotRecorded(f"expected one driver launch, saw {len(seen)}", launched=True)
+        self.entries.append((orig, seen[0][0], seen[0][1]))
+        self.keep.append(args)
+
+    def replay(self) -> None:
+        for fn, a, k in self.entries:
+            fn(*a, **k)
+
+
+class CudaLayers:
+    """Layers [start, stop) (and the head when ``with_head``) on GPU ``index``."""
+
+    def __init__(self, model, start: int, stop: int, with_head: bool, index: int = 0):
+        import numba
+        from numba import cuda
+        from rwkvcpu.kernels import cuda as CK
+        numba.config.CUDA_LOW_OCCUPANCY_WARNINGS = 0    # small grids are expected at batch 1
+        if not cuda_available():
+            raise StrategyError("no CUDA GPU is available to numba (numba.cuda.is_available() is False); "
+                                "use --device cpu")
+        self.K = CK
+        self.index = index
+        hp = model.hparams
+        if hp.head_size > CK.NMAX:
+            raise StrategyError(f"head_size {hp.head_size} exceeds the GPU kernels' limit {CK.NMAX}")
+        self.hp = hp
+        self.layer_ids = list(range(start, stop))
+        self.with_head = with_head
+        self._bufs: dict[int, dict] = {}
+        self._plans: dict[tuple, _Launches] = {}
+        self._rec: _Launches | None = None
+        self.fast_launch = True      # set False if this numba-cuda's internals differ (then: plain launches)
+        self.weight_bytes = 0
+        W = model.weights
+        C = hp.n_embd
+        with self.ctx():
+            dev = cuda.to_device
+            self.lut = dev(dq.F16_LUT)
+            self.layers = []
+            for il in self.layer_ids:
+                L = W.layers[il]
+                d = {}
+                for k in ("ln1_w", "ln1_b", "ln2_w", "ln2_b", "w0", "a0", "k_k", "k_a", "r_k",
+                          "ln_x_w", "ln_x_b"):
+                    d[k] = dev(np.ascontiguousarray(getattr(L, k), dtype=np.float32))
+                d["v0"] = dev(np.ascontiguousarray(L.v0 if L.v0 is not None else np.zeros(C), dtype=np.float32))
+                d["mix6"] = dev(np.stack([L.x_r, L.x_w, L.x_k, L.x_v, L.x_a, L.x_g]).astype(np.float32))
+                d["mix1"] = dev(np.ascontiguousarray(L.ffn_x_k, dtype=np.float32).reshape(1, C))
+                # low-rank stage 1: w1 (mix 1), a1 (mix 4), v1 (mix 3), g1 (mix 5), stacked
+                firsts = [(L.w1, 1), (L.a1, 4)] + ([(L.v1, 3)] if L.v1 is not None else []) + [(L.g1, 5)]
+                d["lr1"] = dev(np.concatenate([m for m, _ in firsts]).astype(np.float32))
+                d["lr1_src"] = dev(np.concatenate([np.full(len(m), s, np.int64) for m, s in firsts]))
+                dims = [len(m) for m, _ in firsts]
+                offs = np.cumsum([0] + dims[:-1])
+                seconds = [L.w2, L.a2, L.v2, L.g2]          # each [C, D]
+                acts = [1, 0, 0, 2]                            # tanh(w1), a1, v1, sigmoid(g1)
+                has_v = L.v1 is not None
+                in_off = [offs[0], offs[1], offs[2] if has_v else 0, offs[-1]]
+                flat, seg_w, seg_d = [], [], []
+                pos = 0
+                for m in seconds:
+                    if m is None:
+                        seg_w.append(0)
+                        seg_d.append(0)
+                        continue
+                    a = np.ascontiguousarray(m, dtype=np.float32)
+                    flat.append(a.reshape(-1))
+                    seg_w.append(pos)
+                    seg_d.append(a.shape[1])
+                    pos += a.size
+                d["lr2"] = dev(np.concatenate(flat))
+                d["lr2_w"] = dev(np.array(seg_w, np.int64))
+                d["lr2_in"] = dev(np.array(in_off, np.int64))
+                d["lr2_d"] = dev(np.array(seg_d, np.int64))
+                d["lr2_act"] = dev(np.array(acts, np.int64))
+                d["d1"] = int(sum(dims))
+                for k in ("receptance", "key", "value", "output", "ffn_key", "ffn_value"):
+                    d[k] = DevMatrix(getattr(L, k))
+                    self.weight_bytes += d[k].nbytes
+                self.layers.append(d)
+            if with_head:
+                self.ln_out_w = dev(np.ascontiguousarray(W.ln_out_w, dtype=np.float32))
+                self.ln_out_b = dev(np.ascontiguousarray(W.ln_out_b, dtype=np.float32))
+                self.head = DevMatrix(W.head)
+                self.weight_bytes += self.head.nbytes
+            mats = [d[k] for d in self.layers for k in ("receptance", "key", "value", "output",
+                                                         "ffn_key", "ffn_value")]
+            if with_head:
+                mats.append(self.head)
+            big = max([m.rows * m.cols for m in mats if m.kind != "f" or m.qt != dq.F32] + [1])
+            self.scratch = cuda.device_array(big, dtype=np.float32)   # expanded tile for prefill GEMMs
+
+    def ctx(self):
+        from numba import cuda
+        return cuda.gpus[self.index]
+
+    # --- buffers ---------------------------------------------------------------------------
+    def _buffers(self, T: int) -> dict:
+        from numba import cuda
+        b = self._bufs.get(T)
+        if b is None:
+            if len(self._bufs) >= 4:
+                self._bufs.pop(next(iter(self._bufs)))
+            hp = self.hp
+            C, F = hp.n_embd, hp.n_ffn
+            D1 = max([d["d1"] for d in self.layers] + [1])
+            e = lambda *s: cuda.device_array(s, dtype=np.float32)   # noqa: E731
+            b = dict(x=e(T, C), xa=e(T, C), mixed=e(6, T, C), r=e(T, C), k=e(T, C), v=e(T, C),
+                     h1=e(T, D1), h2=e(T, 4 * C), w=e(T, C), A=e(T, C), B=e(T, C), y=e(T, C),
+                     z=e(T, C), vfirst=e(T, C), xf=e(1, T, C), hid=e(T, F),
+                     segs=cuda.device_array((3, T), dtype=np.int64), rows=cuda.device_array(T, dtype=np.int64),
+                     xo=e(T, C), xn=e(T, C))
+            if self.with_head:
+                b["logits"] = e(T, hp.vocab_size)
+            self._bufs[T] = b
+        return b
+
+    # --- one matrix product ------------------------------------------------------------------
+    def matmul(self, M: DevMatrix, x, T: int, out, act: int = 0, epi: int = 0) -> None:
+        K = self.K
+        if T <= K.MV_T:
+            grid, block = (_grid_rows(M.rows, K.MV_WARPS),), (32, K.MV_WARPS)
+            if M.kind == "q":
+                self._go(K.mv_q, grid, block, M.qt, M.arr, self.lut, x, T, out, act, epi)
+            elif M.kind == "bf16":
+                self._go(K.mv_bf16, grid, block, M.arr, x, T, out, act, epi)
+            else:
+                self._go(K.mv_f, grid, block, M.arr, x, T, out, act, epi)
+            return
+        Wf = M.arr
+        if M.kind != "f":
+            Wf = self.scratch[: M.rows * M.cols].reshape(M.rows, M.cols)
+            if M.kind == "q":
+                n = M.rows * (M.cols // 32)
+                self._go(K.expand_q, _grid_rows(n, 256), 256, M.qt, M.arr, self.lut, Wf)
+            else:
+                self._go(K.expand_bf16, (_grid_rows(M.rows, 16), _grid_rows(M.cols, 16)), (16, 16), M.arr, Wf)
+        grid = (_grid_rows(M.rows, K.GEMM_BN), _grid_rows(T, K.GEMM_BM))
+        self._go(K.gemm, grid, 256, x, Wf, T, out, act, epi)
+
+    def _go(self, kern, grid, block, *args) -> None:
+        if self._rec is None:
+            kern[grid, block](*args)
+            return
+        try:
+            self._rec.launch_and_record(kern, grid, block, args)
+        except _NotRecorded as e:       # numba-cuda not as expected: plain launches from now on
+            self.fast_launch = False
+            self.fast_launch_error = str(e)
+            self._rec = None
+            if not e.launched:
+                kern[grid, block](*args)
+
+    # --- the layers ---------------------------------------------------------------------------
+    def attach(self, cache) -> DeviceMirror:
+        m = cache._mirror
+        if m is None or m.runner is not self:
+            if m is not None:
+                m.pull(cache)            # newest values from another runner, then take over
+            m = cache._mirror = DeviceMirror(self, cache)
+        elif m.host_newer:
+            m.push(cache)
+        return m
+
+    def run(self, x_host, v_first, seg_start, seg_len, seg_slot, cache, out_rows):
+        """x_host [T, C] float32 (this segment's input; v_first: layer 0's value when this
+        segment starts later) -> (x, v_first) on the host, or the logits
+        [len(out_rows), V] when this segment holds the head."""
+        T = x_host.shape[0]
+        nseg = len(seg_start)
+        rows = np.asarray(out_rows if out_rows is not None else [], np.int64)
+        with self.ctx():
+            m = self.attach(cache)
+            b = self._buffers(T)
+            b["x"].copy_to_device(np.ascontiguousarray(x_host, dtype=np.float32))
+            if self.layer_ids[0] > 0:
+                b["vfirst"].copy_to_device(np.ascontiguousarray(v_first, dtype=np.float32))
+            segs = np.zeros((3, T), np.int64)
+            segs[0, :nseg], segs[1, :nseg], segs[2, :nseg] = seg_start, seg_len, seg_slot
+            b["segs"].copy_to_device(segs)
+            R_ = len(rows)
+            if self.with_head and R_:
+                rr = np.zeros(T, np.int64)
+                rr[:R_] = rows
+                b["rows"].copy_to_device(rr)
+            key = (T, nseg, R_)
+            plan = self._plans.get(key)
+            if plan is not None and plan.mirror is m:
+                plan.replay()
+            else:
+                self._rec = _Launches(m) if self.fast_launch else None
+                try:
+                    self._steps(b, m, T, nseg, R_)
+                    if self._rec is not None:
+                        if len(self._plans) >= 8:
+                            self._plans.pop(next(iter(self._plans)))
+                        self._plans[key] = self._rec
+                finally:
+                    self._rec = None
+            m.dev_newer = True
+            if not self.with_head:
+                return b["x"].copy_to_host(), b["vfirst"].copy_to_host()
+            if R_ == 0:
+                return np.empty((0, self.hp.vocab_size), dtype=np.float32)
+            return b["logits"][:R_].copy_to_host()
+
+    def _steps(self, b, m, T, nseg, R_):
+        """Launch every kernel of one forward step over this runner's layers (and head)."""
+        K, hp = self.K, self.hp
+        C, H, N = hp.n_embd, hp.n_head, hp.head_size
+        go = self._go
+        x = b["x"]
+        ss, sl, so = b["segs"][0, :nseg], b["segs"][1, :nseg], b["segs"][2, :nseg]
+        eps = np.float32(hp.norm_eps)
+        lr = (_grid_rows(4 * C, K.MV_WARPS),), (32, K.MV_WARPS)
+        shift = (_grid_rows(C, 128), nseg), 128
+        for il, d in zip(self.layer_ids, self.layers):
+            R, S = m.R[il], m.S[il]
+            mixed = b["mixed"]
+            go(K.layer_norm, T, K.NORM_THREADS, x, d["ln1_w"], d["ln1_b"], eps, b["xa"])
+            go(K.shift_mix, *shift, b["xa"], ss, sl, so, R, 0, d["mix6"], mixed)
+            self.matmul(d["receptance"], mixed[0], T, b["r"])
+            self.matmul(d["key"], mixed[2], T, b["k"])
+            self.matmul(d["value"], mixed[3], T, b["v"])
+            go(K.lowrank1, (_grid_rows(d["d1"], K.MV_WARPS),), (32, K.MV_WARPS),
+               d["lr1"], d["lr1_src"], mixed, T, b["h1"])
+            go(K.lowrank2, *lr, d["lr2"], d["lr2_w"], d["lr2_in"], d["lr2_d"], d["lr2_act"], b["h1"], T, C, b["h2"])
+            go(K.pre_wkv, (T, H), N, b["k"], b["v"], b["h2"], d["w0"], d["a0"], d["v0"], d["k_k"], d["k_a"],
+               b["vfirst"], il == 0, N, np.float32(L2_EPS), b["w"], b["A"], b["B"])
+            go(K.wkv7, (nseg, H), N, b["r"], b["w"], b["k"], b["v"], b["A"], b["B"], ss, sl, so, S, b["y"])
+            go(K.post_wkv, (T, H), N, b["y"], b["r"], b["k"], b["v"], b["h2"], d["ln_x_w"], d["ln_x_b"],
+               d["r_k"], N, np.float32(GROUP_NORM_EPS), b["z"])
+            self.matmul(d["output"], b["z"], T, x, epi=1)
+            go(K.layer_norm, T, K.NORM_THREADS, x, d["ln2_w"], d["ln2_b"], eps, b["xa"])
+            go(K.shift_mix, *shift, b["xa"], ss, sl, so, R, C, d["mix1"], b["xf"])
+            self.matmul(d["ffn_key"], b["xf"][0], T, b["hid"], epi=2)
+            self.matmul(d["ffn_value"], b["hid"], T, x, epi=1)
+        if self.with_head and R_:
+            xo, xn = b["xo"][:R_], b["xn"][:R_]
+            go(K.gather_rows, (_grid_rows(R_, 16), _grid_rows(C, 16)), (16, 16), x, b["rows"][:R_], xo)
+            go(K.layer_norm, R_, K.NORM_THREADS, xo, self.ln_out_w, self.ln_out_b, eps, xn)
+            self.matmul(self.head, xn, R_, b["logits"][:R_])

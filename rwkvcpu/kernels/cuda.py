@@ -1,0 +1,533 @@
+"""numba.cuda kernels of the RWKV-7 forward pass.
+
+Same equations, layouts and names as ``cpu.py`` (whose NumPy twins live in
+``reference.py``); ``tests/test_cuda.py`` runs the whole model here and on the
+CPU and compares logits and state.  Without a GPU the tests skip; the kernels
+also run under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), which is
+how they are exercised on machines without one (slowly: tiny models only).
+
+Conventions
+-----------
+* Activations are float32 ``[T, C]`` rows on the device; sequences of a batch
+  are consecutive rows, described by ``seg_start/seg_len/seg_slot`` exactly as
+  on the CPU.  State slots live on the device: per layer ``R [n_slots, 2C]``
+  and ``S [n_slots, H, N, N]`` (row = value channel, column = key channel; the
+  layout of ``rwkvcpu/state.py``).
+* Weights stay in their file encoding.  Matrix kernels decode one "group" of
+  32 consecutive weights of a row at a time (``_group``): a Q8_0/Q4_0 block,
+  or a 32-value sub-block of a Q4_K/Q6_K super-block.  F32/F16 weights are
+  typed arrays; BF16 is uint16 widened by a shift.  Other types are widened to
+  float32 at upload (``rwkvcpu/gpu.py``).
+* Matrix products: ``x [T, in] @ W[out, in].T``.  T <= MV_T: one warp per
+  output row, the weights read once for all T rows (decode, small batches).
+  Larger T: the weight is expanded into a float32 scratch (quantized types) and
+  a tiled GEMM runs.  ``act`` transforms the input on load (0 none, 1 tanh,
+  2 sigmoid); ``epi`` the output (0 store, 1 add to out: the residual, 2
+  relu squared).
+* Decay and state are float32; no fast-math.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+if not hasattr(np, "row_stack"):
+    # numba-cuda 0.30 registers an overload for np.row_stack when it compiles its first kernel;
+    # NumPy 2.5 removed that alias of vstack, and the import then fails deep inside numba-cuda.
+    np.row_stack = np.vstack
+
+from numba import config, cuda, float32, int32  # noqa: E402
+
+from . import dequant as dq
+
+SIM = bool(config.ENABLE_CUDASIM)
+
+NMAX = 64        # largest head size (RWKV-7 uses 64)
+MV_T = 8         # rows of x handled by the fused matvec
+MV_WARPS = 4     # output rows (warps) per matvec block
+NORM_THREADS = 256
+GEMM_BM = 64
+GEMM_BN = 64
+GEMM_BK = 16
+GEMM_LD = GEMM_BM + 4     # padded shared-tile row (fewer bank conflicts on the transposed store)
+CMAX = 8192      # widest row the layer norm kernel holds in shared memory
+
+# Types decoded inside the kernels; the rest are widened at upload.
+NATIVE_QTYPES = (dq.Q8_0, dq.Q4_0, dq.Q4_K, dq.Q6_K)
+
+if SIM:
+    def _bits_f32(u):
+        return np.uint32(u).view(np.float32)
+else:
+    from numba.cuda import libdevice
+
+    def _bits_f32(u):
+        return libdevice.int_as_float(int32(u))
+
+bits_f32 = cuda.jit(device=True, inline=True)(_bits_f32)
+
+
+@cuda.jit(device=True, inline=True)
+def _i8(b):
+    v = int32(b)
+    return v - 256 if v >= 128 else v
+
+
+@cuda.jit(device=True, inline=True)
+def _f16(W, row, o, lut):
+    return lut[int32(W[row, o]) | (int32(W[row, o + 1]) << 8)]
+
+
+@cuda.jit(device=True)
+def _group(qt, W, row, g, lut, vals):
+    """vals[0:32] = weights g*32 .. g*32+31 of ``row`` (quantized types)."""
+    if qt == 8:           # Q8_0
+        o = g * 34
+        d = _f16(W, row, o, lut)
+        for i in range(32):
+            vals[i] = float32(_i8(W[row, o + 2 + i])) * d
+    elif qt == 2:         # Q4_0
+        o = g * 18
+        d = _f16(W, row, o, lut)
+        for i in range(16):
+            q = int32(W[row, o + 2 + i])
+            vals[i] = d * float32((q & 15) - 8)
+            vals[i + 16] = d * float32((q >> 4) - 8)
+    elif qt == 12:        # Q4_K: super-block g // 8, sub-block g % 8
+        o = (g // 8) * 144
+        sb = g % 8
+        d = _f16(W, row, o, lut)
+        dmin = _f16(W, row, o + 2, lut)
+        s = o + 4
+        if sb < 4:
+            sc = int32(W[row, s + sb]) & 63
+            mn = int32(W[row, s + 4 + sb]) & 63
+        else:
+            sc = (int32(W[row, s + 4 + sb]) & 15) | ((int32(W[row, s + sb - 4]) >> 2) & 48)
+            mn = (int32(W[row, s + 4 + sb]) >> 4) | ((int32(W[row, s + sb]) >> 2) & 48)
+        dl = d * float32(sc)
+        ml = dmin * float32(mn)
+        base = o + 16 + (sb // 2) * 32
+        shift = 4 * (sb % 2)
+        for i in range(32):
+            vals[i] = dl * float32((int32(W[row, base + i]) >> shift) & 15) - ml
+    else:                 # Q6_K (14)
+        o = (g // 8) * 210
+        e0 = (g % 8) * 32
+        d = _f16(W, row, o + 208, lut)
+        h = e0 // 128
+        r0 = e0 % 128
+        dl = d * float32(_i8(W[row, o + 192 + e0 // 16]))
+        dl2 = d * float32(_i8(W[row, o + 192 + e0 // 16 + 1]))
+        for i in range(32):
+            r = r0 + i
+            lo = (int32(W[row, o + h * 64 + (r % 64)]) >> (4 * (r // 64))) & 15
+            hi = (int32(W[row, o + 128 + h * 32 + (r % 32)]) >> (2 * (r // 32))) & 3
+            q = (lo | (hi << 4)) - 32
+            vals[i] = (dl if i < 16 else dl2) * float32(q)
+
+
+@cuda.jit(device=True, inline=True)
+def _act(v, act):
+    if act == 1:
+        return math.tanh(v)
+    if act == 2:
+        return float32(1.0) / (float32(1.0) + math.exp(-v))
+    return v
+
+
+@cuda.jit(device=True, inline=True)
+def _store(out, t, n, v, epi):
+    if epi == 1:
+        out[t, n] += v
+    elif epi == 2:
+        v = max(v, float32(0.0))
+        out[t, n] = v * v
+    else:
+        out[t, n] = v
+
+
+if SIM:
+    # The simulator has no warp shuffles: lanes of a warp (Python threads) exchange values
+    # through a per-warp list and a barrier.  Only for testing without a GPU.
+    import threading
+    _sim_warps: dict = {}
+    _sim_lock = threading.Lock()
+
+    def _shfl_down(v, off):
+        th = threading.current_thread()        # the simulator's BlockThread
+        w, lane = divmod(th.thread_id, 32)
+        with _sim_lock:
+            bar, vals = _sim_warps.setdefault((id(th._manager), w), (threading.Barrier(32), [0.0] * 32))
+        vals[lane] = v
+        bar.wait()
+        r = vals[lane + off] if lane + off < 32 else v
+        bar.wait()
+        return r
+
+    def _warp_sum_impl(v):
+        for off in (16, 8, 4, 2, 1):
+            v += _shfl_down(v, off)
+        return v
+else:
+    def _warp_sum_impl(v):
+        for off in (16, 8, 4, 2, 1):
+            v += cuda.shfl_down_sync(0xFFFFFFFF, v, off)
+        return v
+
+_warp_sum = cuda.jit(device=True, inline=True)(_warp_sum_impl)
+
+
+@cuda.jit(device=True)
+def _block_sum(v, red):
+    """Sum of v over the block (blockDim.x a multiple of 32, <= 1024); every thread gets it."""
+    lane = cuda.threadIdx.x % 32
+    wid = cuda.threadIdx.x // 32
+    v = _warp_sum(v)
+    cuda.syncthreads()
+    if lane == 0:
+        red[wid] = v
+    cuda.syncthreads()
+    nw = (cuda.blockDim.x + 31) // 32
+    s = float32(0.0)
+    for i in range(nw):
+        s += red[i]
+    return s
+
+
+# --- matrix products ------------------------------------------------------------------
+
+@cuda.jit(cache=True)
+def mv_q(qt, W, lut, x, T, out, act, epi):
+    """out[t, n] (epi) sum_k act(x[t, k]) * W[n, k], quantized W [rows, row_bytes]; T <= MV_T."""
+    lane = cuda.threadIdx.x
+    n = cuda.blockIdx.x * MV_WARPS + cuda.threadIdx.y
+    if n >= out.shape[1]:
+        return
+    acc = cuda.local.array(MV_T, float32)
+    vals = cuda.local.array(32, float32)
+    for t in range(MV_T):
+        acc[t] = float32(0.0)
+    ng = x.shape[1] // 32
+    for g in range(lane, ng, 32):
+        _group(qt, W, n, g, lut, vals)
+        for t in range(T):
+            s = float32(0.0)
+            for i in range(32):
+                s += vals[i] * _act(x[t, g * 32 + i], act)
+            acc[t] += s
+    for t in range(T):
+        v = _warp_sum(acc[t])
+        if lane == 0:
+            _store(out, t, n, v, epi)
+
+
+@cuda.jit(cache=True)
+def mv_f(W, x, T, out, act, epi):
+    """As mv_q for float32 / float16 W [rows, cols]."""
+    lane = cuda.threadIdx.x
+    n = cuda.blockIdx.x * MV_WARPS + cuda.threadIdx.y
+    if n >= out.shape[1]:
+        return
+    acc = cuda.local.array(MV_T, float32)
+    for t in range(MV_T):
+        acc[t] = float32(0.0)
+    for k in range(lane, x.shape[1], 32):
+        w = float32(W[n, k])
+        for t in range(T):
+            acc[t] += w * _act(x[t, k], act)
+    for t in range(T):
+        v = _warp_sum(acc[t])
+        if lane == 0:
+            _store(out, t, n, v, epi)
+
+
+@cuda.jit(cache=True)
+def mv_bf16(W, x, T, out, act, epi):
+    """As mv_f for BF16 W (uint16 bits)."""
+    lane = cuda.threadIdx.x
+    n = cuda.blockIdx.x * MV_WARPS + cuda.threadIdx.y
+    if n >= out.shape[1]:
+        return
+    acc = cuda.local.array(MV_T, float32)
+    for t in range(MV_T):
+        acc[t] = float32(0.0)
+    for k in range(lane, x.shape[1], 32):
+        w = bits_f32(int32(W[n, k]) << 16)
+        for t in range(T):
+            acc[t] += w * _act(x[t, k], act)
+    for t in range(T):
+        v = _warp_sum(acc[t])
+        if lane == 0:
+            _store(out, t, n, v, epi)
+
+
+@cuda.jit(cache=True)
+def expand_q(qt, W, lut, out):
+    """out[n, :] = row n of a quantized W as float32 (one thread per 32-weight group)."""
+    i = cuda.grid(1)
+    ng = out.shape[1] // 32
+    if i >= out.shape[0] * ng:
+        return
+    n = i // ng
+    g = i % ng
+    vals = cuda.local.array(32, float32)
+    _group(qt, W, n, g, lut, vals)
+    for j in range(32):
+        out[n, g * 32 + j] = vals[j]
+
+
+@cuda.jit(cache=True)
+def expand_bf16(W, out):
+    i, j = cuda.grid(2)
+    if i < out.shape[0] and j < out.shape[1]:
+        out[i, j] = bits_f32(int32(W[i, j]) << 16)
+
+
+@cuda.jit(cache=True)
+def gemm(x, W, T, out, act, epi):
+    """out[t, n] (epi) sum_k act(x[t, k]) * W[n, k] for float32/float16 W: 64x64 tiles,
+    256 threads, 4x4 outputs per thread.  grid (ceil(N/64), ceil(T/64))."""
+    As = cuda.shared.array((GEMM_BK, GEMM_LD), float32)
+    Bs = cuda.shared.array((GEMM_BK, GEMM_LD), float32)
+    tid = cuda.threadIdx.x
+    m0 = cuda.blockIdx.y * GEMM_BM
+    n0 = cuda.blockIdx.x * GEMM_BN
+    tr = (tid // 16) * 4
+    tc = (tid % 16) * 4
+    K = x.shape[1]
+    N = out.shape[1]
+    acc = cuda.local.array(16, float32)
+    for i in range(16):
+        acc[i] = float32(0.0)
+    for k0 in range(0, K, GEMM_BK):
+        for l in range(4):
+            e = tid + l * 256
+            r = e // GEMM_BK
+            c = e % GEMM_BK
+            kk = k0 + c
+            va = float32(0.0)
+            if m0 + r < T and kk < K:
+                va = _act(x[m0 + r, kk], act)
+            As[c, r] = va
+            vb = float32(0.0)
+            if n0 + r < N and kk < K:
+                vb = float32(W[n0 + r, kk])
+            Bs[c, r] = vb
+        cuda.syncthreads()
+        for kk in range(GEMM_BK):
+            a0 = As[kk, tr]
+            a1 = As[kk, tr + 1]
+            a2 = As[kk, tr + 2]
+            a3 = As[kk, tr + 3]
+            b0 = Bs[kk, tc]
+            b1 = Bs[kk, tc + 1]
+            b2 = Bs[kk, tc + 2]
+            b3 = Bs[kk, tc + 3]
+            acc[0] += a0 * b0
+            acc[1] += a0 * b1
+            acc[2] += a0 * b2
+            acc[3] += a0 * b3
+            acc[4] += a1 * b0
+            acc[5] += a1 * b1
+            acc[6] += a1 * b2
+            acc[7] += a1 * b3
+            acc[8] += a2 * b0
+            acc[9] += a2 * b1
+            acc[10] += a2 * b2
+            acc[11] += a2 * b3
+            acc[12] += a3 * b0
+            acc[13] += a3 * b1
+            acc[14] += a3 * b2
+            acc[15] += a3 * b3
+        cuda.syncthreads()
+    for i in range(4):
+        for j in range(4):
+            if m0 + tr + i < T and n0 + tc + j < N:
+                _store(out, m0 + tr + i, n0 + tc + j, acc[i * 4 + j], epi)
+
+
+@cuda.jit(cache=True)
+def lowrank1(W, src, mixed, T, out):
+    """First low-rank stage of w/a/v/g in one launch: out[t, n] = mixed[src[n], t] . W[n]
+    (W: the four [D, C] matrices stacked)."""
+    lane = cuda.threadIdx.x
+    n = cuda.blockIdx.x * MV_WARPS + cuda.threadIdx.y
+    if n >= W.shape[0]:
+        return
+    m = src[n]
+    for t in range(T):
+        s = float32(0.0)
+        for k in range(lane, W.shape[1], 32):
+            s += W[n, k] * mixed[m, t, k]
+        s = _warp_sum(s)
+        if lane == 0:
+            out[t, n] = s
+    return
+
+
+@cuda.jit(cache=True)
+def lowrank2(Wflat, seg_w, seg_in, seg_d, seg_act, h1, T, C, out):
+    """Second stage: out[t, s*C + c] = act_s(h1[t, in_s : in_s + D_s]) . W_s[c] for the
+    four segments s (w2 <- tanh, a2, v2, g2 <- sigmoid); W_s [C, D_s] flattened at seg_w[s]."""
+    lane = cuda.threadIdx.x
+    n = cuda.blockIdx.x * MV_WARPS + cuda.threadIdx.y
+    if n >= 4 * C:
+        return
+    s = n // C
+    c = n % C
+    D = seg_d[s]
+    if D == 0:
+        return
+    base = seg_w[s] + c * D
+    i0 = seg_in[s]
+    a = seg_act[s]
+    for t in range(T):
+        acc = float32(0.0)
+        for j in range(lane, D, 32):
+            acc += Wflat[base + j] * _act(h1[t, i0 + j], a)
+        acc = _warp_sum(acc)
+        if lane == 0:
+            out[t, n] = acc
+
+
+# --- norms, shifts, the time-mix elementwise work -------------------------------------
+
+@cuda.jit(cache=True)
+def layer_norm(x, w, b, eps, out):
+    """One block per row."""
+    t = cuda.blockIdx.x
+    red = cuda.shared.array(32, float32)
+    C = x.shape[1]
+    s = float32(0.0)
+    for j in range(cuda.threadIdx.x, C, cuda.blockDim.x):
+        s += x[t, j]
+    mu = _block_sum(s, red) / float32(C)
+    s = float32(0.0)
+    for j in range(cuda.threadIdx.x, C, cuda.blockDim.x):
+        d = x[t, j] - mu
+        s += d * d
+    var = _block_sum(s, red) / float32(C)
+    inv = float32(1.0) / math.sqrt(var + eps)
+    for j in range(cuda.threadIdx.x, C, cuda.blockDim.x):
+        out[t, j] = (x[t, j] - mu) * inv * w[j] + b[j]
+
+
+@cuda.jit(cache=True)
+def shift_mix(x, seg_start, seg_len, seg_slot, R, off, mixes, out):
+    """Token shift and lerps: out[m, t] = x[t] + (x[t-1] - x[t]) * mixes[m]; the first row of
+    a sequence takes R[slot, off:off+C], which then becomes its last row.  One thread per
+    (sequence, channel): every state element has one owner."""
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    s = cuda.blockIdx.y
+    C = x.shape[1]
+    if j >= C:
+        return
+    slot = seg_slot[s]
+    prev = R[slot, off + j]
+    for t in range(seg_start[s], seg_start[s] + seg_len[s]):
+        xv = x[t, j]
+        d = prev - xv
+        for m in range(mixes.shape[0]):
+            out[m, t, j] = xv + d * mixes[m, j]
+        prev = xv
+    R[slot, off + j] = prev
+
+
+@cuda.jit(cache=True)
+def pre_wkv(k, v, h2, w0, a0, v0, k_k, k_a, vfirst, first, N, eps, W, A, B):
+    """Per (token, head), N threads: decay, in-context rate, value residual, normalised key.
+    In: k, v [T, C]; h2 [T, 4C] = (w2 | a2 | v2 | g) outputs.  Out: W = decay, k and v
+    updated in place, A = -kk, B = kk * a (the wkv7 'a' and 'b')."""
+    t = cuda.blockIdx.x
+    h = cuda.blockIdx.y
+    i = cuda.threadIdx.x
+    red = cuda.shared.array(32, float32)
+    C = k.shape[1]
+    j = h * N + i
+    one = float32(1.0)
+    W[t, j] = math.exp(float32(-0.606531) * (one / (one + math.exp(-(w0[j] + h2[t, j])))))
+    a = one / (one + math.exp(-(a0[j] + h2[t, C + j])))
+    vv = v[t, j]
+    if first:
+        vfirst[t, j] = vv
+    else:
+        vv = vv + (vfirst[t, j] - vv) * (one / (one + math.exp(-(v0[j] + h2[t, 2 * C + j]))))
+        v[t, j] = vv
+    kv = k[t, j]
+    kk = kv * k_k[j]
+    ss = _block_sum(kk * kk, red)
+    kk = kk / max(math.sqrt(ss), eps)
+    k[t, j] = kv * (one + (a - one) * k_a[j])
+    A[t, j] = -kk
+    B[t, j] = kk * a
+
+
+@cuda.jit(cache=True)
+def wkv7(r, w, k, v, a, b, seg_start, seg_len, seg_slot, S, y):
+    """One block per (sequence, head), N threads; thread i owns row i (value channel) of the
+    head's state, kept in registers over the whole segment.  Same update as cpu.wkv7."""
+    s = cuda.blockIdx.x
+    h = cuda.blockIdx.y
+    i = cuda.threadIdx.x
+    N = cuda.blockDim.x
+    slot = seg_slot[s]
+    st = cuda.local.array(NMAX, float32)
+    sh_a = cuda.shared.array(NMAX, float32)
+    sh_b = cuda.shared.array(NMAX, float32)
+    sh_w = cuda.shared.array(NMAX, float32)
+    sh_k = cuda.shared.array(NMAX, float32)
+    sh_r = cuda.shared.array(NMAX, float32)
+    for j in range(N):
+        st[j] = S[slot, h, i, j]
+    o = h * N
+    for t in range(seg_start[s], seg_start[s] + seg_len[s]):
+        sh_a[i] = a[t, o + i]
+        sh_b[i] = b[t, o + i]
+        sh_w[i] = w[t, o + i]
+        sh_k[i] = k[t, o + i]
+        sh_r[i] = r[t, o + i]
+        vi = v[t, o + i]
+        cuda.syncthreads()
+        sa = float32(0.0)
+        for j in range(N):
+            sa += st[j] * sh_a[j]
+        acc = float32(0.0)
+        for j in range(N):
+            sij = st[j] * sh_w[j] + sa * sh_b[j] + vi * sh_k[j]
+            st[j] = sij
+            acc += sij * sh_r[j]
+        y[t, o + i] = acc
+        cuda.syncthreads()
+    for j in range(N):
+        S[slot, h, i, j] = st[j]
+
+
+@cuda.jit(cache=True)
+def post_wkv(y, r, k, v, h2, ln_w, ln_b, r_k, N, eps, out):
+    """Per (token, head): group norm of y, plus the bonus (r.k*r_k) v, times the gate."""
+    t = cuda.blockIdx.x
+    h = cuda.blockIdx.y
+    i = cuda.threadIdx.x
+    red = cuda.shared.array(32, float32)
+    C = y.shape[1]
+    j = h * N + i
+    yv = y[t, j]
+    mu = _block_sum(yv, red) / float32(N)
+    d = yv - mu
+    var = _block_sum(d * d, red) / float32(N)
+    yn = d / math.sqrt(var + eps) * ln_w[j] + ln_b[j]
+    bonus = _block_sum(r[t, j] * k[t, j] * r_k[j], red) * v[t, j]
+    out[t, j] = (yn + bonus) * h2[t, 3 * C + j]
+
+
+@cuda.jit(cache=True)
+def gather_rows(x, rows, out):
+    i, j = cuda.grid(2)
+    if i < rows.shape[0] and j < x.shape[1]:
+        out[i, j] = x[rows[i], j]
+
+
+def f16_lut() -> np.ndarray:
+    return dq.F16_LUT

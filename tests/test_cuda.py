@@ -1,0 +1,198 @@
+"""The GPU backend (numba.cuda) and layer-split strategies.
+
+The model tests hold the CPU forward to the fixtures' references; here every
+device placement is held to the CPU forward on the same file, so a GPU result
+inherits that agreement.  Tests that need a GPU skip without one (CI has none);
+they were run on the device machine (see the README).  Strategy parsing and the
+state hand-over logic run everywhere.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from rwkvcpu.gpu import StrategyError, cuda_available, parse_strategy
+from tests.conftest import GGUF_TYPES, FIXTURES, fixture_model, require_fixtures
+
+HAVE_GPU = cuda_available() and not os.environ.get("NUMBA_ENABLE_CUDASIM")
+needs_gpu = pytest.mark.skipif(not HAVE_GPU, reason="no CUDA GPU visible to numba (numba.cuda.is_available())")
+
+# Placements: whole model on the GPU, and the two mixed orders (the tiny model has 3 layers).
+PLACEMENTS = ["cuda", "cuda *1 -> cpu", "cpu *2 -> cuda"]
+
+# GPU vs CPU on the same weights: both are float32 with different summation orders (warp
+# trees and 64x64 GEMM tiles vs BLAS / sequential dots) and the GPU may contract a*b+c into
+# an FMA.  Each op differs by a few ulp; through 3 layers and a 4096-row head this stays far
+# below the 2e-4 the model tests allow against the exact references.  We require 2e-5 of the
+# logit scale (measured worst: see the README's GPU section).
+REL_TOL = 2e-5
+
+_gpu_models: dict = {}
+
+
+def gpu_model(name: str, device: str):
+    from rwkvcpu.model import Model
+    key = (name, device)
+    if key not in _gpu_models:
+        d = require_fixtures()
+        if not (d / name).exists():
+            pytest.skip(f"fixture {name} not present in {d}")
+        _gpu_models[key] = Model.load(str(d / name), device=device)
+    return _gpu_models[key]
+
+
+def _close(a, b, scale):
+    return np.abs(a - b).max() <= REL_TOL * scale
+
+
+# --- strategies (no GPU needed) --------------------------------------------------------------
+
+def test_parse_strategy_forms():
+    assert [(s.device, s.start, s.stop) for s in parse_strategy("cpu", 12)] == [("cpu", 0, 12)]
+    assert [(s.device, s.start, s.stop) for s in parse_strategy("cuda", 12)] == [("cuda", 0, 12)]
+    segs = parse_strategy("cuda *8 -> cpu", 12)
+    assert [(s.device, s.start, s.stop) for s in segs] == [("cuda", 0, 8), ("cpu", 8, 12)]
+    segs = parse_strategy("cpu *2 -> cuda:1", 12)
+    assert [(s.device, s.index, s.start, s.stop) for s in segs] == [("cpu", 0, 0, 2), ("cuda", 1, 2, 12)]
+    # all layers on the first part: the second gets none and disappears
+    assert [(s.device, s.start, s.stop) for s in parse_strategy("cuda *12 -> cpu", 12)] == [("cuda", 0, 12)]
+
+
+@pytest.mark.parametrize("bad,word", [("cuda fp16 *4 -> cpu", "fp16"), ("tpu", "tpu"), ("cuda -> cpu", "*N"),
+                                      ("cuda *20 -> cpu", "20"), ("cpu:1", "cpu"), ("", "empty")])
+def test_parse_strategy_errors_name_the_problem(bad, word):
+    with pytest.raises(StrategyError, match=word.replace("*", r"\*")):
+        parse_strategy(bad, 12)
+
+
+def test_cuda_without_gpu_is_a_clear_error(monkeypatch):
+    import rwkvcpu.gpu as G
+    monkeypatch.setattr(G, "cuda_available", lambda: False)
+    from rwkvcpu.model import Model
+    ckpt = fixture_model("tiny-rwkv7-q8_0.gguf").ckpt
+    with pytest.raises(StrategyError, match="no CUDA GPU"):
+        Model(ckpt, device="cuda")
+
+
+def test_cli_device_error_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    fx = require_fixtures()
+    p = subprocess.run([sys.executable, "-m", "rwkvcpu.cli", "generate", "-m", str(fx / "tiny-rwkv7-q8_0.gguf"),
+                        "-p", "hi", "-n", "2", "--device", "cuda fp16"], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert "fp16" in p.stderr and "Traceback" not in p.stderr
+
+
+# --- on the GPU ----------------------------------------------------------------------------------
+
+@needs_gpu
+@pytest.mark.parametrize("typ", GGUF_TYPES)
+@pytest.mark.parametrize("device", PLACEMENTS)
+def test_gpu_matches_cpu_on_every_type(typ, device):
+    name = f"tiny-rwkv7-{typ}.gguf"
+    if not (FIXTURES / name).exists():
+        pytest.skip(f"fixture {name} not present in {FIXTURES}")
+    cpu = fixture_model(name)
+    gpu = gpu_model(name, device)
+    toks = np.load(FIXTURES / "ref-rwkvpip-tiny-rwkv7.npz")["seqlong_tokens"] if (
+        FIXTURES / "ref-rwkvpip-tiny-rwkv7.npz").exists() else np.arange(1, 65) * 37 % 4096
+    lc, sc = cpu.forward(toks, all_logits=True)          # 64 rows: the GEMM path
+    lg, sg = gpu.forward(toks, all_logits=True)
+    scale = np.abs(lc).max()
+    assert _close(lg, lc, scale), np.abs(lg - lc).max() / scale
+    for t in (5, 900, 17):                               # decode: the fused matvec path
+        lc, _ = cpu.forward([t], sc)
+        lg, _ = gpu.forward([t], sg)
+        assert _close(lg, lc, scale), np.abs(lg - lc).max() / scale
+    d = sg.max_abs_diff(sc)
+    assert d["wkv"] <= 1e-4 * np.abs(sc.wkv()).max() and d["att_x_prev"] <= 1e-4, d
+
+
+@needs_gpu
+@pytest.mark.parametrize("device", PLACEMENTS)
+def test_gpu_sequence_mode_equals_token_mode(device):
+    m = gpu_model("tiny-rwkv7-q8_0.gguf", device)
+    toks = (np.arange(1, 49) * 97) % 4096
+    seq, s1 = m.forward(toks, all_logits=True)
+    st = m.new_state()
+    rnn = np.stack([m.forward([t], st)[0] for t in toks])
+    scale = np.abs(seq).max()
+    assert _close(rnn, seq, scale)
+    assert st.max_abs_diff(s1)["wkv"] <= 1e-4 * np.abs(s1.wkv()).max()
+
+
+@needs_gpu
+@pytest.mark.parametrize("device", PLACEMENTS)
+def test_gpu_batch_independence_and_untouched_slots(device):
+    m = gpu_model("tiny-rwkv7-q4_k_m.gguf", device)
+    seqs = [(np.arange(n) * 31 + 7 * n) % 4096 for n in (1, 5, 12, 3)]
+    cache = m.new_cache(6)
+    rng = np.random.default_rng(0)
+    cache.s[:] = rng.standard_normal(cache.s.shape).astype(np.float32)
+    garbage_s = cache.s[:, [1, 4]].copy()
+    garbage_r = cache.r[:, [1, 4]].copy()
+    for slot in (0, 2, 3, 5):
+        cache.clear(slot)
+    outs = m.forward_batch(seqs, cache, [0, 2, 3, 5])
+    for seq, slot, out in zip(seqs, [0, 2, 3, 5], outs):
+        alone, st = m.forward(seq)
+        assert _close(out, alone, np.abs(alone).max())
+        assert np.abs(cache.s[:, slot] - st.s[:, 0]).max() <= 1e-4 * max(1.0, np.abs(st.s).max())
+    assert np.array_equal(cache.s[:, [1, 4]], garbage_s) and np.array_equal(cache.r[:, [1, 4]], garbage_r)
+
+
+@needs_gpu
+@pytest.mark.parametrize("device", PLACEMENTS)
+def test_gpu_two_calls_carry_state(device):
+    m = gpu_model("tiny-rwkv7-q8_0.gguf", device)
+    toks = (np.arange(64) * 53) % 4096
+    full, _ = m.forward(toks, all_logits=True)
+    st = m.new_state()
+    m.forward(toks[:40], st)
+    second, _ = m.forward(toks[40:], st, all_logits=True)
+    assert _close(second, full[40:], np.abs(full).max())
+    fresh, _ = m.forward(toks[40:], m.new_state(), all_logits=True)
+    assert np.abs(fresh - second).max() > 0.1, "the second call must see the first call's state"
+
+
+@needs_gpu
+def test_gpu_state_is_visible_and_editable_on_the_host():
+    """The device copy is the newest after a GPU step; the host arrays must show it, and a
+    host edit must reach the next GPU step (no stale or zero state in either direction)."""
+    cpu = fixture_model("tiny-rwkv7-q8_0.gguf")
+    gpu = gpu_model("tiny-rwkv7-q8_0.gguf", "cuda")
+    toks = [11, 22, 33, 44]
+    _, sc = cpu.forward(toks)
+    _, sg = gpu.forward(toks)
+    assert np.abs(sg.s).max() > 0 and sg.max_abs_diff(sc)["wkv"] <= 1e-4 * np.abs(sc.s).max()
+    # edit on the host (e.g. a loaded state), then continue on each device
+    for st in (sc, sg):
+        st.s[1] *= 0.5
+        st.r[2] = 0.0
+    lc, _ = cpu.forward([55], sc)
+    lg, _ = gpu.forward([55], sg)
+    assert _close(lg, lc, np.abs(lc).max())
+    # a state saved after GPU steps equals the CPU one
+    assert sg.copy().max_abs_diff(sc)["wkv"] <= 1e-4 * np.abs(sc.s).max()
+
+
+@needs_gpu
+def test_recorded_launches_replay_exactly_what_plain_launches_do():
+    """Decode steps replay recorded launches (rwkvcpu/gpu._Launches); the same kernels in the
+    same order on the same buffers must give bit-identical logits and state."""
+    from rwkvcpu.model import Model
+    f = str(require_fixtures() / "tiny-rwkv7-q4_k_m.gguf")
+    fast, plain = Model.load(f, device="cuda"), Model.load(f, device="cuda")
+    for _, r in plain._segments:
+        r.fast_launch = False
+    sf, sp = fast.new_state(), plain.new_state()
+    for t in (3, 99, 1000, 7, 7, 4095):
+        lf, _ = fast.forward([t], sf)
+        lp, _ = plain.forward([t], sp)
+        assert np.array_equal(lf, lp)
+    runner = fast._segments[0][1]
+    assert runner.fast_launch and runner._plans, getattr(runner, "fast_launch_error", "nothing recorded")
+    assert np.array_equal(sf.s, sp.s) and np.array_equal(sf.r, sp.r)
