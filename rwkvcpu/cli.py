@@ -32,6 +32,9 @@ def model_options(f):
 
 
 def device_option(f):
+    f = click.option("--numerics", type=click.Choice(["exact", "llama"]), default="exact", show_default=True,
+                     help="exact: float32 activations on the file's exact weights; llama: round "
+                          "activations as llama.cpp's CPU matmuls do (Q8_0/Q8_K/f16/bf16), to reproduce its numbers.")(f)
     return click.option("--device", "device", default="cpu", show_default=True,
                         help="Where the layers run: cpu, cuda, cuda:N, or a split such as "
                              "'cuda *12 -> cpu' (first 12 layers on the GPU).")(f)
@@ -65,7 +68,7 @@ def sampler_from(kw):
         penalty_decay=kw["penalty_decay"], seed=kw["seed"]))
 
 
-def open_model(model_arg, vocab=None, threads=None, device="cpu"):
+def open_model(model_arg, vocab=None, threads=None, device="cpu", numerics="exact"):
     from rwkvcpu.model import Model
     from rwkvcpu.registry import resolve_model
     if model_arg is None:
@@ -73,7 +76,7 @@ def open_model(model_arg, vocab=None, threads=None, device="cpu"):
         model_arg = bundled.default_model_path()
     path, reg_vocab = resolve_model(model_arg)
     _compile_notice()
-    return Model.load(path, threads=threads, vocab=vocab or reg_vocab, device=device)
+    return Model.load(path, threads=threads, vocab=vocab or reg_vocab, device=device, numerics=numerics)
 
 
 def _compile_notice():
@@ -112,7 +115,7 @@ def cli():
 @click.option("--prompt-cache", type=click.Path(dir_okay=False), default=None,
               help="Reuse the saved state of an earlier prompt that is a prefix of this one; save this one's.")
 @sampling_options
-def generate(model_arg, vocab, threads, device, prompt, prompt_file, n_predict, stop, no_display_prompt,
+def generate(model_arg, vocab, threads, device, numerics, prompt, prompt_file, n_predict, stop, no_display_prompt,
              state_in, state_out, prompt_cache, **kw):
     """Generate text, streaming it as it is produced; speeds go to stderr."""
     from rwkvcpu.generate import stream_generate
@@ -123,7 +126,7 @@ def generate(model_arg, vocab, threads, device, prompt, prompt_file, n_predict, 
         raise UserError("--prompt-cache starts from an empty state; it cannot be combined with --state-in")
     if prompt_file:
         prompt = open(prompt_file, encoding="utf-8").read()
-    m = open_model(model_arg, vocab, threads, device)
+    m = open_model(model_arg, vocab, threads, device, numerics)
     state = _initial_state(state_in, m)
     ids = m.tokenizer.encode(prompt)
     if not ids:
@@ -192,11 +195,11 @@ CHAT_HELP = "Commands: /save FILE, /load FILE, /reset, /quit"
 @click.option("--state-in", "--state", "state_in", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Resume a conversation saved with /save, or start from a state-tuned initial state.")
 @sampling_options
-def chat(model_arg, vocab, threads, device, n_predict, system, state_in, **kw):
+def chat(model_arg, vocab, threads, device, numerics, n_predict, system, state_in, **kw):
     """Multi-turn chat in RWKV's format; the state carries the conversation (history is never re-read)."""
     from rwkvcpu.generate import stream_generate
     from rwkvcpu.state import load_state, save_state
-    m = open_model(model_arg, vocab, threads, device)
+    m = open_model(model_arg, vocab, threads, device, numerics)
     state = _initial_state(state_in, m)
     sampler = sampler_from(kw)
     pending = f"System: {system.strip()}\n\n" if system else ""
@@ -254,10 +257,10 @@ def chat(model_arg, vocab, threads, device, n_predict, system, state_in, **kw):
 @click.option("--chunk", type=click.IntRange(min=1), default=512, show_default=True,
               help="Tokens per forward call; the state is carried across chunks.")
 @click.option("--max-tokens", type=click.IntRange(min=2), default=None, help="Score only the first N tokens.")
-def perplexity(model_arg, vocab, threads, device, text_file, chunk, max_tokens):
+def perplexity(model_arg, vocab, threads, device, numerics, text_file, chunk, max_tokens):
     """Perplexity of a text file (every token after the first is scored, state carried across chunks)."""
     from rwkvcpu.generate import perplexity as ppl
-    m = open_model(model_arg, vocab, threads, device)
+    m = open_model(model_arg, vocab, threads, device, numerics)
     ids = m.tokenizer.encode(open(text_file, encoding="utf-8").read())
     if max_tokens:
         ids = ids[:max_tokens]
@@ -388,11 +391,14 @@ def dump(model_arg, vocab, threads, prompt, tokens, split, name_filter, npz, out
 @click.option("--rel-tol", type=float, default=None,
               help="Relative tolerance (default by model type: F32 2e-4, F16 1e-2, BF16 2e-2, quantized 8e-2).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def compare(log, model_arg, vocab, threads, rel_tol, as_json):
+@click.option("--numerics", type=click.Choice(["exact", "llama"]), default="exact", show_default=True,
+              help="llama: round activations as llama.cpp does; quantized models then match its log "
+                   "to print precision, so a small --rel-tol finds real divergences.")
+def compare(log, model_arg, vocab, threads, rel_tol, as_json, numerics):
     """Compare a llama-eval-callback log with rwkvcpu on the same tokens; name the first divergence."""
     import json
     from rwkvcpu import debug as D
-    m = open_model(model_arg, vocab, threads)
+    m = open_model(model_arg, vocab, threads, numerics=numerics)
     parsed = D.parse_log(open(log, encoding="utf-8", errors="replace").read())
     if not parsed.tensors:
         raise UserError(f"{log}: no common_debug_cb_eval tensors found: not a llama-eval-callback log?")

@@ -17,10 +17,14 @@ import os
 import numpy as np
 
 from rwkvcpu.kernels import cpu as K
+from rwkvcpu.kernels import dequant as dq
+from rwkvcpu.kernels.actquant import round_like_llama
 from rwkvcpu.kernels.reference import DECAY_SCALE, GROUP_NORM_EPS, L2_EPS
 from rwkvcpu.loaders import Checkpoint, load
 from rwkvcpu.state import State, StateCache
 
+NUMERICS = ("exact", "llama")
+_TYPE_IDS = {v: k for k, v in dq.TYPE_NAMES.items()}
 PREFILL_CHUNK = 512      # tokens per forward call on long prompts (bounds activation memory)
 
 
@@ -31,13 +35,28 @@ def _sigmoid(x):
 class Model:
     """A loaded RWKV-7 model.  ``Model.load(path)``; ``forward(tokens, state)``."""
 
-    def __init__(self, ckpt: Checkpoint, threads: int | None = None, device: str = "cpu"):
+    def __init__(self, ckpt: Checkpoint, threads: int | None = None, device: str = "cpu",
+                 numerics: str = "exact"):
         self.ckpt = ckpt
         self.hparams = hp = ckpt.hparams
         self.weights = ckpt.weights
         self.set_threads(threads)
         self.device = device
+        if numerics not in NUMERICS:
+            raise ValueError(f"numerics must be one of {', '.join(NUMERICS)}; got {numerics!r}")
+        self.numerics = numerics
         self._segments = self._place(device)
+        if numerics != "exact" and self.on_gpu:
+            raise ValueError("numerics='llama' (llama.cpp's activation rounding) runs on the CPU only")
+        # file types of the low-rank matrices (the loader widens them to float32; llama.cpp
+        # rounds the activation to the file type before multiplying)
+        names = {"w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2"}
+        self._lr_type = {}
+        for name, typ, _, _ in ckpt.tensor_table:
+            parts = name.split(".")
+            if len(parts) == 4 and parts[0] == "blk" and parts[2].startswith("time_mix_") \
+                    and parts[2][9:] in names:
+                self._lr_type[(int(parts[1]), parts[2][9:])] = _TYPE_IDS.get(typ, 0)
         # The six time-mix lerps of each layer stacked once: one kernel call per layer.
         self._mixes = [np.stack([L.x_r, L.x_w, L.x_k, L.x_v, L.x_a, L.x_g]) for L in self.weights.layers]
         self._tokenizer = None
@@ -45,10 +64,26 @@ class Model:
 
     @classmethod
     def load(cls, path: str, threads: int | None = None, vocab: str | None = None,
-             device: str = "cpu") -> "Model":
+             device: str = "cpu", numerics: str = "exact") -> "Model":
         """``device``: "cpu", "cuda", "cuda:1", or a strategy such as "cuda *12 -> cpu"
-        (the first 12 layers on the GPU, the rest on the CPU; see ``rwkvcpu.gpu``)."""
-        return cls(load(path, vocab=vocab), threads=threads, device=device)
+        (the first 12 layers on the GPU, the rest on the CPU; see ``rwkvcpu.gpu``).
+
+        ``numerics``: "exact" (default): float32 activations times the file's exact weights,
+        the numbers a float32 reference computes on those weights.  "llama": activations
+        rounded as llama.cpp's CPU backend rounds them before its integer dot products
+        (``rwkvcpu/kernels/actquant.py``), to reproduce llama.cpp's own logits."""
+        return cls(load(path, vocab=vocab), threads=threads, device=device, numerics=numerics)
+
+    def _mm(self, x, W):
+        if self.numerics == "llama":
+            x = round_like_llama(x, W.qtype)
+        return K.matmul(x, W)
+
+    def _lr(self, x, M, il, key):
+        """A low-rank product x @ M.T (M float32), with llama's rounding of x for its file type."""
+        if self.numerics == "llama":
+            x = round_like_llama(x, self._lr_type.get((il, key), 0))
+        return x @ M.T
 
     def _place(self, device: str):
         """[(Segment, CudaLayers or None)]: where each range of layers runs."""
@@ -202,7 +237,7 @@ class Model:
         if len(out_rows) == 0:
             return np.empty((0, hp.vocab_size), dtype=np.float32)
         xo = self._ln(x, W.ln_out_w, W.ln_out_b)
-        logits = K.matmul(xo, W.head)
+        logits = self._mm(xo, W.head)
         if rec:
             rec("result_norm", xo)
             rec("result_output", logits)
@@ -232,28 +267,28 @@ class Model:
             K.lerps(xa, prev, self._mixes[il], mixed)
             xr, xw, xk, xv, xaa, xg = mixed
             p = f"MUL_MAT:blk.{il}.time_mix_"      # llama.cpp's projections, keyed by their weight
-            r = K.matmul(xr, L.receptance)
-            w1 = xw @ L.w1.T
-            w2 = np.tanh(w1) @ L.w2.T
+            r = self._mm(xr, L.receptance)
+            w1 = self._lr(xw, L.w1, il, "w1")
+            w2 = self._lr(np.tanh(w1), L.w2, il, "w2")
             w = np.exp(np.float32(-DECAY_SCALE) * _sigmoid(L.w0 + w2))
-            k = K.matmul(xk, L.key)
-            v = K.matmul(xv, L.value)
+            k = self._mm(xk, L.key)
+            v = self._mm(xv, L.value)
             if rec:
                 rec(p + "receptance.weight", r), rec(p + "w1.weight", w1), rec(p + "w2.weight", w2)
                 rec(p + "key.weight", k), rec(p + "value.weight", v)
             if il == 0:
                 v_first = v
             else:
-                v1 = xv @ L.v1.T
-                v2 = v1 @ L.v2.T
+                v1 = self._lr(xv, L.v1, il, "v1")
+                v2 = self._lr(v1, L.v2, il, "v2")
                 v = v + (v_first - v) * _sigmoid(L.v0 + v2)
                 if rec:
                     rec(p + "v1.weight", v1), rec(p + "v2.weight", v2)
-            a1 = xaa @ L.a1.T
-            a2 = a1 @ L.a2.T
+            a1 = self._lr(xaa, L.a1, il, "a1")
+            a2 = self._lr(a1, L.a2, il, "a2")
             a = _sigmoid(L.a0 + a2)
-            g1 = xg @ L.g1.T
-            g = _sigmoid(g1) @ L.g2.T
+            g1 = self._lr(xg, L.g1, il, "g1")
+            g = self._lr(_sigmoid(g1), L.g2, il, "g2")
             if rec:
                 rec(p + "a1.weight", a1), rec(p + "a2.weight", a2)
                 rec(p + "g1.weight", g1), rec(p + "g2.weight", g)
@@ -274,7 +309,7 @@ class Model:
             yn = np.empty_like(y)
             K.group_norm(y, L.ln_x_w, L.ln_x_b, H, GROUP_NORM_EPS, yn)
             bonus = (r * k * L.r_k).reshape(sh).sum(-1, keepdims=True) * v.reshape(sh)
-            att = K.matmul((yn + bonus.reshape(T, C)) * g, L.output)
+            att = self._mm((yn + bonus.reshape(T, C)) * g, L.output)
             x = x + att
             if rec:
                 rec(p + "output.weight", att)
@@ -292,12 +327,12 @@ class Model:
                 if len(out_rows) == 0:
                     break
             kf = xf + (prev - xf) * L.ffn_x_k
-            hidden = K.matmul(kf, L.ffn_key)
+            hidden = self._mm(kf, L.ffn_key)
             if rec:
                 rec(f"MUL_MAT:blk.{il}.channel_mix_key.weight", hidden)
             hidden = np.maximum(hidden, 0)
             hidden *= hidden
-            ffn = K.matmul(hidden, L.ffn_value)
+            ffn = self._mm(hidden, L.ffn_value)
             x = x + ffn
             if rec:
                 rec(f"MUL_MAT:blk.{il}.channel_mix_value.weight", ffn)

@@ -1,0 +1,124 @@
+"""Activation rounding as llama.cpp's CPU backend does it ("llama" numerics).
+
+ggml multiplies a quantized weight by an activation that it first converts to the
+weight type's ``vec_dot_type``; the integer dot products that follow are exact,
+so the only numerical change is that rounding of the activation.  Emulating it
+(round the activation, then the exact float32 product) reproduces llama.cpp's
+numbers up to float32 summation order:
+
+=====================================  =========  ====================================
+weight types                           vec_dot    rounding of each activation row
+=====================================  =========  ====================================
+Q4_0 Q5_0 Q8_0 IQ4_NL                  Q8_0       per 32: d = f16(amax/127), q = rint(x*127/amax)
+Q4_1 Q5_1                              Q8_1       the same values (Q8_1 adds a sum of q)
+Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS        Q8_K       per 256: iscale = -127/max (max: the signed
+                                                  value of largest |x|), q = min(127, rint(iscale*x)),
+                                                  d = 1/iscale (float32)
+F16                                    F16        x rounded to f16
+BF16                                   BF16       x rounded to bf16 (nearest even)
+F32                                    F32        unchanged
+=====================================  =========  ====================================
+
+``rint`` is round-half-even, as ggml's AVX2 path (``_mm256_round_ps``) and
+``nearest_int`` do.  The NumPy twin is ``round_like_llama_ref``; tests compare the two
+bit for bit and hold the resulting logits to llama.cpp's own.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import dequant as dq
+
+Q8_0_TYPES = (dq.Q4_0, dq.Q5_0, dq.Q8_0, dq.IQ4_NL, dq.Q4_1, dq.Q5_1)
+Q8_K_TYPES = (dq.Q2_K, dq.Q3_K, dq.Q4_K, dq.Q5_K, dq.Q6_K, dq.IQ4_XS)
+
+
+@njit(cache=True, parallel=True)
+def _q8_0(x, amax, d, out):
+    """amax, d: [T, n/32] (d = f16(amax/127), rounded by the caller: Numba has no float16)."""
+    T, n = x.shape
+    nb = n // 32
+    for job in prange(T * nb):
+        t = job // nb
+        b = job % nb
+        o = b * 32
+        a = amax[t, b]
+        idv = np.float32(127.0) / a if a > 0 else np.float32(0.0)
+        for i in range(32):
+            out[t, o + i] = d[t, b] * np.rint(x[t, o + i] * idv)
+
+
+@njit(cache=True, parallel=True)
+def _q8_k(x, out):
+    T, n = x.shape
+    nb = n // 256
+    for job in prange(T * nb):
+        t = job // nb
+        o = (job % nb) * 256
+        amax = np.float32(0.0)
+        mx = np.float32(0.0)
+        for i in range(256):
+            ax = abs(x[t, o + i])
+            if ax > amax:
+                amax = ax
+                mx = x[t, o + i]
+        if amax == 0:
+            for i in range(256):
+                out[t, o + i] = 0
+            continue
+        iscale = np.float32(-127.0) / mx
+        d = np.float32(1.0) / iscale
+        for i in range(256):
+            out[t, o + i] = d * min(np.float32(127.0), np.rint(iscale * x[t, o + i]))
+
+
+def _bf16_round(x: np.ndarray) -> np.ndarray:
+    b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    r = ((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000))
+    return r.view(np.float32)
+
+
+def round_like_llama(x: np.ndarray, qtype: int) -> np.ndarray:
+    """x [T, n] float32 as llama.cpp's CPU matmul sees it against a weight of ``qtype``."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if qtype == dq.F32:
+        return x
+    if qtype == dq.F16:
+        return x.astype(np.float16).astype(np.float32)
+    if qtype == dq.BF16:
+        return _bf16_round(x)
+    out = np.empty_like(x)
+    if qtype in Q8_0_TYPES:
+        amax = np.abs(x.reshape(x.shape[0], -1, 32)).max(-1)
+        d = (amax / np.float32(127.0)).astype(np.float16).astype(np.float32)
+        _q8_0(x, amax, d, out)
+    elif qtype in Q8_K_TYPES:
+        _q8_k(x, out)
+    else:
+        raise ValueError(f"no llama.cpp activation rounding known for weight type {dq.TYPE_NAMES.get(qtype, qtype)}")
+    return out
+
+
+def round_like_llama_ref(x: np.ndarray, qtype: int) -> np.ndarray:
+    """Plain NumPy twin of ``round_like_llama`` (block-vectorised)."""
+    x = np.asarray(x, dtype=np.float32)
+    T, n = x.shape
+    if qtype in Q8_0_TYPES:
+        b = x.reshape(T, n // 32, 32)
+        amax = np.abs(b).max(-1, keepdims=True)
+        d = (amax / np.float32(127.0)).astype(np.float16).astype(np.float32)
+        with np.errstate(divide="ignore"):
+            idv = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
+        return (d * np.rint(b * idv)).reshape(T, n)
+    if qtype in Q8_K_TYPES:
+        b = x.reshape(T, n // 256, 256)
+        idx = np.abs(b).argmax(-1)[..., None]
+        mx = np.take_along_axis(b, idx, -1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iscale = np.float32(-127.0) / mx
+            d = np.float32(1.0) / iscale
+            q = np.minimum(np.float32(127.0), np.rint(iscale * b))
+            y = np.where(mx != 0, d * q, np.float32(0.0))
+        return y.astype(np.float32).reshape(T, n)
+    return round_like_llama(x, qtype)
