@@ -328,10 +328,8 @@ class CudaLayers:
             grid, block = (_grid_rows(M.rows, K.MV_WARPS),), (32, K.MV_WARPS)
             if M.kind == "q":
                 self._go(K.mv_q, grid, block, M.qt, M.arr, self.lut, x, T, out, act, epi)
-            elif M.kind == "bf16":
-                self._go(K.mv_bf16, grid, block, M.arr, x, T, out, act, epi)
             else:
-                self._go(K.mv_f, grid, block, M.arr, x, T, out, act, epi)
+                self._go(K.mv_f, grid, block, M.arr, x, T, out, act, epi, M.kind == "bf16")
             return
         Wf = M.arr
         if M.kind != "f":

@@ -224,8 +224,8 @@ def mv_q(qt, W, lut, x, T, out, act, epi):
 
 
 @cuda.jit(cache=True)
-def mv_f(W, x, T, out, act, epi):
-    """As mv_q for float32 / float16 W [rows, cols]."""
+def mv_f(W, x, T, out, act, epi, bf16):
+    """As mv_q for float32 / float16 W [rows, cols], or BF16 bits (uint16) when ``bf16``."""
     lane = cuda.threadIdx.x
     n = cuda.blockIdx.x * MV_WARPS + cuda.threadIdx.y
     if n >= out.shape[1]:
@@ -234,27 +234,10 @@ def mv_f(W, x, T, out, act, epi):
     for t in range(MV_T):
         acc[t] = float32(0.0)
     for k in range(lane, x.shape[1], 32):
-        w = float32(W[n, k])
-        for t in range(T):
-            acc[t] += w * _act(x[t, k], act)
-    for t in range(T):
-        v = _warp_sum(acc[t])
-        if lane == 0:
-            _store(out, t, n, v, epi)
-
-
-@cuda.jit(cache=True)
-def mv_bf16(W, x, T, out, act, epi):
-    """As mv_f for BF16 W (uint16 bits)."""
-    lane = cuda.threadIdx.x
-    n = cuda.blockIdx.x * MV_WARPS + cuda.threadIdx.y
-    if n >= out.shape[1]:
-        return
-    acc = cuda.local.array(MV_T, float32)
-    for t in range(MV_T):
-        acc[t] = float32(0.0)
-    for k in range(lane, x.shape[1], 32):
-        w = bits_f32(int32(W[n, k]) << 16)
+        if bf16:
+            w = bits_f32(int32(W[n, k]) << 16)
+        else:
+            w = float32(W[n, k])
         for t in range(T):
             acc[t] += w * _act(x[t, k], act)
     for t in range(T):
