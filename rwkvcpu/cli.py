@@ -529,8 +529,12 @@ def _convert(src, dst, ftype, vocab, force, allow_requantize=False):
     click.echo(f"{dst}: {os.path.getsize(dst):,} bytes in {time.perf_counter() - t0:.1f} s", err=True)
 
 
-TYPE_CHOICE = click.Choice(["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q6_k"],
-                           case_sensitive=False)
+def _type_choice():
+    from rwkvcpu.convert import ALIASES, FTYPES
+    return click.Choice(list(FTYPES) + list(ALIASES), case_sensitive=False)
+
+
+TYPE_CHOICE = _type_choice()
 
 
 @cli.command()

@@ -5,7 +5,14 @@ order (fused lerp tensor, low-rank matrices as stored, dummy layer-0
 v0/v1/v2 = copies of a0/a1/a2); ``tensor_type`` applies llama.cpp's choices of
 which tensors get the target type; ``write_gguf`` writes with gguf-py's writer.
 Quantization uses gguf-py's quantizers (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, BF16, F16)
-and ``rwkvcpu.kernels.quantize`` for the K-quants it has.
+and ``rwkvcpu.kernels.quantize`` for Q2_K..Q6_K, IQ4_NL and IQ4_XS; every type is
+bit-identical with llama-quantize (without an importance matrix) on the fixtures.
+
+Mixes: llama-quantize's ``_S/_M/_L`` presets differ only in rules for tensors named
+``attn_v``, ``attn_output``, ``attn_qkv``, ``ffn_down``...; no RWKV-7 tensor has such a
+name, so for RWKV-7 every preset of a family gives the same tensors (the big
+matrices and ``token_embd`` in the family's type, ``output.weight`` Q6_K, the
+rest F32) and differs only in ``general.file_type``.  We keep that choice.
 """
 from __future__ import annotations
 
@@ -17,8 +24,16 @@ from rwkvcpu.kernels import dequant as dq
 
 # llama_ftype values (general.file_type) and the weight type each implies
 FTYPES = {"f32": (0, dq.F32), "f16": (1, dq.F16), "q4_0": (2, dq.Q4_0), "q4_1": (3, dq.Q4_1),
-          "q8_0": (7, dq.Q8_0), "q5_0": (8, dq.Q5_0), "q5_1": (9, dq.Q5_1), "q6_k": (18, dq.Q6_K),
+          "q8_0": (7, dq.Q8_0), "q5_0": (8, dq.Q5_0), "q5_1": (9, dq.Q5_1),
+          "q2_k": (10, dq.Q2_K), "q3_k_s": (11, dq.Q3_K), "q3_k_m": (12, dq.Q3_K), "q3_k_l": (13, dq.Q3_K),
+          "q4_k_s": (14, dq.Q4_K), "q4_k_m": (15, dq.Q4_K), "q5_k_s": (16, dq.Q5_K), "q5_k_m": (17, dq.Q5_K),
+          "q6_k": (18, dq.Q6_K), "q2_k_s": (21, dq.Q2_K), "iq4_nl": (25, dq.IQ4_NL), "iq4_xs": (30, dq.IQ4_XS),
           "bf16": (32, dq.BF16)}
+# llama-quantize's short names for the _M presets
+ALIASES = {"q3_k": "q3_k_m", "q4_k": "q4_k_m", "q5_k": "q5_k_m"}
+# llama-quantize's replacement when a row is not a whole number of the type's blocks
+FALLBACK = {dq.Q2_K: dq.IQ4_NL, dq.Q3_K: dq.IQ4_NL, dq.IQ4_XS: dq.IQ4_NL, dq.Q4_K: dq.Q5_0,
+            dq.Q5_K: dq.Q5_1, dq.Q6_K: dq.Q8_0}
 # what llama-quantize gives output.weight for each target (Q6_K unless the target is finer)
 OUTPUT_TYPE = {dq.Q8_0: dq.Q8_0, dq.F16: dq.F16, dq.BF16: dq.BF16, dq.F32: dq.F32}
 BIG = ("time_mix_receptance", "time_mix_key", "time_mix_value", "time_mix_output",
@@ -81,10 +96,18 @@ def tensor_type(name: str, shape, target: int) -> int:
         return dq.F32
     if target in (dq.F16, dq.BF16):
         return dq.F32 if any(k in name for k in LOWRANK_KEEP_F32) else target
+    ne0 = shape[-1]
     if name == "output.weight":
-        return OUTPUT_TYPE.get(target, dq.Q6_K)
+        if target in OUTPUT_TYPE:
+            return OUTPUT_TYPE[target]
+        return dq.Q6_K if ne0 % dq.BLOCKS[target][0] == 0 else dq.Q8_0
     if name == "token_embd.weight" or any(f".{k}." in name for k in BIG):
-        return target
+        t = target
+        if ne0 % dq.BLOCKS[t][0]:
+            t = FALLBACK.get(t, dq.F16)
+            if ne0 % dq.BLOCKS[t][0]:
+                t = dq.F16
+        return t
     return dq.F32
 
 
@@ -96,9 +119,9 @@ def encode(a: np.ndarray, qtype: int) -> np.ndarray:
         return a
     if qtype == dq.F16:
         return a.astype(np.float16)
-    if qtype == dq.Q6_K:
-        from rwkvcpu.kernels.quantize import quantize_q6_k
-        return quantize_q6_k(a)
+    if dq.BLOCKS[qtype][0] == dq.QK_K or qtype == dq.IQ4_NL:
+        from rwkvcpu.kernels.quantize import quantize_blocks
+        return quantize_blocks(a, qtype)
     return quantize(a, GGMLQuantizationType(qtype))
 
 
@@ -167,6 +190,7 @@ def convert(src: str, dst: str, ftype: str, vocab: str | None = None, force: boo
             progress=None, name: str | None = None, allow_requantize: bool = False) -> None:
     """Any loadable model (.pth, GGUF) -> a GGUF of ``ftype``."""
     from rwkvcpu.loaders import load
+    ftype = ALIASES.get(ftype, ftype)
     if ftype not in FTYPES:
         raise ValueError(f"type {ftype!r} is not supported (choose from {', '.join(FTYPES)})")
     if os.path.exists(dst) and not force:

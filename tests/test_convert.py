@@ -8,7 +8,8 @@ from rwkvcpu.cli import cli
 from rwkvcpu.model import Model
 from tests.conftest import require_fixtures
 
-TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q6_k"]
+TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q6_k",
+         "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "iq4_nl", "iq4_xs"]
 
 
 def assert_same_gguf(ours, theirs):
@@ -38,7 +39,7 @@ def test_convert_pth_bit_identical_with_llama_cpp(typ, tmp_path):
     assert_same_gguf(out, fx / f"tiny-rwkv7-{typ}.gguf")
 
 
-@pytest.mark.parametrize("typ", ["q8_0", "q4_0", "q5_1"])
+@pytest.mark.parametrize("typ", ["q8_0", "q4_0", "q5_1", "q4_k_m", "q3_k_m", "iq4_xs"])
 def test_quantize_gguf_to_gguf(typ, tmp_path):
     fx = require_fixtures()
     out = tmp_path / "q.gguf"
@@ -75,7 +76,7 @@ def test_q6_k_quantizer_round_trip_error_is_small():
     assert np.sqrt(((y - x) ** 2).mean()) < 0.02 * x.std()
 
 
-@pytest.mark.parametrize("typ", ["f16", "q8_0", "q4_0"])
+@pytest.mark.parametrize("typ", ["f16", "q8_0", "q4_0", "q2_k", "q4_k_m", "iq4_xs"])
 def test_llama_cpp_reads_our_files_identically(typ, tmp_path):
     """Optional cross-check (llama-cpp-python is not a dependency): llama.cpp's logits on our file
     equal its logits on its own fixture file."""
