@@ -189,22 +189,31 @@ def _qtensor(path, name, t: StoredTensor) -> QTensor:
 
 
 def load_pth(path: str, vocab: list[bytes] | None = None) -> Checkpoint:
-    sd = read_pth_state_dict(path)
+    return checkpoint_from_blinkdl(path, read_pth_state_dict(path), "pth", vocab)
+
+
+def checkpoint_from_blinkdl(path: str, sd: dict, fmt: str, vocab: list[bytes] | None = None,
+                            norm_eps: float = 1e-5, names: dict | None = None) -> Checkpoint:
+    """A Checkpoint from a state dict in BlinkDL's names (``blocks.N.att.w1`` ...), tensors as
+    StoredTensor.  ``names`` maps a BlinkDL name to the name the file uses, for error messages."""
+    names = names or {}
 
     def get(name) -> StoredTensor:
         t = sd.get(name)
         if t is None:
-            raise LoadError(f"{path}: missing tensor {name}")
+            raise LoadError(f"{path}: missing tensor {names.get(name, name)}")
         if not isinstance(t, StoredTensor):
-            raise LoadError(f"{path}: entry {name} is a {type(t).__name__}, not a tensor")
+            raise LoadError(f"{path}: entry {names.get(name, name)} is a {type(t).__name__}, not a tensor")
         return t
 
     layer_ids = {int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m}
     if not layer_ids:
-        raise LoadError(f"{path}: no blocks.N.* tensors: not an RWKV checkpoint")
+        raise LoadError(f"{path}: no {'model.layers.N' if names else 'blocks.N'}.* tensors: "
+                        "not an RWKV checkpoint")
     n_layer = max(layer_ids) + 1
     if "blocks.0.att.r_k" not in sd:
-        raise LoadError(f"{path}: missing tensor blocks.0.att.r_k: not an RWKV-7 (x070) checkpoint")
+        raise LoadError(f"{path}: missing tensor {names.get('blocks.0.att.r_k', 'blocks.0.att.r_k')}: "
+                        "not an RWKV-7 (x070) checkpoint")
     emb = get("emb.weight")
     V, C = emb.shape
     H, N = get("blocks.0.att.r_k").shape
@@ -214,10 +223,11 @@ def load_pth(path: str, vocab: list[bytes] | None = None) -> Checkpoint:
         rank_w=int(get("blocks.0.att.w1").shape[1]), rank_a=int(get("blocks.0.att.a1").shape[1]),
         rank_v=int(get("blocks.1.att.v1").shape[1]) if n_layer > 1 else 0,
         rank_g=int(get("blocks.0.att.g1").shape[1]), vocab_size=int(V),
-        norm_eps=1e-5, file_type=emb.tag.upper())
+        norm_eps=float(norm_eps), file_type=emb.tag.upper())
     hp.validate(path)
     if H * N != C:
-        raise LoadError(f"{path}: tensor blocks.0.att.r_k is [{H}, {N}] but n_embd is {C}")
+        raise LoadError(f"{path}: tensor {names.get('blocks.0.att.r_k', 'blocks.0.att.r_k')} is [{H}, {N}] "
+                        f"but n_embd is {C}")
     layers = []
     for i in range(n_layer):
         p = f"blocks.{i}."
@@ -228,18 +238,18 @@ def load_pth(path: str, vocab: list[bytes] | None = None) -> Checkpoint:
                 fields[fld] = None          # unused in layer 0, absent in official files
                 continue
             if fld in ("receptance", "key", "value", "output", "ffn_key", "ffn_value"):
-                fields[fld] = _qtensor(path, name, get(name))
+                fields[fld] = _qtensor(path, names.get(name, name), get(name))
             elif fld[0] in "wavg" and fld[1:] in ("1", "2"):
                 fields[fld] = f32(get(name).to_f32().T)     # x @ w1 in the file -> [out, in]
             else:
                 fields[fld] = f32(get(name).to_f32().reshape(-1))
         layers.append(LayerWeights(**fields))
-    w = Weights(emb=_qtensor(path, "emb.weight", emb),
+    w = Weights(emb=_qtensor(path, names.get("emb.weight", "emb.weight"), emb),
                 ln0_w=f32(get("blocks.0.ln0.weight").to_f32()), ln0_b=f32(get("blocks.0.ln0.bias").to_f32()),
                 layers=layers, ln_out_w=f32(get("ln_out.weight").to_f32()),
                 ln_out_b=f32(get("ln_out.bias").to_f32()),
-                head=_qtensor(path, "head.weight", get("head.weight")))
+                head=_qtensor(path, names.get("head.weight", "head.weight"), get("head.weight")))
     validate_weights(path, hp, w)
-    table = [(k, v.tag.upper(), tuple(v.shape), int(v.array.nbytes)) for k, v in sd.items()
+    table = [(names.get(k, k), v.tag.upper(), tuple(v.shape), int(v.array.nbytes)) for k, v in sd.items()
              if isinstance(v, StoredTensor)]
-    return Checkpoint(path=path, format="pth", hparams=hp, weights=w, vocab=vocab, tensor_table=table)
+    return Checkpoint(path=path, format=fmt, hparams=hp, weights=w, vocab=vocab, tensor_table=table)

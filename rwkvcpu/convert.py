@@ -57,37 +57,79 @@ def escape_token(b: bytes) -> str:
     return repr(bytes(b))[2:-1]
 
 
-def gguf_tensors(weights, hp):
-    """[(name, float32 array in GGUF/NumPy layout)] in llama.cpp's converter order."""
-    def m(q):
-        return q.dequantize() if hasattr(q, "dequantize") else np.asarray(q, np.float32)
-    out = [("token_embd.weight", m(weights.emb)),
-           ("token_embd_norm.weight", weights.ln0_w), ("token_embd_norm.bias", weights.ln0_b)]
+class Lazy:
+    """One output tensor: its name and GGUF/NumPy shape, made (as float32) only when written, so a
+    conversion holds one tensor at a time; ``release`` then drops the source's mapped pages."""
+
+    def __init__(self, name: str, shape: tuple, make, src=None):
+        self.name, self.shape, self._make, self._src = name, tuple(shape), make, src
+
+    def get(self) -> np.ndarray:
+        return np.ascontiguousarray(self._make(), dtype=np.float32)
+
+    def chunks(self, rows: int = 2048):
+        """The tensor in blocks of ``rows`` rows (a matrix read from a file), else whole."""
+        if self._src is None or len(self.shape) != 2:
+            yield self.get()
+            return
+        for r0 in range(0, self.shape[0], rows):
+            yield np.ascontiguousarray(self._src.dequantize(r0, r0 + rows), dtype=np.float32)
+            self.release()
+
+    def release(self) -> None:
+        _drop_pages(getattr(self._src, "raw", None))
+
+
+def _drop_pages(a) -> None:
+    """Tell the kernel we are done with the file pages behind ``a`` (a view of an mmap), so they stop
+    counting in our RSS; a later access reads them again.  No-op for ordinary arrays."""
+    import mmap
+    while a is not None:
+        mm = a if isinstance(a, mmap.mmap) else getattr(a, "_mmap", None)
+        if mm is not None:
+            try:
+                mm.madvise(mmap.MADV_DONTNEED)
+            except (AttributeError, OSError, ValueError):
+                pass
+            return
+        a = getattr(a, "base", None)
+
+
+def gguf_tensors(weights, hp) -> list[Lazy]:
+    """Every tensor of the GGUF in llama.cpp's converter order, as ``Lazy`` (float32 on demand)."""
+    def m(name, q):
+        if hasattr(q, "dequantize"):
+            return Lazy(name, q.shape, q.dequantize, q)
+        a = np.ascontiguousarray(q, dtype=np.float32)
+        return Lazy(name, a.shape, lambda: a)
+
+    out = [m("token_embd.weight", weights.emb),
+           m("token_embd_norm.weight", weights.ln0_w), m("token_embd_norm.bias", weights.ln0_b)]
     C = hp.n_embd
     for i, L in enumerate(weights.layers):
         p = f"blk.{i}."
         v0, v1, v2 = (L.a0, L.a1, L.a2) if i == 0 else (L.v0, L.v1, L.v2)
         lerp = np.stack([L.x_r, L.x_w, L.x_k, L.x_v, L.x_a, L.x_g]).reshape(6, 1, 1, C)
-        out += [(p + "attn_norm.weight", L.ln1_w), (p + "attn_norm.bias", L.ln1_b),
-                (p + "attn_norm_2.weight", L.ln2_w), (p + "attn_norm_2.bias", L.ln2_b),
-                (p + "time_mix_lerp_fused.weight", lerp),
-                (p + "time_mix_w0.weight", L.w0), (p + "time_mix_w1.weight", L.w1),
-                (p + "time_mix_w2.weight", L.w2), (p + "time_mix_v0.weight", v0),
-                (p + "time_mix_a0.weight", L.a0), (p + "time_mix_v1.weight", v1),
-                (p + "time_mix_a1.weight", L.a1), (p + "time_mix_v2.weight", v2),
-                (p + "time_mix_a2.weight", L.a2), (p + "time_mix_g1.weight", L.g1),
-                (p + "time_mix_g2.weight", L.g2), (p + "time_mix_k_k.weight", L.k_k),
-                (p + "time_mix_k_a.weight", L.k_a), (p + "time_mix_r_k.weight", L.r_k),
-                (p + "time_mix_receptance.weight", m(L.receptance)),
-                (p + "time_mix_key.weight", m(L.key)), (p + "time_mix_value.weight", m(L.value)),
-                (p + "time_mix_output.weight", m(L.output)),
-                (p + "time_mix_ln.weight", L.ln_x_w), (p + "time_mix_ln.bias", L.ln_x_b),
-                (p + "channel_mix_lerp_k.weight", L.ffn_x_k),
-                (p + "channel_mix_key.weight", m(L.ffn_key)),
-                (p + "channel_mix_value.weight", m(L.ffn_value))]
-    out += [("output_norm.weight", weights.ln_out_w), ("output_norm.bias", weights.ln_out_b),
-            ("output.weight", m(weights.head))]
-    return [(n, np.ascontiguousarray(a, dtype=np.float32)) for n, a in out]
+        out += [m(p + "attn_norm.weight", L.ln1_w), m(p + "attn_norm.bias", L.ln1_b),
+                m(p + "attn_norm_2.weight", L.ln2_w), m(p + "attn_norm_2.bias", L.ln2_b),
+                m(p + "time_mix_lerp_fused.weight", lerp),
+                m(p + "time_mix_w0.weight", L.w0), m(p + "time_mix_w1.weight", L.w1),
+                m(p + "time_mix_w2.weight", L.w2), m(p + "time_mix_v0.weight", v0),
+                m(p + "time_mix_a0.weight", L.a0), m(p + "time_mix_v1.weight", v1),
+                m(p + "time_mix_a1.weight", L.a1), m(p + "time_mix_v2.weight", v2),
+                m(p + "time_mix_a2.weight", L.a2), m(p + "time_mix_g1.weight", L.g1),
+                m(p + "time_mix_g2.weight", L.g2), m(p + "time_mix_k_k.weight", L.k_k),
+                m(p + "time_mix_k_a.weight", L.k_a), m(p + "time_mix_r_k.weight", L.r_k),
+                m(p + "time_mix_receptance.weight", L.receptance),
+                m(p + "time_mix_key.weight", L.key), m(p + "time_mix_value.weight", L.value),
+                m(p + "time_mix_output.weight", L.output),
+                m(p + "time_mix_ln.weight", L.ln_x_w), m(p + "time_mix_ln.bias", L.ln_x_b),
+                m(p + "channel_mix_lerp_k.weight", L.ffn_x_k),
+                m(p + "channel_mix_key.weight", L.ffn_key),
+                m(p + "channel_mix_value.weight", L.ffn_value)]
+    out += [m("output_norm.weight", weights.ln_out_w), m("output_norm.bias", weights.ln_out_b),
+            m("output.weight", weights.head)]
+    return out
 
 
 def tensor_type(name: str, shape, target: int) -> int:
@@ -127,14 +169,15 @@ def encode(a: np.ndarray, qtype: int) -> np.ndarray:
 
 def write_gguf(path: str, hp, tensors, target: int, ftype_id: int, vocab=None, name: str = "rwkv7",
                progress=None, types: dict | None = None) -> None:
-    """Write ``tensors`` [(name, float32 array)] to ``path`` with llama.cpp's metadata, atomically."""
+    """Write ``tensors`` (``Lazy``, in order) to ``path`` with llama.cpp's metadata, atomically, holding
+    one tensor in memory at a time."""
     from gguf import GGMLQuantizationType, GGUFWriter, TokenType
     tmp = f"{path}.tmp-{os.getpid()}"
     w = GGUFWriter(tmp, "rwkv7")
     try:
         w.add_type("model")
         w.add_name(name)
-        n_params = sum(a.size for _, a in tensors)
+        n_params = sum(int(np.prod(t.shape)) for t in tensors)
         w.add_size_label(_size_label(n_params))
         w.add_context_length(1048576)
         w.add_embedding_length(hp.n_embd)
@@ -158,18 +201,26 @@ def write_gguf(path: str, hp, tensors, target: int, ftype_id: int, vocab=None, n
             w.add_bos_token_id(0)
             w.add_eos_token_id(0)
             w.add_chat_template(CHAT_TEMPLATE)
-        for i, (tname, a) in enumerate(tensors):
-            qt = (types or {}).get(tname, tensor_type(tname, a.shape, target))
-            raw = encode(a if a.ndim > 1 else a, qt)
+        qtypes = []
+        for t in tensors:                    # the header first: names, shapes, types and sizes
+            qt = (types or {}).get(t.name, tensor_type(t.name, t.shape, target))
+            qtypes.append(qt)
             if qt in (dq.F32, dq.F16):
-                w.add_tensor(tname, raw)
+                w.add_tensor_info(t.name, t.shape, np.dtype(np.float32 if qt == dq.F32 else np.float16),
+                                  int(np.prod(t.shape)) * (4 if qt == dq.F32 else 2))
             else:
-                w.add_tensor(tname, raw, raw_dtype=GGMLQuantizationType(qt))
-            if progress:
-                progress(i + 1, len(tensors))
+                blk, nbytes = dq.BLOCKS[qt]
+                rows = int(np.prod(t.shape[:-1]))
+                w.add_tensor_info(t.name, (*t.shape[:-1], t.shape[-1] // blk * nbytes), np.dtype(np.uint8),
+                                  rows * (t.shape[-1] // blk) * nbytes, raw_dtype=GGMLQuantizationType(qt))
         w.write_header_to_file()
         w.write_kv_data_to_file()
-        w.write_tensors_to_file()
+        w.write_ti_data_to_file()
+        for i, (t, qt) in enumerate(zip(tensors, qtypes)):   # then the data, one tensor at a time
+            _write_tensor(w, t, qt)
+            t.release()
+            if progress:
+                progress(i + 1, len(tensors))
         w.close()
         os.replace(tmp, path)
     except BaseException:
@@ -177,6 +228,31 @@ def write_gguf(path: str, hp, tensors, target: int, ftype_id: int, vocab=None, n
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _write_tensor(w, t: Lazy, qt: int) -> None:
+    """Encode and write one tensor, a block of rows at a time where gguf-py's writer allows it
+    (its ``write_tensor_data`` takes a whole tensor; we do the same steps per block), so the
+    float32 copy of a big matrix never exists whole."""
+    from gguf.gguf_writer import WriterState
+    fouts, infos = getattr(w, "fout", None), getattr(w, "tensors", None)
+    if not (isinstance(fouts, list) and len(fouts) == 1 and isinstance(infos, list) and len(infos) == 1
+            and next(iter(infos[0]), None) == t.name and hasattr(w, "write_padding")):
+        a = t.get()
+        w.write_tensor_data(np.ascontiguousarray(encode(a, qt)))
+        return
+    fout = fouts[0]
+    ti = infos[0].pop(t.name)
+    w.write_padding(fout, fout.tell())
+    written = 0
+    for a in t.chunks():
+        raw = np.ascontiguousarray(encode(a, qt))
+        raw.tofile(fout)
+        written += raw.nbytes
+    if written != ti.nbytes:
+        raise RuntimeError(f"{t.name}: wrote {written} bytes, the header says {ti.nbytes}")
+    w.write_padding(fout, ti.nbytes)
+    w.state = WriterState.WEIGHTS
 
 
 def _size_label(n: int) -> str:
@@ -188,7 +264,7 @@ def _size_label(n: int) -> str:
 
 def convert(src: str, dst: str, ftype: str, vocab: str | None = None, force: bool = False,
             progress=None, name: str | None = None, allow_requantize: bool = False) -> None:
-    """Any loadable model (.pth, GGUF) -> a GGUF of ``ftype``."""
+    """Any loadable model (.pth, HF folder, GGUF) -> a GGUF of ``ftype``."""
     from rwkvcpu.loaders import load
     ftype = ALIASES.get(ftype, ftype)
     if ftype not in FTYPES:
@@ -205,4 +281,4 @@ def convert(src: str, dst: str, ftype: str, vocab: str | None = None, force: boo
     ftype_id, target = FTYPES[ftype]
     tensors = gguf_tensors(ck.weights, ck.hparams)
     write_gguf(dst, ck.hparams, tensors, target, ftype_id, ck.vocab,
-               name=name or os.path.splitext(os.path.basename(src))[0], progress=progress)
+               name=name or os.path.splitext(os.path.basename(os.path.normpath(src)))[0], progress=progress)

@@ -183,6 +183,7 @@ class _Launches:
 
     def __init__(self, mirror):
         self.mirror = mirror
+        self.bufs = None
         self.entries = []
         self.keep = []
 
@@ -213,6 +214,49 @@ class _Launches:
             fn(*a, **k)
 
 
+def _driver():
+    """cuda-python's driver module (``cuda.bindings.driver``, or ``cuda.cuda`` in older releases)."""
+    try:
+        from cuda.bindings import driver as cu
+    except ImportError:
+        from cuda import cuda as cu        # noqa: raises ImportError when cuda-python is absent
+    return cu
+
+
+def _check(res, what):
+    err = res[0] if isinstance(res, tuple) else res
+    if int(err) != 0:
+        raise RuntimeError(f"{what} failed: {err!r}")
+    return res[1] if isinstance(res, tuple) and len(res) > 1 else None
+
+
+class _Graph:
+    """One step captured as a CUDA graph: every kernel of the step in a single driver launch.
+
+    Captured once per shape from plain numba launches on a private stream (nothing runs while
+    capturing); replays then cost one ``cuGraphLaunch``.  Like ``_Launches``, it is valid only
+    for the buffers and the device state it was captured on (``bufs``, ``mirror``): inputs are
+    refreshed in those buffers before each launch.  The stream is a blocking stream, so the
+    legacy default stream's copies before and after are ordered with it.
+    """
+
+    def __init__(self, mirror, bufs, stream, graph, exe):
+        self.mirror, self.bufs, self.stream, self.graph, self.exe = mirror, bufs, stream, graph, exe
+        self._cu = _driver()
+        h = stream.handle
+        self._h = h if isinstance(h, self._cu.CUstream) else self._cu.CUstream(int(getattr(h, "value", h) or 0))
+
+    def replay(self) -> None:
+        _check(self._cu.cuGraphLaunch(self.exe, self._h), "cuGraphLaunch")
+
+    def __del__(self):
+        try:
+            self._cu.cuGraphExecDestroy(self.exe)
+            self._cu.cuGraphDestroy(self.graph)
+        except Exception:     # interpreter shutdown or a torn-down context: nothing to free
+            pass
+
+
 class CudaLayers:
     """Layers [start, stop) (and the head when ``with_head``) on GPU ``index``."""
 
@@ -235,7 +279,9 @@ class CudaLayers:
         self._bufs: dict[int, dict] = {}
         self._plans: dict[tuple, _Launches] = {}
         self._rec: _Launches | None = None
+        self._stream = None          # set while capturing a graph: launches go to this stream
         self.fast_launch = True      # set False if this numba-cuda's internals differ (then: plain launches)
+        self.use_graphs = True       # set False if graph capture fails here (then: recorded launches)
         self.weight_bytes = 0
         W = model.weights
         C = hp.n_embd
@@ -306,7 +352,9 @@ class CudaLayers:
         b = self._bufs.get(T)
         if b is None:
             if len(self._bufs) >= 4:
-                self._bufs.pop(next(iter(self._bufs)))
+                old = self._bufs.pop(next(iter(self._bufs)))
+                # a plan writes into the buffers it was made on: drop the plans of evicted buffers
+                self._plans = {k: p for k, p in self._plans.items() if p.bufs is not old}
             hp = self.hp
             C, F = hp.n_embd, hp.n_ffn
             D1 = max([d["d1"] for d in self.layers] + [1])
@@ -343,6 +391,9 @@ class CudaLayers:
         self._go(K.gemm, grid, 256, x, Wf, T, out, act, epi)
 
     def _go(self, kern, grid, block, *args) -> None:
+        if self._stream is not None:
+            kern[grid, block, self._stream](*args)
+            return
         if self._rec is None:
             kern[grid, block](*args)
             return
@@ -389,24 +440,53 @@ class CudaLayers:
                 b["rows"].copy_to_device(rr)
             key = (T, nseg, R_)
             plan = self._plans.get(key)
-            if plan is not None and plan.mirror is m:
+            if plan is not None and plan.mirror is m and plan.bufs is b:
                 plan.replay()
             else:
                 self._rec = _Launches(m) if self.fast_launch else None
                 try:
                     self._steps(b, m, T, nseg, R_)
-                    if self._rec is not None:
-                        if len(self._plans) >= 8:
-                            self._plans.pop(next(iter(self._plans)))
-                        self._plans[key] = self._rec
+                    plan = self._rec
                 finally:
                     self._rec = None
+                if plan is not None:
+                    plan.bufs = b
+                if self.use_graphs and self.fast_launch:
+                    plan = self._capture(b, m, T, nseg, R_) or plan
+                if plan is not None:
+                    if len(self._plans) >= 8:
+                        self._plans.pop(next(iter(self._plans)))
+                    self._plans[key] = plan
             m.dev_newer = True
             if not self.with_head:
                 return b["x"].copy_to_host(), b["vfirst"].copy_to_host()
             if R_ == 0:
                 return np.empty((0, self.hp.vocab_size), dtype=np.float32)
             return b["logits"][:R_].copy_to_host()
+
+    def _capture(self, b, m, T, nseg, R_):
+        """The step's launches as a CUDA graph for the next calls of this shape, or None (then
+        ``graph_error`` says why and recorded launches are used from now on)."""
+        from numba import cuda
+        try:
+            cu = _driver()
+            stream = cuda.stream()
+            g = _Graph(m, b, stream, None, None)
+            _check(cu.cuStreamBeginCapture(g._h, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_RELAXED),
+                   "cuStreamBeginCapture")
+            self._stream = stream
+            try:
+                self._steps(b, m, T, nseg, R_)
+            finally:
+                self._stream = None
+                graph = _check(cu.cuStreamEndCapture(g._h), "cuStreamEndCapture")
+            g.graph = graph
+            g.exe = _check(cu.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
+            return g
+        except Exception as e:      # no cuda-python, or a driver/numba that refuses: keep replaying
+            self.use_graphs = False
+            self.graph_error = f"{type(e).__name__}: {e}"
+            return None
 
     def _steps(self, b, m, T, nseg, R_):
         """Launch every kernel of one forward step over this runner's layers (and head)."""

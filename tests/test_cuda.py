@@ -180,19 +180,38 @@ def test_gpu_state_is_visible_and_editable_on_the_host():
 
 
 @needs_gpu
-def test_recorded_launches_replay_exactly_what_plain_launches_do():
-    """Decode steps replay recorded launches (rwkvcpu/gpu._Launches); the same kernels in the
-    same order on the same buffers must give bit-identical logits and state."""
+def test_graphs_and_recorded_launches_replay_exactly_what_plain_launches_do():
+    """Decode steps run as captured CUDA graphs (rwkvcpu/gpu._Graph), or, where capture is not
+    possible, as replayed recorded launches (_Launches); the same kernels in the same order on
+    the same buffers must give bit-identical logits and state to plain numba launches."""
+    from rwkvcpu.gpu import _Graph, _Launches
     from rwkvcpu.model import Model
     f = str(require_fixtures() / "tiny-rwkv7-q4_k_m.gguf")
-    fast, plain = Model.load(f, device="cuda"), Model.load(f, device="cuda")
+    graph, replay, plain = (Model.load(f, device="cuda") for _ in range(3))
+    for _, r in replay._segments:
+        r.use_graphs = False
     for _, r in plain._segments:
         r.fast_launch = False
-    sf, sp = fast.new_state(), plain.new_state()
+    states = [m.new_state() for m in (graph, replay, plain)]
     for t in (3, 99, 1000, 7, 7, 4095):
-        lf, _ = fast.forward([t], sf)
-        lp, _ = plain.forward([t], sp)
-        assert np.array_equal(lf, lp)
-    runner = fast._segments[0][1]
-    assert runner.fast_launch and runner._plans, getattr(runner, "fast_launch_error", "nothing recorded")
-    assert np.array_equal(sf.s, sp.s) and np.array_equal(sf.r, sp.r)
+        lg, lr, lp = (m.forward([t], s)[0] for m, s in zip((graph, replay, plain), states))
+        assert np.array_equal(lg, lp) and np.array_equal(lr, lp)
+    for m, kind in ((graph, _Graph), (replay, _Launches)):
+        runner = m._segments[0][1]
+        assert runner.fast_launch, getattr(runner, "fast_launch_error", "")
+        assert any(isinstance(p, kind) for p in runner._plans.values()), getattr(runner, "graph_error", "")
+    for s in states[:2]:
+        assert np.array_equal(s.s, states[2].s) and np.array_equal(s.r, states[2].r)
+
+
+@needs_gpu
+def test_plans_follow_buffer_eviction():
+    """Step buffers are cached for 4 shapes; a plan made on evicted buffers must not be replayed
+    into the new ones (it would return the old buffers' logits)."""
+    cpu = fixture_model("tiny-rwkv7-q8_0.gguf")
+    gpu = gpu_model("tiny-rwkv7-q8_0.gguf", "cuda")
+    toks = (np.arange(40) * 29) % 4096
+    for n in (1, 2, 3, 4, 5, 6, 1, 2):           # 6 shapes evict the first ones, then come back to them
+        lc, _ = cpu.forward(toks[:n], all_logits=True)
+        lg, _ = gpu.forward(toks[:n], all_logits=True)
+        assert _close(lg, lc, np.abs(lc).max()), n
