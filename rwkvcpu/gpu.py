@@ -136,6 +136,16 @@ class DevMatrix:
             self.qt = dq.F32
         self.arr = cuda.to_device(host)
         self.nbytes = host.nbytes
+        # the decode kernels read whole words: f32/f16/bf16 rows as uint32, Q8_0 rows as uint16
+        self.words, self.wkind = None, -1
+        try:
+            if self.kind in ("f", "bf16") and (host.dtype.itemsize == 4 or self.cols % 2 == 0):
+                self.words = self.arr.view(np.uint32)
+                self.wkind = 0 if host.dtype.itemsize == 4 else (2 if self.kind == "bf16" else 1)
+            elif self.kind == "q" and self.qt == dq.Q8_0:
+                self.words, self.wkind = self.arr.view(np.uint16), 8
+        except (TypeError, ValueError):       # an older numba without size-changing views
+            self.words, self.wkind = None, -1
 
 
 def _grid_rows(n: int, per: int) -> int:
@@ -374,7 +384,11 @@ class CudaLayers:
         K = self.K
         if T <= K.MV_T:
             grid, block = (_grid_rows(M.rows, K.MV_WARPS),), (32, K.MV_WARPS)
-            if M.kind == "q":
+            if T == 1 and M.wkind == 8:
+                self._go(K.mv1_q8, grid, block, M.words, x, out, act, epi)
+            elif T == 1 and M.wkind >= 0:
+                self._go(K.mv1_f, grid, block, M.words, x, out, act, epi, M.wkind)
+            elif M.kind == "q":
                 self._go(K.mv_q, grid, block, M.qt, M.arr, self.lut, x, T, out, act, epi)
             else:
                 self._go(K.mv_f, grid, block, M.arr, x, T, out, act, epi, M.kind == "bf16")
