@@ -284,7 +284,9 @@ def info(file, vocab):
     path, reg_vocab = resolve_model(file)
     ck = load(path, vocab=vocab or reg_vocab)
     hp = ck.hparams
-    click.echo(f"file:          {path} ({ck.format}, {os.path.getsize(path):,} bytes)")
+    size = (sum(e.stat().st_size for e in os.scandir(path) if e.is_file()) if os.path.isdir(path)
+            else os.path.getsize(path))
+    click.echo(f"file:          {path} ({ck.format}, {size:,} bytes)")
     click.echo(f"architecture:  {hp.arch}")
     for k, v in hp.as_dict().items():
         if k != "arch":

@@ -111,3 +111,10 @@ def test_folder_without_config_or_weights(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "rwkv7"}))
     with pytest.raises(LoadError, match="no model.safetensors"):
         load(str(tmp_path))
+
+
+def test_cli_runs_an_hf_folder(hf_dir):
+    r = CliRunner().invoke(cli, ["info", str(hf_dir)])
+    assert r.exit_code == 0 and "(hf, " in r.output and "n_layer:       3" in r.output, r.output
+    r = CliRunner().invoke(cli, ["generate", "-m", str(hf_dir), "-p", "ROMEO:", "-n", "4", "--temp", "0"])
+    assert r.exit_code == 0, r.output
