@@ -55,32 +55,46 @@ def _f16(v):
     return np.float32(r if v > 0 else -r)
 
 
+@njit(cache=True, inline="always")
+def _absmax(x):
+    """(largest |x|, the signed value that has it; the first one on ties)."""
+    amax = np.float32(0.0)
+    mx = np.float32(0.0)
+    for i in range(x.shape[0]):
+        ax = abs(x[i])
+        if ax > amax:
+            amax = ax
+            mx = x[i]
+    return amax, mx
+
+
+@njit(cache=True, inline="always")
+def _signed_levels(x, L, nmax, iscale, off):
+    """L = clamp(rint(iscale * x), -nmax, nmax-1) + off; returns the x²-weighted (sum l*x, sum l²)."""
+    sumlx = np.float32(0.0)
+    suml2 = np.float32(0.0)
+    for i in range(x.shape[0]):
+        l = max(-nmax, min(nmax - 1, _nearest(iscale * x[i])))
+        L[i] = l + off
+        w = x[i] * x[i]
+        fl = np.float32(l)
+        sumlx += w * x[i] * fl
+        suml2 += w * fl * fl
+    return sumlx, suml2
+
+
 @njit(cache=True)
 def _qx_scale(x, L, nmax):
     """Scale for a group ``x`` minimising the x²-weighted error of levels in [-nmax, nmax-1]; fills L."""
     n = x.shape[0]
-    fmax = np.float32(0.0)
-    amax = np.float32(0.0)
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            fmax = x[i]
+    amax, fmax = _absmax(x)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[i] = 0
         return np.float32(0.0)
     nm = np.float32(nmax)
     iscale = -nm / fmax
-    sumlx = np.float32(0.0)
-    suml2 = np.float32(0.0)
-    for i in range(n):
-        l = max(-nmax, min(nmax - 1, _nearest(iscale * x[i])))
-        L[i] = l + nmax
-        w = x[i] * x[i]
-        fl = np.float32(l)
-        sumlx += w * x[i] * fl
-        suml2 += w * fl * fl
+    sumlx, suml2 = _signed_levels(x, L, nmax, iscale, nmax)
     scale = sumlx / suml2 if suml2 != 0 else np.float32(0.0)
     best = scale * sumlx
     for step in range(-9, 10):
@@ -360,48 +374,26 @@ def _k_scale_min_block(xb, nmax, rmin, nstep, L, sc12):
 
 
 @njit(cache=True, parallel=True)
-def _q4k(x, out, dd):
+def _q45k(x, out, dd, five):
+    """Q4_K (``five`` False: 4-bit levels) or Q5_K (the 5th bits in qh[32] before the nibbles)."""
     for b in prange(x.shape[0]):
         o = out[b]
         L = np.zeros(256, np.int32)
         sc12 = np.zeros(12, np.int32)
-        d, dmin = _k_scale_min_block(x[b], 15, np.float32(-1.0), 20, L, sc12)
+        if five:
+            d, dmin = _k_scale_min_block(x[b], 31, np.float32(-0.5), 15, L, sc12)
+        else:
+            d, dmin = _k_scale_min_block(x[b], 15, np.float32(-1.0), 20, L, sc12)
         for j in range(12):
             o[4 + j] = sc12[j]
-        for j in range(0, 256, 64):
-            for l in range(32):
-                o[16 + j // 2 + l] = L[j + l] | (L[j + l + 32] << 4)
-        dd[b, 0] = d
-        dd[b, 1] = dmin
-
-
-@njit(cache=True, parallel=True)
-def _q5k(x, out, dd):
-    for b in prange(x.shape[0]):
-        o = out[b]
-        L = np.zeros(256, np.int32)
-        sc12 = np.zeros(12, np.int32)
-        d, dmin = _k_scale_min_block(x[b], 31, np.float32(-0.5), 15, L, sc12)
-        for j in range(12):
-            o[4 + j] = sc12[j]
-        qh = np.zeros(32, np.int32)
-        m1 = 1
-        m2 = 2
-        for n in range(0, 256, 64):
+        qs = 48 if five else 16
+        for n in range(0, 256, 64):             # bit 2i / 2i+1 of qh[j]: 5th bit of L[64i + j] / L[64i + 32 + j]
             for j in range(32):
                 l1 = L[n + j]
-                if l1 > 15:
-                    l1 -= 16
-                    qh[j] |= m1
                 l2 = L[n + j + 32]
-                if l2 > 15:
-                    l2 -= 16
-                    qh[j] |= m2
-                o[48 + n // 2 + j] = l1 | (l2 << 4)
-            m1 <<= 2
-            m2 <<= 2
-        for j in range(32):
-            o[16 + j] = qh[j]
+                if five:
+                    o[16 + j] |= ((l1 >> 4) << (n // 32)) | ((l2 >> 4) << (n // 32 + 1))
+                o[qs + n // 2 + j] = (l1 & 15) | ((l2 & 15) << 4)
         dd[b, 0] = d
         dd[b, 1] = dmin
 
@@ -413,26 +405,13 @@ def _q3_scale(x, L, nmax):
     """Scale for 3-bit signed levels [-nmax, nmax-1] (weights x²), refined by moving single levels
     (up to 5 sweeps); fills L with level + nmax."""
     n = x.shape[0]
-    mx = np.float32(0.0)
-    amax = np.float32(0.0)
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            mx = x[i]
+    amax, mx = _absmax(x)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[i] = 0
         return np.float32(0.0)
     iscale = np.float32(-nmax) / mx
-    sumlx = np.float32(0.0)
-    suml2 = np.float32(0.0)
-    for i in range(n):
-        l = max(-nmax, min(nmax - 1, _nearest(iscale * x[i])))
-        L[i] = l
-        w = x[i] * x[i]
-        sumlx += w * x[i] * np.float32(l)
-        suml2 += w * np.float32(l) * np.float32(l)
+    sumlx, suml2 = _signed_levels(x, L, nmax, iscale, 0)
     for _ in range(5):
         changed = 0
         for i in range(n):
@@ -534,13 +513,7 @@ def _best_index(v, x):
 def _iq4_scale(xb, Lb, v, ntry):
     """Best scale for one 32-value block on the non-linear levels ``v`` (weights x²); fills Lb."""
     n = xb.shape[0]
-    amax = np.float32(0.0)
-    mx = np.float32(0.0)
-    for j in range(n):
-        ax = abs(xb[j])
-        if ax > amax:
-            amax = ax
-            mx = xb[j]
+    amax, mx = _absmax(xb)
     if amax < GROUP_MAX_EPS:
         return np.float32(0.0)
     d = -mx / v[0]
@@ -627,7 +600,7 @@ def _iq4xs(x, out, dd, v):
         dd[b, 0] = _f16(d)
 
 
-# type id -> (block elements, block bytes, kernel, f16 slots as (byte offset, column of dd))
+# type id -> (block elements, block bytes, kernel, f16 slots as (byte offset, column of dd), extra args)
 _KERNELS = {}
 
 
@@ -635,12 +608,12 @@ def _kernels():
     if not _KERNELS:
         from rwkvcpu.kernels import dequant as dq
         _KERNELS.update({
-            dq.Q2_K: (256, 84, _q2k, ((80, 0), (82, 1))),
-            dq.Q3_K: (256, 110, _q3k, ((108, 0),)),
-            dq.Q4_K: (256, 144, _q4k, ((0, 0), (2, 1))),
-            dq.Q5_K: (256, 176, _q5k, ((0, 0), (2, 1))),
-            dq.IQ4_NL: (32, 18, _iq4nl, ((0, 0),)),
-            dq.IQ4_XS: (256, 136, _iq4xs, ((0, 0),)),
+            dq.Q2_K: (256, 84, _q2k, ((80, 0), (82, 1)), ()),
+            dq.Q3_K: (256, 110, _q3k, ((108, 0),), ()),
+            dq.Q4_K: (256, 144, _q45k, ((0, 0), (2, 1)), (False,)),
+            dq.Q5_K: (256, 176, _q45k, ((0, 0), (2, 1)), (True,)),
+            dq.IQ4_NL: (32, 18, _iq4nl, ((0, 0),), (dq.KVALUES_IQ4,)),
+            dq.IQ4_XS: (256, 136, _iq4xs, ((0, 0),), (dq.KVALUES_IQ4,)),
         })
     return _KERNELS
 
@@ -652,7 +625,7 @@ def quantize_blocks(a: np.ndarray, qtype: int) -> np.ndarray:
         return quantize_q6_k(a)
     if qtype not in _kernels():
         raise ValueError(f"no quantizer for ggml type {dq.TYPE_NAMES.get(qtype, qtype)}")
-    blk, nbytes, kern, halves = _KERNELS[qtype]
+    blk, nbytes, kern, halves, extra = _KERNELS[qtype]
     a = np.ascontiguousarray(a, dtype=np.float32)
     rows, cols = a.shape
     if cols % blk:
@@ -660,10 +633,7 @@ def quantize_blocks(a: np.ndarray, qtype: int) -> np.ndarray:
     x = a.reshape(-1, blk)
     out = np.zeros((x.shape[0], nbytes), np.uint8)
     dd = np.zeros((x.shape[0], 2), np.float32)
-    if qtype in (dq.IQ4_NL, dq.IQ4_XS):
-        kern(x, out, dd, dq.KVALUES_IQ4)
-    else:
-        kern(x, out, dd)
+    kern(x, out, dd, *extra)
     bits = dd.astype(np.float16).view(np.uint8).reshape(-1, 2, 2)   # exact: dd holds f16 values
     for off, col in halves:
         out[:, off:off + 2] = bits[:, col]
