@@ -292,6 +292,7 @@ class CudaLayers:
         self._stream = None          # set while capturing a graph: launches go to this stream
         self.fast_launch = True      # set False if this numba-cuda's internals differ (then: plain launches)
         self.use_graphs = True       # set False if graph capture fails here (then: recorded launches)
+        self._partbuf = None
         self.weight_bytes = 0
         W = model.weights
         C = hp.n_embd
@@ -351,6 +352,7 @@ class CudaLayers:
                 mats.append(self.head)
             big = max([m.rows * m.cols for m in mats if m.kind != "f" or m.qt != dq.F32] + [1])
             self.scratch = cuda.device_array(big, dtype=np.float32)   # expanded tile for prefill GEMMs
+            self._nopart = cuda.device_array((1, 1, 1), dtype=np.float32)   # gemm without split K
 
     def ctx(self):
         from numba import cuda
@@ -401,8 +403,26 @@ class CudaLayers:
                 self._go(K.expand_q, _grid_rows(n, 256), 256, M.qt, M.arr, self.lut, Wf)
             else:
                 self._go(K.expand_bf16, (_grid_rows(M.rows, 16), _grid_rows(M.cols, 16)), (16, 16), M.arr, Wf)
-        grid = (_grid_rows(M.rows, K.GEMM_BN), _grid_rows(T, K.GEMM_BM))
-        self._go(K.gemm, grid, 256, x, Wf, T, out, act, epi)
+        gx, gy = _grid_rows(M.rows, K.GEMM_BN), _grid_rows(T, K.GEMM_BM)
+        cols = M.cols
+        ks = min(_grid_rows(K.GEMM_FILL, gx * gy), max(1, cols // 256), K.GEMM_PART // (T * M.rows))
+        if ks > 1:
+            kc = _grid_rows(_grid_rows(cols, ks), K.GEMM_BK) * K.GEMM_BK
+            ks = _grid_rows(cols, kc)
+        if ks > 1:
+            part = self._part()[: ks * T * M.rows].reshape(ks, T, M.rows)
+            self._go(K.gemm, (gx, gy, ks), 256, x, Wf, T, out, act, epi, part, kc)
+            self._go(K.gemm_reduce, _grid_rows(T * M.rows, 256), 256, part, T, out, epi)
+        else:
+            self._go(K.gemm, (gx, gy, 1), 256, x, Wf, T, out, act, epi, self._nopart, cols)
+
+    def _part(self):
+        """Split-K scratch (float32, flat), allocated on first use and kept: captured graphs
+        hold its address."""
+        from numba import cuda
+        if self._partbuf is None:
+            self._partbuf = cuda.device_array(self.K.GEMM_PART, dtype=np.float32)
+        return self._partbuf
 
     def _go(self, kern, grid, block, *args) -> None:
         if self._stream is not None:

@@ -50,6 +50,8 @@ NORM_THREADS = 256
 GEMM_BM = 64
 GEMM_BN = 64
 GEMM_BK = 16
+GEMM_FILL = 264           # blocks wanted per gemm (2 per SM on an H100): fewer -> split K
+GEMM_PART = 2 * GEMM_FILL * 64 * 64    # floats of split-K scratch (at most ~2 * GEMM_FILL blocks)
 GEMM_LD = GEMM_BM + 4     # padded shared-tile row (fewer bank conflicts on the transposed store)
 CMAX = 8192      # widest row the layer norm kernel holds in shared memory
 
@@ -363,9 +365,11 @@ def expand_bf16(W, out):
 
 
 @cuda.jit(cache=True)
-def gemm(x, W, T, out, act, epi):
+def gemm(x, W, T, out, act, epi, part, kc):
     """out[t, n] (epi) sum_k act(x[t, k]) * W[n, k] for float32/float16 W: 64x64 tiles,
-    256 threads, 4x4 outputs per thread.  grid (ceil(N/64), ceil(T/64))."""
+    256 threads, 4x4 outputs per thread.  grid (ceil(N/64), ceil(T/64), S): with S > 1 (split K,
+    for grids too small to fill the GPU) block z sums k in [z*kc, (z+1)*kc) into part[z] and
+    ``gemm_reduce`` finishes; with S == 1 (part of shape (1, 1, 1)) it stores into out directly."""
     As = cuda.shared.array((GEMM_BK, GEMM_LD), float32)
     Bs = cuda.shared.array((GEMM_BK, GEMM_LD), float32)
     tid = cuda.threadIdx.x
@@ -373,12 +377,13 @@ def gemm(x, W, T, out, act, epi):
     n0 = cuda.blockIdx.x * GEMM_BN
     tr = (tid // 16) * 4
     tc = (tid % 16) * 4
-    K = x.shape[1]
+    kbeg = cuda.blockIdx.z * kc
+    K = min(x.shape[1], kbeg + kc)
     N = out.shape[1]
     acc = cuda.local.array(16, float32)
     for i in range(16):
         acc[i] = float32(0.0)
-    for k0 in range(0, K, GEMM_BK):
+    for k0 in range(kbeg, K, GEMM_BK):
         for l in range(4):
             e = tid + l * 256
             r = e // GEMM_BK
@@ -419,10 +424,29 @@ def gemm(x, W, T, out, act, epi):
             acc[14] += a3 * b2
             acc[15] += a3 * b3
         cuda.syncthreads()
+    split = part.shape[0] > 1
     for i in range(4):
         for j in range(4):
             if m0 + tr + i < T and n0 + tc + j < N:
-                _store(out, m0 + tr + i, n0 + tc + j, acc[i * 4 + j], epi)
+                if split:
+                    part[cuda.blockIdx.z, m0 + tr + i, n0 + tc + j] = acc[i * 4 + j]
+                else:
+                    _store(out, m0 + tr + i, n0 + tc + j, acc[i * 4 + j], epi)
+
+
+@cuda.jit(cache=True)
+def gemm_reduce(part, T, out, epi):
+    """out[t, n] (epi) sum_z part[z, t, n]: the end of a split-K gemm."""
+    i = cuda.grid(1)
+    N = out.shape[1]
+    if i >= T * N:
+        return
+    t = i // N
+    n = i % N
+    s = float32(0.0)
+    for z in range(part.shape[0]):
+        s += part[z, t, n]
+    _store(out, t, n, s, epi)
 
 
 @cuda.jit(cache=True)
