@@ -7,7 +7,12 @@ summation order).  Per block the scale is factored out of the dot product
 (``d * sum(q * x)``), which is where these differ from ``dequant_row`` + dot by
 float32 rounding only.
 
-Each kernel is checked against ``x @ dequantize(W).T`` in tests/kernels/test_matvec.py.
+Each kernel is checked against ``x @ dequantize(W).T`` in tests/kernels/test_cpu_kernels.py.
+
+4-bit nibbles are split in float32 (``hi = floor(b / 16)``, ``lo = b - 16 hi``, exact) rather than
+with integer masks: Numba types integer arithmetic as int64, and int64 -> float32 has no AVX2
+vector instruction.  Measured gain on a 3072x768 decode matvec, 2 threads: ~7% (Q4_0, Q4_K); these
+kernels run at 4-5 G weights/s whatever the type, so the bound is elsewhere (see the CPU issue).
 F16 has no Numba scalar type: its bits are moved into a float32
 (``sign<<16 | exp,mant<<13``) and scaled by 2**112, exact for normal and subnormal halves.
 """
@@ -83,9 +88,11 @@ def mv_q4_0(raw, x, out, lut):
                     o = k * 18
                     d = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)]
                     for i in range(16):
-                        v = np.int32(b[o + 2 + i])
-                        accv[i] += d * (np.float32((v & 15) - 8) * x[t, k * 32 + i])
-                        accv[i + 16] += d * (np.float32((v >> 4) - 8) * x[t, k * 32 + 16 + i])
+                        fb = np.float32(b[o + 2 + i])          # nibbles in float32: vectorises (see _nibbles)
+                        hi = np.floor(fb * np.float32(0.0625))
+                        lo = fb - np.float32(16.0) * hi
+                        accv[i] += d * ((lo - np.float32(8.0)) * x[t, k * 32 + i])
+                        accv[i + 16] += d * ((hi - np.float32(8.0)) * x[t, k * 32 + 16 + i])
                 out[t, r] = accv.sum()
 
 
@@ -106,15 +113,20 @@ def mv_q4_k(raw, x, xsum, out, lut):
                     o = k * 144
                     d = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)]
                     dmin = lut[np.int64(b[o + 2]) | (np.int64(b[o + 3]) << 8)]
-                    for sb in range(8):
-                        sc, mn = dq._k_scale_min(b, o + 4, sb)
-                        ds = d * np.float32(sc)
-                        accm += (dmin * np.float32(mn)) * xsum[t, k * 8 + sb]
-                        base = o + 16 + (sb // 2) * 32
-                        sh = 4 * (sb % 2)
-                        xo = k * 256 + sb * 32
+                    for sp in range(4):                 # sub-blocks 2sp (low nibbles), 2sp+1 (high)
+                        sc0, mn0 = dq._k_scale_min(b, o + 4, 2 * sp)
+                        sc1, mn1 = dq._k_scale_min(b, o + 4, 2 * sp + 1)
+                        ds0 = d * np.float32(sc0)
+                        ds1 = d * np.float32(sc1)
+                        accm += (dmin * np.float32(mn0)) * xsum[t, k * 8 + 2 * sp]
+                        accm += (dmin * np.float32(mn1)) * xsum[t, k * 8 + 2 * sp + 1]
+                        base = o + 16 + sp * 32
+                        xo = k * 256 + sp * 64
                         for i in range(32):
-                            accv[i] += ds * (np.float32((np.int32(b[base + i]) >> sh) & 15) * x[t, xo + i])
+                            fb = np.float32(b[base + i])
+                            hi = np.floor(fb * np.float32(0.0625))
+                            lo = fb - np.float32(16.0) * hi
+                            accv[i] += ds0 * (lo * x[t, xo + i]) + ds1 * (hi * x[t, xo + 32 + i])
                 out[t, r] = accv.sum() - accm
 
 
