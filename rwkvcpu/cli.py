@@ -557,7 +557,7 @@ def convert(src, dst, ftype, vocab, force):
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
 @click.option("--allow-requantize", is_flag=True, help="Accept an already-quantized input.")
 def quantize(src, dst, ftype, force, allow_requantize):
-    """GGUF -> GGUF of another type (llama-quantize's choices; output.weight Q6_K for 4/5-bit types)."""
+    """GGUF -> GGUF of another type (llama-quantize's choices; output.weight Q6_K for 2..6-bit types)."""
     _convert(src, dst, ftype.lower(), None, force, allow_requantize)
 
 
