@@ -18,6 +18,7 @@ import numpy as np
 
 from rwkvcpu.kernels import cpu as K
 from rwkvcpu.kernels import dequant as dq
+from rwkvcpu.kernels import fused as F
 from rwkvcpu.kernels.actquant import round_like_llama
 from rwkvcpu.kernels.reference import DECAY_SCALE, GROUP_NORM_EPS, L2_EPS
 from rwkvcpu.loaders import Checkpoint, load
@@ -25,6 +26,7 @@ from rwkvcpu.state import State, StateCache
 
 NUMERICS = ("exact", "llama")
 _TYPE_IDS = {v: k for k, v in dq.TYPE_NAMES.items()}
+FUSED_T = 16             # up to this many rows per layer call: the fused decode kernels (kernels/fused.py)
 PREFILL_CHUNK = 512      # tokens per forward call on long prompts (bounds activation memory)
 
 
@@ -252,8 +254,15 @@ class Model:
         # synchronising the GPU's layers back every step.
         cr, cs = (cache._r, cache._s) if self.on_gpu else (cache.r, cache.s)
         last = stop - 1 if final else -1
+        fused = T <= FUSED_T and self.numerics == "exact" and not rec
         for il in range(start, stop):
             L = W.layers[il]
+            if fused:
+                x, v_first = self._fused_layer(il, x, v_first, il == last, seg_start, seg_len, seg_slot,
+                                               cr, cs, out_rows)
+                if x is None:
+                    break
+                continue
             if rec:
                 rec(f"cache_r_l{il}.in", cr[il, seg_slot].copy())
                 rec(f"cache_s_l{il}.in", cs[il, seg_slot].copy())
@@ -338,6 +347,52 @@ class Model:
                 rec(f"MUL_MAT:blk.{il}.channel_mix_value.weight", ffn)
             if rec:
                 rec(f"l_out-{il}", x)
+        return x, v_first
+
+    def _fused_layer(self, il, x, v_first, last, seg_start, seg_len, seg_slot, cr, cs, out_rows):
+        """One layer at small T with the fused kernels (rwkvcpu/kernels/fused.py): the same
+        arithmetic as the unfused body of ``_cpu_layers``, in ~12 calls instead of ~60."""
+        hp, L = self.hparams, self.weights.layers[il]
+        H, N, C = hp.n_head, hp.head_size, hp.n_embd
+        T = x.shape[0]
+        f32 = np.float32
+        xa = self._ln(x, L.ln1_w, L.ln1_b)
+        prev = np.empty_like(xa)
+        K.token_shift(xa, seg_start, seg_len, seg_slot, cr[il], 0, prev)
+        xr, xk, xv, w, a, g = np.empty((6, T, C), dtype=f32)
+        has_v = il > 0
+        vg = np.empty((T, C) if has_v else (1, 1), dtype=f32)
+        z = np.zeros((1, C), dtype=f32)         # layer 0 has no value-residual LoRA: typed placeholders
+        v1, v2, v0 = (L.v1, L.v2, L.v0) if has_v else (z, z.reshape(C, 1), L.w0)
+        F.tmix_lora(xa, prev, self._mixes[il], L.w1, L.w2, L.w0, L.a1, L.a2, L.a0, v1, v2, v0,
+                    L.g1, L.g2, has_v, xr, xk, xv, w, a, vg, g)
+        r = K.matmul(xr, L.receptance)
+        k = K.matmul(xk, L.key)
+        v = K.matmul(xv, L.value)
+        if il == 0:
+            v_first = v.copy()
+        kneg = np.empty_like(k)
+        kb = np.empty_like(k)
+        F.tmix_prewkv(k, v, v_first, vg, a, L.k_k, L.k_a, H, f32(L2_EPS), has_v, kneg, kb)
+        y = np.empty((T, H, N), dtype=f32)
+        sh = (T, H, N)
+        K.wkv7(r.reshape(sh), w.reshape(sh), k.reshape(sh), v.reshape(sh), kneg.reshape(sh), kb.reshape(sh),
+               seg_start, seg_len, seg_slot, cs[il], y)
+        att_in = np.empty((T, C), dtype=f32)
+        F.tmix_post(y.reshape(T, C), r, k, v, g, L.r_k, L.ln_x_w, L.ln_x_b, H, f32(GROUP_NORM_EPS), att_in)
+        F.add_into(x, K.matmul(att_in, L.output))
+        xf = self._ln(x, L.ln2_w, L.ln2_b)
+        prev = np.empty_like(xf)
+        K.token_shift(xf, seg_start, seg_len, seg_slot, cr[il], C, prev)
+        if last:
+            if len(out_rows) == 0:
+                return None, v_first
+            x, xf, prev = x[out_rows], xf[out_rows], prev[out_rows]
+        kf = np.empty_like(xf)
+        F.cmix_pre(xf, prev, L.ffn_x_k, kf)
+        hidden = K.matmul(kf, L.ffn_key)
+        F.relu_sq(hidden)
+        F.add_into(x, K.matmul(hidden, L.ffn_value))
         return x, v_first
 
     def _ln(self, x, w, b):

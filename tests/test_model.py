@@ -153,3 +153,31 @@ def test_long_prompt_is_chunked_but_identical(f32_model, monkeypatch):
     # relative 1e-5, as for sequence vs token mode: BLAS orders a 16-row and a 50-row product differently
     assert np.abs(full - chunked).max() <= 1e-5 * np.abs(full).max()
     assert s1.max_abs_diff(s2)["wkv"] <= 1e-5 * max(1.0, np.abs(s1.wkv()).max())
+
+
+@pytest.mark.parametrize("name", ["tiny-rwkv7.pth", "tiny-rwkv7-f16.gguf", "tiny-rwkv7-q8_0.gguf",
+                                  "tiny-rwkv7-q4_k_m.gguf", "tiny-rwkv7-q6_k.gguf"])
+def test_fused_decode_path_matches_unfused(name, monkeypatch):
+    """Decode (T <= FUSED_T) runs a layer in fused kernels (rwkvcpu/kernels/fused.py); the unfused
+    NumPy path is their reference.  Token by token and as a 3-sequence batch, both ways."""
+    import rwkvcpu.model as M
+    fx = require_fixtures()
+    m = fixture_model(name)
+    toks = np.load(fx / "ref-rwkvpip-tiny-rwkv7.npz")["seqlong_tokens"][:24]
+
+    def run():
+        st = m.new_state()
+        per_tok = np.stack([m.forward([t], st)[0] for t in toks])
+        cache = m.new_cache(3)
+        batch = m.forward_batch([toks[:5], toks[5:6], toks[6:14]], cache, [2, 0, 1], all_logits=True)
+        return per_tok, st, np.concatenate(batch), cache
+    fused = run()
+    monkeypatch.setattr(M, "FUSED_T", 0)
+    plain = run()
+    scale = np.abs(plain[0]).max()
+    # the same float32 arithmetic in another summation order (vector lanes vs BLAS)
+    assert np.abs(fused[0] - plain[0]).max() <= 1e-5 * scale
+    assert np.abs(fused[2] - plain[2]).max() <= 1e-5 * scale
+    assert fused[1].max_abs_diff(plain[1])["wkv"] <= 1e-5 * max(1.0, np.abs(plain[1].wkv()).max())
+    assert np.abs(fused[3].s - plain[3].s).max() <= 1e-5 * max(1.0, np.abs(plain[3].s).max())
+    assert np.abs(fused[3].r - plain[3].r).max() <= 1e-5 * max(1.0, np.abs(plain[3].r).max())

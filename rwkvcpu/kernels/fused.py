@@ -1,0 +1,183 @@
+"""Fused small-T (decode) kernels: the element-wise and low-rank parts of a layer in one call each.
+
+At decode a layer's projections take a few hundred microseconds; the ~40 NumPy operations and 8
+low-rank BLAS products around them cost about as much again in call overhead (0.1B: ~8 ms of a
+~21 ms token).  These kernels do the same arithmetic as the unfused path in ``Model._cpu_layers``
+(which stays in use for prefill, for recording intermediates and for ``numerics="llama"``), in
+float32, with decay and state float32 as everywhere else.  The unfused path is their NumPy
+reference: ``tests/test_model.py::test_fused_decode_path_matches_unfused`` runs both on every
+fixture model and compares logits and states.
+
+Shapes: x rows [T, C]; low-rank matrices as the checkpoint holds them (``w1`` [D, C], ``w2`` [C, D]).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .reference import DECAY_SCALE
+from .simd import vadd, vfma, vhsum, vload, vzero
+
+FLAGS = {"reassoc", "contract"}
+
+
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _dot(m, x):
+    """m . x for two float32 rows, on 8-lane vectors (two accumulators) plus a scalar tail."""
+    n = m.shape[0]
+    n16 = n - n % 16
+    a0 = vzero()
+    a1 = vzero()
+    for j in range(0, n16, 16):
+        a0 = vfma(vload(m, j), vload(x, j), a0)
+        a1 = vfma(vload(m, j + 8), vload(x, j + 8), a1)
+    acc = vhsum(vadd(a0, a1))
+    for j in range(n16, n):
+        acc += m[j] * x[j]
+    return acc
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def _down(M, x, out):
+    """out[d] = M[d] . x  (M [D, C])."""
+    for d in prange(M.shape[0]):
+        out[d] = _dot(M[d], x)
+
+
+@njit(cache=True, inline="always")
+def _sig(x):
+    return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def _up(M2, h, bias, kind, out):
+    """out[c] = f(bias[c] + M2[c] . h) over c in parallel (M2 [C, D]).
+    kind 0: decay exp(-DECAY_SCALE * sigmoid(.)); 1: sigmoid(.); 2: plain product (bias ignored)."""
+    scale = np.float32(-DECAY_SCALE)
+    for c in prange(M2.shape[0]):
+        acc = _dot(M2[c], h)
+        if kind == 0:
+            out[c] = np.exp(scale * _sig(bias[c] + acc))
+        elif kind == 1:
+            out[c] = _sig(bias[c] + acc)
+        else:
+            out[c] = acc
+
+
+@njit(cache=True)
+def tmix_lora(xa, prev, mixes, w1, w2, w0, a1, a2, a0, v1, v2, v0, g1, g2, has_v,
+              xr, xk, xv, w, a, vg, g):
+    """From the normed input xa and its shifted rows prev: the lerped inputs of the r/k/v
+    projections (xr, xk, xv) and the low-rank outputs: decay w, in-context rate a, the value
+    residual gate vg (when has_v) and the output gate g.  mixes: [6, C] (r, w, k, v, a, g)."""
+    T, C = xa.shape
+    tmp = np.empty(C, dtype=np.float32)
+    hw = np.empty(w1.shape[0], dtype=np.float32)
+    ha = np.empty(a1.shape[0], dtype=np.float32)
+    hg = np.empty(g1.shape[0], dtype=np.float32)
+    hv = np.empty(v1.shape[0] if has_v else 1, dtype=np.float32)
+    for t in range(T):
+        for j in range(C):
+            d = prev[t, j] - xa[t, j]
+            xr[t, j] = xa[t, j] + d * mixes[0, j]
+            xk[t, j] = xa[t, j] + d * mixes[2, j]
+            xv[t, j] = xa[t, j] + d * mixes[3, j]
+        for j in range(C):
+            tmp[j] = xa[t, j] + (prev[t, j] - xa[t, j]) * mixes[1, j]
+        _down(w1, tmp, hw)
+        for d in range(hw.shape[0]):
+            hw[d] = np.tanh(hw[d])
+        _up(w2, hw, w0, 0, w[t])
+        for j in range(C):
+            tmp[j] = xa[t, j] + (prev[t, j] - xa[t, j]) * mixes[4, j]
+        _down(a1, tmp, ha)
+        _up(a2, ha, a0, 1, a[t])
+        if has_v:
+            _down(v1, xv[t], hv)
+            _up(v2, hv, v0, 1, vg[t])
+        for j in range(C):
+            tmp[j] = xa[t, j] + (prev[t, j] - xa[t, j]) * mixes[5, j]
+        _down(g1, tmp, hg)
+        for d in range(hg.shape[0]):
+            hg[d] = _sig(hg[d])
+        _up(g2, hg, w0, 2, g[t])
+
+
+@njit(cache=True, fastmath=FLAGS)
+def tmix_prewkv(k, v, v_first, vg, a, k_k, k_a, n_head, eps, has_v, kneg, kb):
+    """In place on k and v: the value residual (v += (v_first - v) * vg), then
+    kk = L2-normalised (k * k_k) per head, k *= 1 + (a - 1) * k_a; writes the WKV's
+    a = -kk (kneg) and b = kk * a (kb)."""
+    T, C = k.shape
+    N = C // n_head
+    for t in range(T):
+        if has_v:
+            for j in range(C):
+                v[t, j] = v[t, j] + (v_first[t, j] - v[t, j]) * vg[t, j]
+        for h in range(n_head):
+            o = h * N
+            s = np.float32(0.0)
+            for j in range(N):
+                q = k[t, o + j] * k_k[o + j]
+                s += q * q
+            nrm = max(np.sqrt(s), np.float32(eps))
+            for j in range(N):
+                kk = k[t, o + j] * k_k[o + j] / nrm
+                kneg[t, o + j] = -kk
+                kb[t, o + j] = kk * a[t, o + j]
+        for j in range(C):
+            k[t, j] = k[t, j] * (np.float32(1.0) + (a[t, j] - np.float32(1.0)) * k_a[j])
+
+
+@njit(cache=True, fastmath=FLAGS)
+def tmix_post(y, r, k, v, g, r_k, ln_w, ln_b, n_head, eps, out):
+    """out = (GroupNorm(y) + bonus) * g, bonus per head = sum(r * k * r_k) * v."""
+    T, C = y.shape
+    N = C // n_head
+    for t in range(T):
+        for h in range(n_head):
+            o = h * N
+            mu = np.float32(0.0)
+            for j in range(N):
+                mu += y[t, o + j]
+            mu /= N
+            var = np.float32(0.0)
+            for j in range(N):
+                dd = y[t, o + j] - mu
+                var += dd * dd
+            var /= N
+            inv = np.float32(1.0) / np.sqrt(var + np.float32(eps))
+            bonus = np.float32(0.0)
+            for j in range(N):
+                bonus += r[t, o + j] * k[t, o + j] * r_k[o + j]
+            for j in range(N):
+                yn = (y[t, o + j] - mu) * inv * ln_w[o + j] + ln_b[o + j]
+                out[t, o + j] = (yn + bonus * v[t, o + j]) * g[t, o + j]
+
+
+@njit(cache=True)
+def cmix_pre(xf, prev, mix, out):
+    """out = xf + (prev - xf) * mix."""
+    T, C = xf.shape
+    for t in range(T):
+        for j in range(C):
+            out[t, j] = xf[t, j] + (prev[t, j] - xf[t, j]) * mix[j]
+
+
+@njit(cache=True)
+def relu_sq(h):
+    """In place: h = max(h, 0) ** 2."""
+    T, F = h.shape
+    for t in range(T):
+        for j in range(F):
+            q = max(h[t, j], np.float32(0.0))
+            h[t, j] = q * q
+
+
+@njit(cache=True)
+def add_into(x, y):
+    """In place: x += y."""
+    T, C = x.shape
+    for t in range(T):
+        for j in range(C):
+            x[t, j] += y[t, j]
