@@ -37,31 +37,39 @@ def _dot(m, x):
     return acc
 
 
-@njit(cache=True, parallel=True, fastmath=FLAGS)
-def _down(M, x, out):
-    """out[d] = M[d] . x  (M [D, C])."""
-    for d in prange(M.shape[0]):
-        out[d] = _dot(M[d], x)
-
-
 @njit(cache=True, inline="always")
 def _sig(x):
     return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def _up(M2, h, bias, kind, out):
-    """out[c] = f(bias[c] + M2[c] . h) over c in parallel (M2 [C, D]).
+def _down(M, X, act, out):
+    """out[t, d] = act(M[d] . X[t])  (M [D, C]); act 0: none, 1: tanh, 2: sigmoid.
+    Each row of M is read once for all T rows of X."""
+    for d in prange(M.shape[0]):
+        for t in range(X.shape[0]):
+            acc = _dot(M[d], X[t])
+            if act == 1:
+                acc = np.tanh(acc)
+            elif act == 2:
+                acc = _sig(acc)
+            out[t, d] = acc
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def _up(M2, H, bias, kind, out):
+    """out[t, c] = f(bias[c] + M2[c] . H[t]) over c in parallel (M2 [C, D]).
     kind 0: decay exp(-DECAY_SCALE * sigmoid(.)); 1: sigmoid(.); 2: plain product (bias ignored)."""
     scale = np.float32(-DECAY_SCALE)
     for c in prange(M2.shape[0]):
-        acc = _dot(M2[c], h)
-        if kind == 0:
-            out[c] = np.exp(scale * _sig(bias[c] + acc))
-        elif kind == 1:
-            out[c] = _sig(bias[c] + acc)
-        else:
-            out[c] = acc
+        for t in range(H.shape[0]):
+            acc = _dot(M2[c], H[t])
+            if kind == 0:
+                out[t, c] = np.exp(scale * _sig(bias[c] + acc))
+            elif kind == 1:
+                out[t, c] = _sig(bias[c] + acc)
+            else:
+                out[t, c] = acc
 
 
 @njit(cache=True)
@@ -71,36 +79,31 @@ def tmix_lora(xa, prev, mixes, w1, w2, w0, a1, a2, a0, v1, v2, v0, g1, g2, has_v
     projections (xr, xk, xv) and the low-rank outputs: decay w, in-context rate a, the value
     residual gate vg (when has_v) and the output gate g.  mixes: [6, C] (r, w, k, v, a, g)."""
     T, C = xa.shape
-    tmp = np.empty(C, dtype=np.float32)
-    hw = np.empty(w1.shape[0], dtype=np.float32)
-    ha = np.empty(a1.shape[0], dtype=np.float32)
-    hg = np.empty(g1.shape[0], dtype=np.float32)
-    hv = np.empty(v1.shape[0] if has_v else 1, dtype=np.float32)
+    xw = np.empty((T, C), dtype=np.float32)
+    xaa = np.empty((T, C), dtype=np.float32)
+    xg = np.empty((T, C), dtype=np.float32)
     for t in range(T):
         for j in range(C):
             d = prev[t, j] - xa[t, j]
             xr[t, j] = xa[t, j] + d * mixes[0, j]
+            xw[t, j] = xa[t, j] + d * mixes[1, j]
             xk[t, j] = xa[t, j] + d * mixes[2, j]
             xv[t, j] = xa[t, j] + d * mixes[3, j]
-        for j in range(C):
-            tmp[j] = xa[t, j] + (prev[t, j] - xa[t, j]) * mixes[1, j]
-        _down(w1, tmp, hw)
-        for d in range(hw.shape[0]):
-            hw[d] = np.tanh(hw[d])
-        _up(w2, hw, w0, 0, w[t])
-        for j in range(C):
-            tmp[j] = xa[t, j] + (prev[t, j] - xa[t, j]) * mixes[4, j]
-        _down(a1, tmp, ha)
-        _up(a2, ha, a0, 1, a[t])
-        if has_v:
-            _down(v1, xv[t], hv)
-            _up(v2, hv, v0, 1, vg[t])
-        for j in range(C):
-            tmp[j] = xa[t, j] + (prev[t, j] - xa[t, j]) * mixes[5, j]
-        _down(g1, tmp, hg)
-        for d in range(hg.shape[0]):
-            hg[d] = _sig(hg[d])
-        _up(g2, hg, w0, 2, g[t])
+            xaa[t, j] = xa[t, j] + d * mixes[4, j]
+            xg[t, j] = xa[t, j] + d * mixes[5, j]
+    hw = np.empty((T, w1.shape[0]), dtype=np.float32)
+    _down(w1, xw, 1, hw)
+    _up(w2, hw, w0, 0, w)
+    ha = np.empty((T, a1.shape[0]), dtype=np.float32)
+    _down(a1, xaa, 0, ha)
+    _up(a2, ha, a0, 1, a)
+    if has_v:
+        hv = np.empty((T, v1.shape[0]), dtype=np.float32)
+        _down(v1, xv, 0, hv)
+        _up(v2, hv, v0, 1, vg)
+    hg = np.empty((T, g1.shape[0]), dtype=np.float32)
+    _down(g1, xg, 2, hg)
+    _up(g2, hg, w0, 2, g)
 
 
 @njit(cache=True, fastmath=FLAGS)
