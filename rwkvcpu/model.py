@@ -78,7 +78,7 @@ class Model:
 
     def _mm(self, x, W):
         if self.numerics == "llama":
-            x = round_like_llama(x, W.qtype)
+            return K.matmul(round_like_llama(x, W.qtype), W, llama_order=True)
         return K.matmul(x, W)
 
     def _lr(self, x, M, il, key):

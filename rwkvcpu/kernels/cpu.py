@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import dequant as dq
-from .matvec import matvec
+from .matvec import matvec, mv_rowdot
 
 DOT_FLAGS = {"reassoc", "contract"}
 
@@ -141,8 +141,9 @@ SMALL_T = 16             # up to this many rows of x: fused kernels (weights str
 TILE_BYTES = 2 << 20     # float32 bytes of one dequantized weight tile
 
 
-def matmul(x: np.ndarray, W, out: np.ndarray | None = None) -> np.ndarray:
-    """x [T, in] float32 times the weight W (a QTensor, [out, in]) transposed -> [T, out]."""
+def matmul(x: np.ndarray, W, out: np.ndarray | None = None, llama_order: bool = False) -> np.ndarray:
+    """x [T, in] float32 times the weight W (a QTensor, [out, in]) transposed -> [T, out].
+    ``llama_order``: small T through ``mv_rowdot`` (for ``numerics="llama"``; see there)."""
     rows, cols = W.shape
     T = x.shape[0]
     if out is None:
@@ -151,6 +152,9 @@ def matmul(x: np.ndarray, W, out: np.ndarray | None = None) -> np.ndarray:
         np.matmul(x, W.raw.T, out=out)
         return out
     raw = W.row_bytes
+    if T <= SMALL_T and llama_order:
+        mv_rowdot(W.qtype, raw, np.ascontiguousarray(x), out, dq.KVALUES_IQ4, dq.F16_LUT)
+        return out
     if T <= SMALL_T:
         matvec(W.qtype, W, np.ascontiguousarray(x), out)
         return out

@@ -254,6 +254,17 @@ def _decode_row(qtype, b, q, buf, kv, lut):
                     vstore(buf, xo + 32 + c, vmul(vsplat(d * np.float32(q[si + 2 + g])), vadd(q1, m32)))
                     vstore(buf, xo + 64 + c, vmul(vsplat(d * np.float32(q[si + 4 + g])), vadd(q2, m32)))
                     vstore(buf, xo + 96 + c, vmul(vsplat(d * np.float32(q[si + 6 + g])), vadd(q3, m32)))
+    elif qtype == dq.F16 or qtype == dq.BF16:
+        h = b.view(np.uint16)
+        c8 = cols - cols % 8
+        if qtype == dq.F16:
+            for j in range(0, c8, 8):
+                vstore(buf, j, vload_f16(h, j))
+        else:
+            for j in range(0, c8, 8):
+                vstore(buf, j, vload_bf16(h, j))
+        if c8 < cols:
+            dq.dequant_row(qtype, b, buf, kv, lut)      # ragged row: the scalar path for all of it
     else:
         dq.dequant_row(qtype, b, buf, kv, lut)
 
@@ -321,6 +332,25 @@ def mv_buffered(qtype, raw, raw_i8, x, out, kv, lut):
                             out[t, r + 1] = e1
 
 
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_rowdot(qtype, raw, x, out, kv, lut):
+    """``numerics="llama"``: each row dequantized exactly (``dq.dequant_row``), then one plain
+    dot product per row of x.  Slower than the kernels above; its summation order lands closer
+    to llama.cpp's per-block integer sums, which matters there because llama mode re-rounds every
+    activation to 8 bits and a rounding flip propagates (tests/test_numerics.py)."""
+    rows = raw.shape[0]
+    T, cols = x.shape
+    for task in prange((rows + ROWS - 1) // ROWS):
+        buf = np.empty(cols, dtype=np.float32)
+        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
+            dq.dequant_row(qtype, raw[r], buf, kv, lut)
+            for t in range(T):
+                acc = np.float32(0.0)
+                for j in range(cols):
+                    acc += buf[j] * x[t, j]
+                out[t, r] = acc
+
+
 BATCH_T = 3              # from this many rows of x on, decode each weight row once for all of them
 
 
@@ -332,7 +362,7 @@ def matvec(qtype: int, W, x: np.ndarray, out: np.ndarray) -> None:
     """``out = x @ W.T`` for a few rows of x, on W's raw encoding (any non-F32 type)."""
     lut = dq.F16_LUT
     single = x.shape[0] < BATCH_T
-    if qtype in (dq.F16, dq.BF16):
+    if single and qtype in (dq.F16, dq.BF16):
         mv_16bit(W.raw.view(np.uint16), x, out, qtype == dq.BF16)
     elif single and qtype == dq.Q8_0:
         rb = W.row_bytes
