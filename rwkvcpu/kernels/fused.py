@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .cpu import _normalize
 from .reference import DECAY_SCALE
 from .simd import vadd, vfma, vhsum, vload, vzero
 
@@ -140,22 +141,12 @@ def tmix_post(y, r, k, v, g, r_k, ln_w, ln_b, n_head, eps, out):
     for t in range(T):
         for h in range(n_head):
             o = h * N
-            mu = np.float32(0.0)
-            for j in range(N):
-                mu += y[t, o + j]
-            mu /= N
-            var = np.float32(0.0)
-            for j in range(N):
-                dd = y[t, o + j] - mu
-                var += dd * dd
-            var /= N
-            inv = np.float32(1.0) / np.sqrt(var + np.float32(eps))
+            _normalize(y, t, o, N, ln_w, ln_b, eps, out)
             bonus = np.float32(0.0)
             for j in range(N):
                 bonus += r[t, o + j] * k[t, o + j] * r_k[o + j]
             for j in range(N):
-                yn = (y[t, o + j] - mu) * inv * ln_w[o + j] + ln_b[o + j]
-                out[t, o + j] = (yn + bonus * v[t, o + j]) * g[t, o + j]
+                out[t, o + j] = (out[t, o + j] + bonus * v[t, o + j]) * g[t, o + j]
 
 
 @njit(cache=True)
