@@ -19,7 +19,8 @@ import numpy as np
 from rwkvcpu.kernels import cpu as K
 from rwkvcpu.kernels import dequant as dq
 from rwkvcpu.kernels import fused as F
-from rwkvcpu.kernels.actquant import round_like_llama
+from rwkvcpu.kernels.actquant import round_like_llama, rounding_mode
+from rwkvcpu.kernels.intdot import matvec_q8
 from rwkvcpu.kernels.reference import DECAY_SCALE, GROUP_NORM_EPS, L2_EPS
 from rwkvcpu.loaders import Checkpoint, load
 from rwkvcpu.state import State, StateCache
@@ -59,6 +60,10 @@ class Model:
             if len(parts) == 4 and parts[0] == "blk" and parts[2].startswith("time_mix_") \
                     and parts[2][9:] in names:
                 self._lr_type[(int(parts[1]), parts[2][9:])] = _TYPE_IDS.get(typ, 0)
+        # per layer, the in-kernel rounding code of each low-rank input (fused decode path)
+        lr_keys = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")
+        self._lr_round = [np.array([rounding_mode(self._lr_type.get((il, k), 0)) if numerics == "llama" else 0
+                                    for k in lr_keys], dtype=np.int64) for il in range(hp.n_layer)]
         # The six time-mix lerps of each layer stacked once: one kernel call per layer.
         self._mixes = [np.stack([L.x_r, L.x_w, L.x_k, L.x_v, L.x_a, L.x_g]) for L in self.weights.layers]
         self._tokenizer = None
@@ -78,6 +83,10 @@ class Model:
 
     def _mm(self, x, W):
         if self.numerics == "llama":
+            if x.shape[0] <= K.SMALL_T:
+                out = np.empty((x.shape[0], W.shape[0]), dtype=np.float32)
+                if matvec_q8(W, np.ascontiguousarray(x), out):
+                    return out
             return K.matmul(round_like_llama(x, W.qtype), W, llama_order=True)
         return K.matmul(x, W)
 
@@ -85,7 +94,7 @@ class Model:
         """A low-rank product x @ M.T (M float32), with llama's rounding of x for its file type."""
         if self.numerics == "llama":
             x = round_like_llama(x, self._lr_type.get((il, key), 0))
-        return x @ M.T
+        return K.gemm_nt(x, M)
 
     def _place(self, device: str):
         """[(Segment, CudaLayers or None)]: where each range of layers runs."""
@@ -254,7 +263,7 @@ class Model:
         # synchronising the GPU's layers back every step.
         cr, cs = (cache._r, cache._s) if self.on_gpu else (cache.r, cache.s)
         last = stop - 1 if final else -1
-        fused = T <= FUSED_T and self.numerics == "exact" and not rec
+        fused = T <= FUSED_T and not rec
         for il in range(start, stop):
             L = W.layers[il]
             if fused:
@@ -365,10 +374,10 @@ class Model:
         z = np.zeros((1, C), dtype=f32)         # layer 0 has no value-residual LoRA: typed placeholders
         v1, v2, v0 = (L.v1, L.v2, L.v0) if has_v else (z, z.reshape(C, 1), L.w0)
         F.tmix_lora(xa, prev, self._mixes[il], L.w1, L.w2, L.w0, L.a1, L.a2, L.a0, v1, v2, v0,
-                    L.g1, L.g2, has_v, xr, xk, xv, w, a, vg, g)
-        r = K.matmul(xr, L.receptance)
-        k = K.matmul(xk, L.key)
-        v = K.matmul(xv, L.value)
+                    L.g1, L.g2, has_v, self._lr_round[il], xr, xk, xv, w, a, vg, g)
+        r = self._mm(xr, L.receptance)
+        k = self._mm(xk, L.key)
+        v = self._mm(xv, L.value)
         if il == 0:
             v_first = v.copy()
         kneg = np.empty_like(k)
@@ -380,7 +389,7 @@ class Model:
                seg_start, seg_len, seg_slot, cs[il], y)
         att_in = np.empty((T, C), dtype=f32)
         F.tmix_post(y.reshape(T, C), r, k, v, g, L.r_k, L.ln_x_w, L.ln_x_b, H, f32(GROUP_NORM_EPS), att_in)
-        F.add_into(x, K.matmul(att_in, L.output))
+        F.add_into(x, self._mm(att_in, L.output))
         xf = self._ln(x, L.ln2_w, L.ln2_b)
         prev = np.empty_like(xf)
         K.token_shift(xf, seg_start, seg_len, seg_slot, cr[il], C, prev)
@@ -390,9 +399,9 @@ class Model:
             x, xf, prev = x[out_rows], xf[out_rows], prev[out_rows]
         kf = np.empty_like(xf)
         F.cmix_pre(xf, prev, L.ffn_x_k, kf)
-        hidden = K.matmul(kf, L.ffn_key)
+        hidden = self._mm(kf, L.ffn_key)
         F.relu_sq(hidden)
-        F.add_into(x, K.matmul(hidden, L.ffn_value))
+        F.add_into(x, self._mm(hidden, L.ffn_value))
         return x, v_first
 
     def _ln(self, x, w, b):

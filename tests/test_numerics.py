@@ -73,3 +73,25 @@ def test_llama_mode_reproduces_llama_cpp_logits_until_a_rounding_flip(typ):
 def test_llama_numerics_refused_on_gpu_and_unknown_mode(fx):
     with pytest.raises(ValueError, match="numerics"):
         Model.load(str(fx / "tiny-rwkv7-q8_0.gguf"), numerics="fast")
+
+
+@pytest.mark.parametrize("typ", ["q8_0", "q4_0", "q5_0", "iq4_nl", "q2_k", "q4_k_m", "q6_k", "iq4_xs"])
+def test_llama_mode_decode_path_reproduces_llama_cpp(typ):
+    """Token by token (the decode path: fused layer kernels with in-kernel activation rounding,
+    integer-dot matvecs for Q8_0/Q4_0/Q4_K/Q6_K): the same criterion as the prompt path above.
+    Q8_0 additionally stays within float32 noise of llama.cpp over all 24 positions: its kernel
+    accumulates in llama.cpp's AVX2 order, so no rounding flip happens there (measured: 0.0)."""
+    fx = require_fixtures()
+    ref = np.load(fx / f"ref-llama-tiny-rwkv7-{typ}.npz")
+    toks, L = ref["seqlong_tokens"][:24], ref["seqlong_llama_logits"][:24]
+    out = {}
+    for num in ("llama", "exact"):
+        m = Model.load(str(fx / f"tiny-rwkv7-{typ}.gguf"), numerics=num)
+        st = m.new_state()
+        out[num] = np.stack([m.forward([int(t)], st)[0] for t in toks])
+    ll, le = out["llama"], out["exact"]
+    assert np.abs(ll[0] - L[0]).max() <= 2e-5
+    assert np.abs(le[0] - L[0]).max() > 1e-2
+    assert np.abs(ll - L).max() <= np.abs(le - L).max()
+    if typ == "q8_0":
+        assert np.abs(ll - L).max() <= 1e-5

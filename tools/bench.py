@@ -16,6 +16,7 @@ llama.cpp runs only when ``llama_cpp`` imports (an optional extra:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -28,10 +29,10 @@ import numpy as np
 N_PROMPT = 16
 
 
-def worker_rwkvcpu(path, threads, n_decode, n_prefill, batch, device="cpu"):
+def worker_rwkvcpu(path, threads, n_decode, n_prefill, batch, device="cpu", numerics="exact"):
     t0 = time.perf_counter()
     from rwkvcpu.model import Model
-    m = Model.load(path, threads=threads, device=device)
+    m = Model.load(path, threads=threads, device=device, numerics=numerics)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     V = m.n_vocab
@@ -162,15 +163,25 @@ def main(argv=None):
     ap.add_argument("--pth", default=None, help="the same weights as a .pth: adds rwkv pip next to a GGUF")
     ap.add_argument("--llama-bench", default=None, help="a llama-bench binary to use instead of llama-cpp-python")
     ap.add_argument("--no-cold-start", action="store_true")
+    ap.add_argument("--numerics", default="exact,llama",
+                    help="rwkvcpu numerics to run, comma-separated: exact (float32 activations; row 'rwkvcpu') "
+                    "and/or llama (8-bit activations, integer dots as llama.cpp; row 'rwkvcpu-ll', CPU only)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
-        fn = {"rwkvcpu": worker_rwkvcpu, "llama.cpp": worker_llama, "rwkv-pip": worker_rwkv_pip}[a.worker]
+        fn = {"rwkvcpu": worker_rwkvcpu, "rwkvcpu-ll": functools.partial(worker_rwkvcpu, numerics="llama"),
+              "llama.cpp": worker_llama, "rwkv-pip": worker_rwkv_pip}[a.worker]
         res = fn(a.model, a.threads, a.n_decode, a.prefill, a.batch, a.device)
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(res))
         return
-    engines = ["rwkvcpu"]
+    nums = [n.strip() for n in a.numerics.split(",") if n.strip()]
+    bad = [n for n in nums if n not in ("exact", "llama")]
+    if bad or not nums:
+        ap.error(f"--numerics: expected exact and/or llama, got {a.numerics!r}")
+    if a.device != "cpu" and "llama" in nums:
+        nums = [n for n in nums if n != "llama"] or ["exact"]
+    engines = [{"exact": "rwkvcpu", "llama": "rwkvcpu-ll"}[n] for n in nums]
     pth = a.model.endswith(".pth")
     anchor = "rwkv-pip" if pth else "llama.cpp"
     wanted = [anchor] + (["rwkv-pip"] if a.pth and not pth else [])
@@ -193,8 +204,8 @@ def main(argv=None):
                 if r[k] is not None and (b[k] is None or r[k] > b[k]):
                     b[k] = r[k]
             b["peak_rss_mb"] = min(b["peak_rss_mb"], r["peak_rss_mb"])
-    if not pth and not a.no_cold_start:                      # a bare .pth has no vocabulary for the CLI's prompt
-        best["rwkvcpu"]["cold_start_s"] = cold_start(a.model, a.threads)
+    if not pth and not a.no_cold_start and engines[0] in best:   # a bare .pth has no vocabulary for the CLI's prompt
+        best[engines[0]]["cold_start_s"] = cold_start(a.model, a.threads)
     size_mb = os.path.getsize(a.model) / 2**20
     ref = best.get(anchor)
     print(f"\n{os.path.basename(a.model)} ({size_mb:.0f} MiB), device {a.device}, {a.threads} threads, "
@@ -217,9 +228,9 @@ def main(argv=None):
         r, q = best["rwkvcpu"], best["rwkv-pip"]
         print("rwkvcpu / rwkv-pip: " + ", ".join(f"{k} {r[k] / q[k]:.2f}x" for k in ("decode", "prefill", "batched")
                                                  if r.get(k) and q.get(k)))
-    if "rwkvcpu" in best:
-        r = best["rwkvcpu"]
-        print(f"rwkvcpu: batched/single decode = {r['batched'] / r['decode']:.2f}x; "
+    for e in [e for e in ("rwkvcpu", "rwkvcpu-ll") if e in best]:
+        r = best[e]
+        print(f"{e}: batched/single decode = {r['batched'] / r['decode']:.2f}x; "
               f"weights streamed per decoded token = {size_mb:.0f} MiB -> {size_mb * r['decode'] / 1024:.1f} GiB/s")
     if a.json:
         with open(a.json, "w") as f:

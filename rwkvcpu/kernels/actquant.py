@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import dequant as dq
+from .quantize import _f16
 
 Q8_0_TYPES = (dq.Q4_0, dq.Q5_0, dq.Q8_0, dq.IQ4_NL, dq.Q4_1, dq.Q5_1)
 Q8_K_TYPES = (dq.Q2_K, dq.Q3_K, dq.Q4_K, dq.Q5_K, dq.Q6_K, dq.IQ4_XS)
@@ -51,26 +52,8 @@ def _q8_0(x, amax, d, out):
 
 @njit(cache=True, parallel=True)
 def _q8_k(x, out):
-    T, n = x.shape
-    nb = n // 256
-    for job in prange(T * nb):
-        t = job // nb
-        o = (job % nb) * 256
-        amax = np.float32(0.0)
-        mx = np.float32(0.0)
-        for i in range(256):
-            ax = abs(x[t, o + i])
-            if ax > amax:
-                amax = ax
-                mx = x[t, o + i]
-        if amax == 0:
-            for i in range(256):
-                out[t, o + i] = 0
-            continue
-        iscale = np.float32(-127.0) / mx
-        d = np.float32(1.0) / iscale
-        for i in range(256):
-            out[t, o + i] = d * min(np.float32(127.0), np.rint(iscale * x[t, o + i]))
+    for t in prange(x.shape[0]):
+        _q8_k_row(x[t], out[t])
 
 
 def _bf16_round(x: np.ndarray) -> np.ndarray:
@@ -122,3 +105,69 @@ def round_like_llama_ref(x: np.ndarray, qtype: int) -> np.ndarray:
             y = np.where(mx != 0, d * q, np.float32(0.0))
         return y.astype(np.float32).reshape(T, n)
     return round_like_llama(x, qtype)
+
+
+# --- the same rounding inside Numba kernels (the fused decode path in llama mode) ---------------
+R_NONE, R_Q8_0, R_Q8_K, R_F16, R_BF16 = 0, 1, 2, 3, 4
+
+
+def rounding_mode(qtype: int) -> int:
+    """The in-kernel rounding code of ``round_like_llama`` for weight type ``qtype``."""
+    if qtype in Q8_0_TYPES:
+        return R_Q8_0
+    if qtype in Q8_K_TYPES:
+        return R_Q8_K
+    return {dq.F16: R_F16, dq.BF16: R_BF16}.get(qtype, R_NONE)
+
+
+@njit(cache=True)
+def round_rows(x, mode):
+    """In place, ``x = round_like_llama(x, qtype)`` for the code ``mode = rounding_mode(qtype)``.
+    Row lengths that the block size does not divide are left alone: such a weight is stored in
+    another type (llama-quantize's fallbacks), which its own code describes."""
+    T, n = x.shape
+    if mode == R_Q8_0 and n % 32 == 0:
+        for t in range(T):
+            for b in range(n // 32):
+                o = b * 32
+                amax = np.float32(0.0)
+                for i in range(32):
+                    amax = max(amax, abs(x[t, o + i]))
+                d = _f16(amax / np.float32(127.0))
+                idv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+                for i in range(32):
+                    x[t, o + i] = d * np.rint(x[t, o + i] * idv)
+    elif mode == R_Q8_K and n % 256 == 0:
+        for t in range(T):
+            row = x[t]
+            _q8_k_row(row, row)
+    elif mode == R_F16:
+        for t in range(T):
+            for j in range(n):
+                x[t, j] = _f16(x[t, j])
+    elif mode == R_BF16:
+        b = x.reshape(-1).view(np.uint32)
+        for i in range(b.shape[0]):
+            v = b[i]
+            b[i] = (v + np.uint32(0x7FFF) + ((v >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+
+
+@njit(cache=True)
+def _q8_k_row(x, out):
+    n = x.shape[0]
+    for o in range(0, n, 256):
+        amax = np.float32(0.0)
+        mx = np.float32(0.0)
+        for i in range(256):
+            ax = abs(x[o + i])
+            if ax > amax:
+                amax = ax
+                mx = x[o + i]
+        if amax == 0:
+            for i in range(256):
+                out[o + i] = 0
+            continue
+        iscale = np.float32(-127.0) / mx
+        d = np.float32(1.0) / iscale
+        for i in range(256):
+            out[o + i] = d * min(np.float32(127.0), np.rint(iscale * x[o + i]))

@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import dequant as dq
+from .blas import AVAILABLE as BLAS_INLINE, gemm_nt, tiled_matmul
 from .matvec import matvec, mv_rowdot
 
 DOT_FLAGS = {"reassoc", "contract"}
@@ -149,7 +150,7 @@ def matmul(x: np.ndarray, W, out: np.ndarray | None = None, llama_order: bool = 
     if out is None:
         out = np.empty((T, rows), dtype=np.float32)
     if W.qtype == dq.F32:
-        np.matmul(x, W.raw.T, out=out)
+        gemm_nt(x, W.raw, out)
         return out
     raw = W.row_bytes
     if T <= SMALL_T and llama_order:
@@ -157,6 +158,9 @@ def matmul(x: np.ndarray, W, out: np.ndarray | None = None, llama_order: bool = 
         return out
     if T <= SMALL_T:
         matvec(W.qtype, W, np.ascontiguousarray(x), out)
+        return out
+    if BLAS_INLINE:
+        tiled_matmul(W.qtype, raw, x, out, TILE_BYTES)
         return out
     tile = max(1, TILE_BYTES // (4 * cols))
     buf = np.empty((min(tile, rows), cols), dtype=np.float32)

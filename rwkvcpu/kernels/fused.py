@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .actquant import round_rows
 from .cpu import _normalize
 from .reference import DECAY_SCALE
 from .simd import vadd, vfma, vhsum, vload, vzero
@@ -74,11 +75,13 @@ def _up(M2, H, bias, kind, out):
 
 
 @njit(cache=True)
-def tmix_lora(xa, prev, mixes, w1, w2, w0, a1, a2, a0, v1, v2, v0, g1, g2, has_v,
+def tmix_lora(xa, prev, mixes, w1, w2, w0, a1, a2, a0, v1, v2, v0, g1, g2, has_v, rnd,
               xr, xk, xv, w, a, vg, g):
     """From the normed input xa and its shifted rows prev: the lerped inputs of the r/k/v
     projections (xr, xk, xv) and the low-rank outputs: decay w, in-context rate a, the value
-    residual gate vg (when has_v) and the output gate g.  mixes: [6, C] (r, w, k, v, a, g)."""
+    residual gate vg (when has_v) and the output gate g.  mixes: [6, C] (r, w, k, v, a, g).
+    rnd: int64[8], how each low-rank product's input is rounded first (``actquant.round_rows``
+    codes for w1 w2 a1 a2 v1 v2 g1 g2; all 0 in exact numerics)."""
     T, C = xa.shape
     xw = np.empty((T, C), dtype=np.float32)
     xaa = np.empty((T, C), dtype=np.float32)
@@ -92,18 +95,29 @@ def tmix_lora(xa, prev, mixes, w1, w2, w0, a1, a2, a0, v1, v2, v0, g1, g2, has_v
             xv[t, j] = xa[t, j] + d * mixes[3, j]
             xaa[t, j] = xa[t, j] + d * mixes[4, j]
             xg[t, j] = xa[t, j] + d * mixes[5, j]
+    round_rows(xw, rnd[0])
+    round_rows(xaa, rnd[2])
+    round_rows(xg, rnd[6])
     hw = np.empty((T, w1.shape[0]), dtype=np.float32)
     _down(w1, xw, 1, hw)
+    round_rows(hw, rnd[1])
     _up(w2, hw, w0, 0, w)
     ha = np.empty((T, a1.shape[0]), dtype=np.float32)
     _down(a1, xaa, 0, ha)
+    round_rows(ha, rnd[3])
     _up(a2, ha, a0, 1, a)
     if has_v:
+        xvr = xv
+        if rnd[4] != 0:                     # xv also feeds the value projection: round a copy
+            xvr = xv.copy()
+            round_rows(xvr, rnd[4])
         hv = np.empty((T, v1.shape[0]), dtype=np.float32)
-        _down(v1, xv, 0, hv)
+        _down(v1, xvr, 0, hv)
+        round_rows(hv, rnd[5])
         _up(v2, hv, v0, 1, vg)
     hg = np.empty((T, g1.shape[0]), dtype=np.float32)
     _down(g1, xg, 2, hg)
+    round_rows(hg, rnd[7])
     _up(g2, hg, w0, 2, g)
 
 

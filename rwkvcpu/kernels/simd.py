@@ -233,3 +233,331 @@ def vstore(typingctx, arr, idx, v):
         builder.store(args[2], _vec_ptr(ctx, builder, sig.args[0], args[0], i, _F), align=4)
         return ctx.get_dummy_value()
     return types.none(arr, idx, f32x8), cg
+
+
+# --- 8-bit integer dot products ("llama" numerics: activations quantized to 8 bits) -------------
+#
+# llama.cpp multiplies a quantized weight block by an 8-bit activation block with integer
+# instructions (x86: vpsignb, vpmaddubsw, vpmaddwd): the block's dot product is an exact int32,
+# scaled once by the two block scales.  These types and operations express the same thing in
+# Numba.  On a CPU with AVX2 they emit exactly those instructions; elsewhere they emit generic
+# LLVM IR with the same lane semantics (also exact), so results are identical either way.
+#
+#   i8x32   <32 x i8>   32 weights or activations
+#   i16x16  <16 x i16>  pairwise sums of products (vpmaddubsw)
+#   i32x8   <8 x i32>   lane k = sum of products 4k .. 4k+3 (after vpmaddwd)
+
+class I8x32Type(types.Type):
+    def __init__(self):
+        super().__init__(name="i8x32")
+
+
+class I16x16Type(types.Type):
+    def __init__(self):
+        super().__init__(name="i16x16")
+
+
+class I32x8Type(types.Type):
+    def __init__(self):
+        super().__init__(name="i32x8")
+
+
+i8x32 = I8x32Type()
+i16x16 = I16x16Type()
+i32x8 = I32x8Type()
+_I8, _I16 = ir.IntType(8), ir.IntType(16)
+_V32I8 = ir.VectorType(_I8, 32)
+_V16I16 = ir.VectorType(_I16, 16)
+_V8I32 = ir.VectorType(_I32, 8)
+
+
+def _vec_model(llty):
+    class _Model(models.PrimitiveModel):
+        def __init__(self, dmm, fe_type):
+            super().__init__(dmm, fe_type, llty)
+    return _Model
+
+
+register_model(I8x32Type)(_vec_model(_V32I8))
+register_model(I16x16Type)(_vec_model(_V16I16))
+register_model(I32x8Type)(_vec_model(_V8I32))
+
+
+def _host_has_avx2() -> bool:
+    """Whether Numba compiles for a CPU with AVX2 (its own target: host, or NUMBA_CPU_NAME/FEATURES).
+    Numba's cache keys compiled code by that target, so a cached kernel never crosses CPUs."""
+    from numba.core import config
+    if config.CPU_NAME:
+        return "+avx2" in (config.CPU_FEATURES or "")
+    import llvmlite.binding as ll
+    return bool(ll.get_host_cpu_features().get("avx2", False))
+
+
+AVX2 = _host_has_avx2()
+
+
+def _x86(builder, name, ret, args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
+    return builder.call(fn, args)
+
+
+def _const_vec(vty, vals):
+    return ir.Constant(vty, list(vals))
+
+
+def _pairs(builder, v, n):
+    """(even lanes, odd lanes) of an n-lane vector."""
+    und = ir.Constant(v.type, ir.Undefined)
+    ev = builder.shuffle_vector(v, und, _const_vec(ir.VectorType(_I32, n // 2), range(0, n, 2)))
+    od = builder.shuffle_vector(v, und, _const_vec(ir.VectorType(_I32, n // 2), range(1, n, 2)))
+    return ev, od
+
+
+def _maddubs(builder, a, b):
+    """Unsigned bytes a x signed bytes b, adjacent pairs added with signed saturation -> <16 x i16>."""
+    if AVX2:
+        return _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [a, b])
+    v32i16 = ir.VectorType(_I16, 32)
+    p = builder.mul(builder.zext(a, v32i16), builder.sext(b, v32i16))
+    ev, od = _pairs(builder, p, 32)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16I16, [_V16I16, _V16I16]),
+                                        "llvm.sadd.sat.v16i16")
+    return builder.call(fn, [ev, od])
+
+
+def _madd(builder, a, b):
+    """Signed words a x b, adjacent pairs added -> <8 x i32> (vpmaddwd; cannot overflow here)."""
+    if AVX2:
+        return _x86(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [a, b])
+    v16i32 = ir.VectorType(_I32, 16)
+    p = builder.mul(builder.sext(a, v16i32), builder.sext(b, v16i32))
+    ev, od = _pairs(builder, p, 16)
+    return builder.add(ev, od)
+
+
+def _sign(builder, b, a):
+    """b with a's sign applied (b where a > 0, -b where a < 0, 0 where a == 0): vpsignb."""
+    if AVX2:
+        return _x86(builder, "llvm.x86.avx2.psign.b", _V32I8, [b, a])
+    zero = ir.Constant(_V32I8, [0] * 32)
+    neg = builder.sub(zero, b)
+    r = builder.select(builder.icmp_signed("<", a, zero), neg, b)
+    return builder.select(builder.icmp_signed("==", a, zero), zero, r)
+
+
+def _splat_i(builder, val, vty):
+    return _splat(builder, builder.trunc(val, vty.element) if val.type.width > vty.element.width
+                  else builder.sext(val, vty.element) if val.type.width < vty.element.width else val, vty)
+
+
+def _load_bytes(ctx, builder, aty, aval, i, n):
+    ary = ctx.make_array(aty)(ctx, builder, aval)
+    p = builder.gep(ary.data, [i])
+    return builder.load(builder.bitcast(p, ir.PointerType(ir.VectorType(_I8, n))), align=1)
+
+
+@intrinsic
+def i8load(typingctx, arr, idx):
+    """arr[idx:idx+32] of an int8 or uint8 row, as 32 bytes."""
+    if not (_is_row(arr, types.int8, types.uint8) and isinstance(idx, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 32)
+    return i8x32(arr, idx), cg
+
+
+@intrinsic
+def i8nib16(typingctx, arr, idx):
+    """32 values 0..15 from the 16 bytes arr[idx:idx+16]: their low nibbles, then their high
+    nibbles (the value order of a Q4_0/IQ4_NL block)."""
+    if not (_is_row(arr, types.uint8) and isinstance(idx, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 16)
+        v16 = ir.VectorType(_I8, 16)
+        lo = builder.and_(v, ir.Constant(v16, [15] * 16))
+        hi = builder.lshr(v, ir.Constant(v16, [4] * 16))
+        return builder.shuffle_vector(lo, hi, _const_vec(ir.VectorType(_I32, 32), range(32)))
+    return i8x32(arr, idx), cg
+
+
+@intrinsic
+def i8nib(typingctx, arr, idx, high):
+    """32 values 0..15 from the 32 bytes arr[idx:idx+32]: low nibbles (high=False) or high nibbles."""
+    if not (_is_row(arr, types.uint8) and isinstance(idx, types.Integer) and isinstance(high, types.Boolean)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 32)
+        f = _const_vec(_V32I8, [15] * 32)
+        return builder.select(args[2], builder.lshr(v, _const_vec(_V32I8, [4] * 32)), builder.and_(v, f))
+    return i8x32(arr, idx, high), cg
+
+
+@intrinsic
+def i8q6(typingctx, arr, ql, qh, p):
+    """Run p (0..3) of a Q6_K half block as 32 unsigned values 0..63:
+    ((arr[ql + 32 (p % 2) + j] >> 4 (p // 2)) & 15) | (((arr[qh + j] >> 2p) & 3) << 4), j < 32."""
+    if not (_is_row(arr, types.uint8) and all(isinstance(t, types.Integer) for t in (ql, qh, p))):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        ip = lambda k: ctx.cast(builder, args[k], sig.args[k], types.intp)     # noqa: E731
+        pv = ip(3)
+        one = ir.Constant(pv.type, 1)
+        lo_i = builder.add(ip(1), builder.mul(builder.and_(pv, one), ir.Constant(pv.type, 32)))
+        lo = _load_bytes(ctx, builder, sig.args[0], args[0], lo_i, 32)
+        hi = _load_bytes(ctx, builder, sig.args[0], args[0], ip(2), 32)
+        sh_lo = builder.trunc(builder.mul(builder.lshr(pv, one), ir.Constant(pv.type, 4)), _I8)
+        sh_hi = builder.trunc(builder.mul(pv, ir.Constant(pv.type, 2)), _I8)
+        lo = builder.and_(builder.lshr(lo, _splat(builder, sh_lo, _V32I8)), _const_vec(_V32I8, [15] * 32))
+        hi = builder.and_(builder.lshr(hi, _splat(builder, sh_hi, _V32I8)), _const_vec(_V32I8, [3] * 32))
+        return builder.or_(lo, builder.shl(hi, _const_vec(_V32I8, [4] * 32)))
+    return i8x32(arr, ql, qh, p), cg
+
+
+@intrinsic
+def i8sub(typingctx, a, c):
+    """a - c in every lane (wrapping bytes; used for Q4_0's -8)."""
+    if not (a == i8x32 and isinstance(c, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        cv = ctx.cast(builder, args[1], sig.args[1], types.int8)
+        return builder.sub(args[0], _splat(builder, cv, _V32I8))
+    return i8x32(a, c), cg
+
+
+@intrinsic
+def idot(typingctx, w, x):
+    """Signed bytes w . signed bytes x, lane k = sum of products 4k..4k+3 (exact int32):
+    |w| times x with w's sign (vpsignb twice), vpmaddubsw, vpmaddwd by ones.  Needs x > -128
+    where w = -128 would saturate, which 8-bit activations rounded to +-127 guarantee."""
+    if not (w == i8x32 and x == i8x32):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        aw = _sign(builder, args[0], args[0])
+        sx = _sign(builder, args[1], args[0])
+        p = _maddubs(builder, aw, sx)
+        return _madd(builder, p, ir.Constant(_V16I16, [1] * 16))
+    return i32x8(w, x), cg
+
+
+@intrinsic
+def imaddubs(typingctx, u, x):
+    """Unsigned bytes u (0..63 here) x signed bytes x, adjacent pairs added: <16 x i16>."""
+    if not (u == i8x32 and x == i8x32):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return _maddubs(builder, args[0], args[1])
+    return i16x16(u, x), cg
+
+
+@intrinsic
+def imadd2(typingctx, p, s0, s1):
+    """p (16 words) times a scale per half (lanes 0..7: s0, 8..15: s1), adjacent pairs added:
+    <8 x i32>.  The per-16 (Q6_K) or per-32 (Q4_K: s0 == s1) scales of a 32-value run."""
+    if not (p == i16x16 and isinstance(s0, types.Integer) and isinstance(s1, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        a = ctx.cast(builder, args[1], sig.args[1], types.int16)
+        b = ctx.cast(builder, args[2], sig.args[2], types.int16)
+        lo = _splat(builder, a, _V16I16)
+        hi = _splat(builder, b, _V16I16)
+        sc = builder.shuffle_vector(lo, hi, _const_vec(ir.VectorType(_I32, 16), list(range(8)) + list(range(24, 32))))
+        return _madd(builder, args[0], sc)
+    return i32x8(p, s0, s1), cg
+
+
+@intrinsic
+def izero(typingctx):
+    def cg(ctx, builder, sig, args):
+        return ir.Constant(_V8I32, [0] * 8)
+    return i32x8(), cg
+
+
+@intrinsic
+def iadd(typingctx, a, b):
+    if not (a == b == i32x8):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return builder.add(args[0], args[1])
+    return i32x8(a, b), cg
+
+
+@intrinsic
+def itof(typingctx, a):
+    """float32 of each int32 lane (exact below 2**24)."""
+    if a != i32x8:
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return builder.sitofp(args[0], _V8F)
+    return f32x8(a), cg
+
+
+@intrinsic
+def i16lanes(typingctx, a):
+    """The 16 lanes of an i16x16 as a tuple of int64 (tests)."""
+    if a != i16x16:
+        return None
+    rty = types.UniTuple(types.int64, 16)
+
+    def cg(ctx, builder, sig, args):
+        vals = [builder.sext(builder.extract_element(args[0], ir.Constant(_I32, k)), ir.IntType(64)) for k in range(16)]
+        return ctx.make_tuple(builder, rty, vals)
+    return rty(a), cg
+
+
+@intrinsic
+def i32lanes(typingctx, a):
+    """The 8 lanes of an i32x8 as a tuple of int64 (tests)."""
+    if a != i32x8:
+        return None
+    rty = types.UniTuple(types.int64, 8)
+
+    def cg(ctx, builder, sig, args):
+        vals = [builder.sext(builder.extract_element(args[0], ir.Constant(_I32, k)), ir.IntType(64)) for k in range(8)]
+        return ctx.make_tuple(builder, rty, vals)
+    return rty(a), cg
+
+
+@intrinsic
+def i8lanes(typingctx, a):
+    """The 32 lanes of an i8x32 as a tuple of int64 (tests; signed)."""
+    if a != i8x32:
+        return None
+    rty = types.UniTuple(types.int64, 32)
+
+    def cg(ctx, builder, sig, args):
+        vals = [builder.sext(builder.extract_element(args[0], ir.Constant(_I32, k)), ir.IntType(64)) for k in range(32)]
+        return ctx.make_tuple(builder, rty, vals)
+    return rty(a), cg
+
+
+@intrinsic
+def i8splat(typingctx, c):
+    """All 32 byte lanes = c."""
+    if not isinstance(c, types.Integer):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return _splat(builder, ctx.cast(builder, args[0], sig.args[0], types.int8), _V32I8)
+    return i8x32(c), cg
+
+
+@intrinsic
+def i16sub(typingctx, a, b):
+    """a - b in 16-bit lanes (wrapping; the callers' values cannot overflow)."""
+    if not (a == b == i16x16):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return builder.sub(args[0], args[1])
+    return i16x16(a, b), cg

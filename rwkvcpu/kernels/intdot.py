@@ -1,0 +1,225 @@
+"""Decode matvecs on 8-bit activations with integer dot products (``numerics="llama"``).
+
+llama.cpp's CPU backend quantizes each activation row to the weight type's ``vec_dot_type``
+(Q8_0 blocks of 32 for Q4_0/Q8_0, Q8_K blocks of 256 for the K-quants) and multiplies
+blocks with integer instructions.  These kernels do the same through the integer vector
+operations of ``simd.py`` (vpsignb / vpmaddubsw / vpmaddwd on AVX2):
+
+* the activation is quantized once per call, by ``quantize_q8_0`` / ``quantize_q8_k`` (the
+  same rounding as ``actquant.round_like_llama``: ``xd * xq`` equals it bit for bit);
+* per block the dot product is an exact int32 in 8 lanes (lane k: products 4k..4k+3),
+  converted to float32 and accumulated with one FMA by the product of the two block
+  scales, and the 8 lanes are summed once per row -- the accumulation order of llama.cpp's
+  AVX2 ``ggml_vec_dot_*`` (so the numbers stay close to llama.cpp's, not only the rounding);
+* they read about half as many vector operations per weight as the float32 kernels of
+  ``matvec.py`` (32 products per vpmaddubsw), which is why this mode is the fast one.
+
+The NumPy reference is ``x_rounded @ dequantize(W).T`` (``actquant.round_like_llama_ref``):
+the integer sums are exact, so the two agree to float32 summation order
+(tests/kernels/test_intdot.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import dequant as dq
+from .matvec import FLAGS, ROWS
+from .quantize import _f16
+from .simd import (i8load, i8nib, i8nib16, i8q6, i8sub, iadd, idot, imadd2, imaddubs, i16sub,
+                   i8splat, itof, izero, vfma, vhsum, vsplat, vzero)
+
+TYPES = (dq.Q8_0, dq.Q4_0, dq.Q4_K, dq.Q6_K)
+
+
+@njit(cache=True)
+def quantize_q8_0(x, xq, xd):
+    """Q8_0 blocks of each row of x [T, n]: xq int8 [T, n], xd float32 [T, n/32] (the f16 scale).
+    As ggml's quantize_row_q8_0: d = f16(amax / 127), q = rint(x * (127 / amax))."""
+    T, n = x.shape
+    for t in range(T):
+        for b in range(n // 32):
+            o = b * 32
+            amax = np.float32(0.0)
+            for i in range(32):
+                amax = max(amax, abs(x[t, o + i]))
+            xd[t, b] = _f16(amax / np.float32(127.0))
+            idv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
+            for i in range(32):
+                xq[t, o + i] = np.int8(np.rint(x[t, o + i] * idv))
+
+
+@njit(cache=True)
+def quantize_q8_k(x, xq, xd, bsum32):
+    """Q8_K blocks of each row of x [T, n]: xq int8, xd float32 [T, n/256], bsum32 int32
+    [T, n/32] (sums of q per 32 values).  As ggml's quantize_row_q8_K: iscale = -127 / m
+    (m: the signed value of largest |x|), q = min(127, rint(iscale * x)), d = 1 / iscale."""
+    T, n = x.shape
+    for t in range(T):
+        for b in range(n // 256):
+            o = b * 256
+            amax = np.float32(0.0)
+            mx = np.float32(0.0)
+            for i in range(256):
+                ax = abs(x[t, o + i])
+                if ax > amax:
+                    amax = ax
+                    mx = x[t, o + i]
+            if amax == 0:
+                xd[t, b] = 0
+                for i in range(256):
+                    xq[t, o + i] = 0
+                for j in range(8):
+                    bsum32[t, b * 8 + j] = 0
+                continue
+            iscale = np.float32(-127.0) / mx
+            xd[t, b] = np.float32(1.0) / iscale
+            for j in range(8):
+                s = 0
+                for i in range(32):
+                    q = min(np.float32(127.0), np.rint(iscale * x[t, o + 32 * j + i]))
+                    xq[t, o + 32 * j + i] = np.int8(q)
+                    s += np.int32(q)
+                bsum32[t, b * 8 + j] = s
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvi_q8_0(raw, raw_i8, xq, xd, out, lut):
+    """Q8_0 weights x Q8_0 activations."""
+    rows = raw.shape[0]
+    T, cols = xq.shape
+    nb = cols // 32
+    for task in prange((rows + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
+            b = raw[r]
+            q = raw_i8[r]
+            for t in range(T):
+                xt = xq[t]
+                acc = vzero()
+                for k in range(nb):
+                    o = k * 34
+                    s = idot(i8load(q, o + 2), i8load(xt, k * 32))
+                    d = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)] * xd[t, k]
+                    acc = vfma(vsplat(d), itof(s), acc)
+                out[t, r] = vhsum(acc)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvi_q4_0(raw, xq, xd, out, lut):
+    """Q4_0 weights (nibbles - 8) x Q8_0 activations."""
+    rows = raw.shape[0]
+    T, cols = xq.shape
+    nb = cols // 32
+    for task in prange((rows + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
+            b = raw[r]
+            for t in range(T):
+                xt = xq[t]
+                acc = vzero()
+                for k in range(nb):
+                    o = k * 18
+                    s = idot(i8sub(i8nib16(b, o + 2), 8), i8load(xt, k * 32))
+                    d = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)] * xd[t, k]
+                    acc = vfma(vsplat(d), itof(s), acc)
+                out[t, r] = vhsum(acc)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvi_q4_k(raw, xq, xd, bsum32, out, lut):
+    """Q4_K weights x Q8_K activations: per 256 one int32 sum of scale x (nibbles . q) per lane,
+    one FMA by d; the mins term (dmin x min x sum of q) in 4 float lanes as llama.cpp keeps it."""
+    rows = raw.shape[0]
+    T, cols = xq.shape
+    nb = cols // 256
+    for task in prange((rows + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
+            b = raw[r]
+            for t in range(T):
+                xt = xq[t]
+                acc = vzero()
+                m0 = np.float32(0.0)
+                m1 = np.float32(0.0)
+                m2 = np.float32(0.0)
+                m3 = np.float32(0.0)
+                for k in range(nb):
+                    o = k * 144
+                    d = xd[t, k] * lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)]
+                    dmin = -xd[t, k] * lut[np.int64(b[o + 2]) | (np.int64(b[o + 3]) << 8)]
+                    bs = k * 8
+                    sumi = izero()
+                    for sp in range(4):                 # sub-blocks 2sp (low nibbles), 2sp+1 (high)
+                        sc0, mn0 = dq._k_scale_min(b, o + 4, 2 * sp)
+                        sc1, mn1 = dq._k_scale_min(b, o + 4, 2 * sp + 1)
+                        mp = dmin * np.float32(np.int32(mn0) * bsum32[t, bs + 2 * sp]
+                                               + np.int32(mn1) * bsum32[t, bs + 2 * sp + 1])
+                        if sp == 0:
+                            m0 += mp
+                        elif sp == 1:
+                            m1 += mp
+                        elif sp == 2:
+                            m2 += mp
+                        else:
+                            m3 += mp
+                        base = o + 16 + sp * 32
+                        xo = k * 256 + sp * 64
+                        sumi = iadd(sumi, imadd2(imaddubs(i8nib(b, base, False), i8load(xt, xo)), sc0, sc0))
+                        sumi = iadd(sumi, imadd2(imaddubs(i8nib(b, base, True), i8load(xt, xo + 32)), sc1, sc1))
+                    acc = vfma(vsplat(d), itof(sumi), acc)
+                out[t, r] = vhsum(acc) + ((m0 + m2) + (m1 + m3))
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvi_q6_k(raw, raw_i8, xq, xd, out, lut):
+    """Q6_K weights x Q8_K activations: per 32-value run (6-bit values . q) - 32 (sum of q)
+    in 16-bit pairs, times the run's two 16-value scales, summed in int32 lanes per 256."""
+    rows = raw.shape[0]
+    T, cols = xq.shape
+    nb = cols // 256
+    for task in prange((rows + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
+            b = raw[r]
+            sb8 = raw_i8[r]
+            for t in range(T):
+                xt = xq[t]
+                acc = vzero()
+                m32 = i8splat(32)
+                for k in range(nb):
+                    o = k * 210
+                    d = xd[t, k] * lut[np.int64(b[o + 208]) | (np.int64(b[o + 209]) << 8)]
+                    sumi = izero()
+                    for h in range(2):
+                        si = o + 192 + h * 8
+                        for p in range(4):
+                            xv = i8load(xt, k * 256 + h * 128 + p * 32)
+                            pr = i16sub(imaddubs(i8q6(b, o + h * 64, o + 128 + h * 32, p), xv), imaddubs(m32, xv))
+                            sumi = iadd(sumi, imadd2(pr, sb8[si + 2 * p], sb8[si + 2 * p + 1]))
+                    acc = vfma(vsplat(d), itof(sumi), acc)
+                out[t, r] = vhsum(acc)
+
+
+def matvec_q8(W, x: np.ndarray, out: np.ndarray) -> bool:
+    """``out = round_like_llama(x) @ W.T`` for a few rows of x, with integer dot products, when
+    W's type has a kernel here (``TYPES``); returns False (nothing done) otherwise."""
+    qtype = W.qtype
+    if qtype not in TYPES:
+        return False
+    T, n = x.shape
+    lut = dq.F16_LUT
+    rb = W.row_bytes
+    xq = np.empty((T, n), dtype=np.int8)
+    if qtype in (dq.Q8_0, dq.Q4_0):
+        xd = np.empty((T, n // 32), dtype=np.float32)
+        quantize_q8_0(x, xq, xd)
+        if qtype == dq.Q8_0:
+            mvi_q8_0(rb, rb.view(np.int8), xq, xd, out, lut)
+        else:
+            mvi_q4_0(rb, xq, xd, out, lut)
+        return True
+    xd = np.empty((T, n // 256), dtype=np.float32)
+    bsum = np.empty((T, n // 32), dtype=np.int32)
+    quantize_q8_k(x, xq, xd, bsum)
+    if qtype == dq.Q4_K:
+        mvi_q4_k(rb, xq, xd, bsum, out, lut)
+    else:
+        mvi_q6_k(rb, rb.view(np.int8), xq, xd, out, lut)
+    return True

@@ -1,0 +1,180 @@
+"""Integer-dot decode kernels (rwkvcpu/kernels/intdot.py) and the integer vector operations they
+stand on (rwkvcpu/kernels/simd.py), against NumPy.
+
+Both code paths of every operation are checked: the AVX2 instructions (vpsignb, vpmaddubsw,
+vpmaddwd; when this CPU has them) and the generic LLVM IR used elsewhere, compiled here by
+switching ``simd.AVX2`` off for a fresh, uncached compilation."""
+import numpy as np
+import pytest
+from numba import njit
+
+from rwkvcpu.kernels import actquant as A
+from rwkvcpu.kernels import dequant as dq
+from rwkvcpu.kernels import intdot as I
+from rwkvcpu.kernels import simd as S
+from rwkvcpu.kernels.quantize import quantize_blocks
+
+from ..conftest import require_fixtures
+
+PATHS = [pytest.param(True, id="avx2", marks=pytest.mark.skipif(not S.AVX2, reason="CPU without AVX2")),
+         pytest.param(False, id="generic-ir")]
+
+
+def _ops(w8, x8, u8, nib, q6, out):
+    """Every integer operation once; results as int64 rows of out."""
+    w = S.i8load(w8, 0)
+    x = S.i8load(x8, 0)
+    out[0, :8] = S.i32lanes(S.idot(w, x))
+    p = S.imaddubs(S.i8load(u8, 0), x)
+    out[1, :16] = S.i16lanes(p)
+    out[2, :8] = S.i32lanes(S.imadd2(p, 3, -5))
+    out[3, :32] = S.i8lanes(S.i8sub(S.i8nib16(nib, 0), 8))
+    out[4, :32] = S.i8lanes(S.i8nib(nib, 0, False))
+    out[5, :32] = S.i8lanes(S.i8nib(nib, 0, True))
+    for p_ in range(4):
+        out[6 + p_, :32] = S.i8lanes(S.i8q6(q6, 0, 64, p_))
+    out[10, :16] = S.i16lanes(S.i16sub(S.imaddubs(S.i8splat(32), x), p))
+    f = S.itof(S.iadd(S.idot(w, x), S.idot(x, x)))
+    return S.vhsum(f)
+
+
+@pytest.mark.parametrize("avx2", PATHS)
+def test_integer_vector_operations_against_numpy(avx2, monkeypatch):
+    monkeypatch.setattr(S, "AVX2", avx2)
+    fn = njit(cache=False)(_ops)
+    rng = np.random.default_rng(3)
+    w8 = rng.integers(-128, 128, 32).astype(np.int8)
+    w8[:3] = [-128, 0, 127]                       # the extremes vpsignb must handle
+    x8 = rng.integers(-127, 128, 32).astype(np.int8)
+    u8 = rng.integers(0, 64, 32).astype(np.uint8)  # Q6_K values
+    nib = rng.integers(0, 256, 32).astype(np.uint8)
+    q6 = rng.integers(0, 256, 96).astype(np.uint8)
+    out = np.zeros((11, 32), np.int64)
+    s = fn(w8, x8, u8, nib, q6, out)
+    w, x, u = w8.astype(np.int64), x8.astype(np.int64), u8.astype(np.int64)
+    np.testing.assert_array_equal(out[0, :8], (w * x).reshape(8, 4).sum(1))
+    pairs = (u * x).reshape(16, 2).sum(1)
+    np.testing.assert_array_equal(out[1, :16], pairs)
+    np.testing.assert_array_equal(out[2, :8], (pairs * np.repeat([3, -5], 8)).reshape(8, 2).sum(1))
+    lo, hi = (nib[:16] & 15).astype(np.int64), (nib[:16] >> 4).astype(np.int64)
+    np.testing.assert_array_equal(out[3, :32], np.concatenate([lo, hi]) - 8)
+    np.testing.assert_array_equal(out[4, :32], nib & 15)
+    np.testing.assert_array_equal(out[5, :32], nib >> 4)
+    ql, qh = q6[:64].astype(np.int64), q6[64:96].astype(np.int64)
+    for p_ in range(4):
+        ref = ((ql[32 * (p_ % 2):][:32] >> (4 * (p_ // 2))) & 15) | (((qh >> (2 * p_)) & 3) << 4)
+        np.testing.assert_array_equal(out[6 + p_, :32], ref)
+    np.testing.assert_array_equal(out[10, :16], (32 * x).reshape(16, 2).sum(1) - pairs)
+    assert s == np.float32((w * x).sum() + (x * x).sum())
+
+
+def test_activation_quantizers_match_llama_rounding_bit_for_bit():
+    """xd * xq (per block) is exactly ``round_like_llama``; bsums are the sums of q."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((3, 512)) * rng.uniform(0.01, 10, (3, 1))).astype(np.float32)
+    x[1, 32:64] = 0                                  # an all-zero block
+    x[2, :256] = np.round(x[2, :256] * 4) / 4         # many exact ties at .5 after scaling
+    xq = np.empty(x.shape, np.int8)
+    xd = np.empty((3, 16), np.float32)
+    I.quantize_q8_0(x, xq, xd)
+    got = np.repeat(xd, 32, axis=1) * xq.astype(np.float32)
+    ref = A.round_like_llama_ref(x, dq.Q8_0)
+    assert np.array_equal(got, ref)
+    xd = np.empty((3, 2), np.float32)
+    bs = np.empty((3, 16), np.int32)
+    I.quantize_q8_k(x, xq, xd, bs)
+    got = np.repeat(xd, 256, axis=1) * xq.astype(np.float32)
+    assert np.array_equal(got, A.round_like_llama_ref(x, dq.Q4_K))
+    np.testing.assert_array_equal(bs, xq.reshape(3, 16, 32).astype(np.int64).sum(-1))
+    assert np.abs(xq).max() <= 127
+
+
+def _random_weight(qtype, rows, cols, rng):
+    if qtype in (dq.Q4_K, dq.Q6_K):
+        a = rng.standard_normal((rows, cols)).astype(np.float32) * rng.uniform(0.1, 3, (rows, 1)).astype(np.float32)
+        return quantize_blocks(a, qtype)
+    nbytes = {dq.Q8_0: 34, dq.Q4_0: 18}[qtype]
+    raw = rng.integers(0, 256, (rows, cols // 32 * nbytes), dtype=np.uint8)
+    d = rng.uniform(0.001, 0.1, (rows, cols // 32)).astype(np.float16) * rng.choice([-1, 1], (rows, cols // 32))
+    blk = raw.reshape(rows, cols // 32, nbytes)
+    blk[:, :, :2] = d.astype(np.float16).view(np.uint8).reshape(rows, cols // 32, 2)
+    return raw
+
+
+class _W:
+    def __init__(self, qtype, raw):
+        self.qtype, self.row_bytes = qtype, raw
+        self.shape = (raw.shape[0], None)
+
+
+def _check(qtype, raw, x, out):
+    rows = raw.shape[0]
+    Wd = np.empty((rows, x.shape[1]), np.float32)
+    dq.dequant_rows(qtype, raw, Wd, dq.KVALUES_IQ4, dq.F16_LUT)
+    xr = A.round_like_llama_ref(x, qtype).astype(np.float64)
+    ref = xr @ Wd.T.astype(np.float64)
+    # integer block sums are exact; what remains is float32 accumulation over the row's blocks
+    # (one product of two scales, one FMA per block): far below 1e-5 of sum |x||w|
+    bound = 1e-5 * (np.abs(xr) @ np.abs(Wd.T.astype(np.float64)))
+    assert np.all(np.abs(out - ref) <= bound), float(np.max(np.abs(out - ref) / bound))
+
+
+@pytest.mark.parametrize("qtype", I.TYPES, ids=lambda q: dq.TYPE_NAMES[q])
+@pytest.mark.parametrize("T", [1, 3])
+def test_kernels_against_numpy_reference_on_random_weights(qtype, T):
+    rng = np.random.default_rng(qtype)
+    raw = _random_weight(qtype, 37, 512, rng)          # 37 rows: a ragged last task
+    x = rng.standard_normal((T, 512)).astype(np.float32)
+    x[0, :40] *= 50                                      # one block with a large outlier scale
+    out = np.full((T, 37), np.nan, np.float32)
+    assert I.matvec_q8(_W(qtype, raw), x, out)
+    _check(qtype, raw, x, out)
+
+
+@pytest.mark.parametrize("qtype", [dq.Q4_0, dq.Q6_K], ids=lambda q: dq.TYPE_NAMES[q])
+def test_generic_ir_kernels_equal_the_avx2_ones(qtype, monkeypatch):
+    """The kernels compiled on the generic IR give the same numbers (integer sums are exact and
+    the float accumulation is written the same way)."""
+    rng = np.random.default_rng(7)
+    raw = _random_weight(qtype, 16, 512, rng)
+    x = rng.standard_normal((2, 512)).astype(np.float32)
+    a = np.empty((2, 16), np.float32)
+    I.matvec_q8(_W(qtype, raw), x, a)
+    monkeypatch.setattr(S, "AVX2", False)
+    k = I.mvi_q4_0 if qtype == dq.Q4_0 else I.mvi_q6_k
+    generic = njit(cache=False, parallel=True, fastmath=I.FLAGS)(k.py_func)
+    monkeypatch.setattr(I, "mvi_q4_0" if qtype == dq.Q4_0 else "mvi_q6_k", generic)
+    b = np.empty((2, 16), np.float32)
+    I.matvec_q8(_W(qtype, raw), x, b)
+    _check(qtype, raw, x, b)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(a).max())
+
+
+@pytest.mark.parametrize("typ,qtype", [("q8_0", dq.Q8_0), ("q4_0", dq.Q4_0), ("q4_k_m", dq.Q4_K), ("q6_k", dq.Q6_K)])
+def test_kernels_on_fixture_tensors(typ, qtype):
+    from loaders import load
+    ck = load(str(require_fixtures() / f"tiny-rwkv7-{typ}.gguf"))
+    Ws = [t for t in ck.weights.all_matrices() if t.qtype == qtype] if hasattr(ck.weights, "all_matrices") else \
+        [getattr(L, n) for L in ck.weights.layers for n in ("receptance", "key", "value", "output", "ffn_key", "ffn_value")
+         if getattr(L, n).qtype == qtype] + ([ck.weights.head] if ck.weights.head.qtype == qtype else [])
+    assert Ws, f"no {dq.TYPE_NAMES[qtype]} tensor in {typ}"
+    rng = np.random.default_rng(0)
+    for W in Ws[:6]:
+        x = rng.standard_normal((1, W.shape[1])).astype(np.float32)
+        out = np.empty((1, W.shape[0]), np.float32)
+        assert I.matvec_q8(W, x, out)
+        _check(qtype, W.row_bytes, x, out)
+
+
+def test_other_types_are_declined():
+    assert not I.matvec_q8(_W(dq.Q5_0, np.zeros((1, 22), np.uint8)), np.zeros((1, 32), np.float32),
+                           np.zeros((1, 1), np.float32))
+
+
+def test_round_rows_equals_round_like_llama():
+    """The in-kernel rounding of the fused decode path (llama numerics) against the NumPy one."""
+    x = np.random.default_rng(5).standard_normal((2, 768)).astype(np.float32) * 3
+    for q in (dq.Q8_0, dq.Q4_1, dq.Q4_K, dq.Q6_K, dq.F16, dq.BF16, dq.F32):
+        y = x.copy()
+        A.round_rows(y, A.rounding_mode(q))
+        assert np.array_equal(y.view(np.uint32), A.round_like_llama(x, q).view(np.uint32)), dq.TYPE_NAMES[q]
