@@ -83,11 +83,12 @@ class Model:
 
     def _mm(self, x, W):
         if self.numerics == "llama":
-            if x.shape[0] <= K.SMALL_T:
-                out = np.empty((x.shape[0], W.shape[0]), dtype=np.float32)
+            T = x.shape[0]
+            if T <= K.SMALL_T:          # decode and short prompts: integer dots where the type has them
+                out = np.empty((T, W.shape[0]), dtype=np.float32)
                 if matvec_q8(W, np.ascontiguousarray(x), out):
                     return out
-            return K.matmul(round_like_llama(x, W.qtype), W, llama_order=True)
+            return K.matmul(round_like_llama(x, W.qtype), W)
         return K.matmul(x, W)
 
     def _lr(self, x, M, il, key):

@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from . import dequant as dq
 from .blas import AVAILABLE as BLAS_INLINE, gemm_nt, tiled_matmul
-from .matvec import matvec, mv_rowdot
+from .matvec import matvec
 
 DOT_FLAGS = {"reassoc", "contract"}
 
@@ -142,20 +142,16 @@ SMALL_T = 16             # up to this many rows of x: fused kernels (weights str
 TILE_BYTES = 2 << 20     # float32 bytes of one dequantized weight tile
 
 
-def matmul(x: np.ndarray, W, out: np.ndarray | None = None, llama_order: bool = False) -> np.ndarray:
-    """x [T, in] float32 times the weight W (a QTensor, [out, in]) transposed -> [T, out].
-    ``llama_order``: small T through ``mv_rowdot`` (for ``numerics="llama"``; see there)."""
+def matmul(x: np.ndarray, W, out: np.ndarray | None = None) -> np.ndarray:
+    """x [T, in] float32 times the weight W (a QTensor, [out, in]) transposed -> [T, out]."""
     rows, cols = W.shape
     T = x.shape[0]
     if out is None:
         out = np.empty((T, rows), dtype=np.float32)
-    if W.qtype == dq.F32:
+    if W.qtype == dq.F32 and T > SMALL_T:
         gemm_nt(x, W.raw, out)
         return out
     raw = W.row_bytes
-    if T <= SMALL_T and llama_order:
-        mv_rowdot(W.qtype, raw, np.ascontiguousarray(x), out, dq.KVALUES_IQ4, dq.F16_LUT)
-        return out
     if T <= SMALL_T:
         matvec(W.qtype, W, np.ascontiguousarray(x), out)
         return out

@@ -3,8 +3,10 @@
 At decode a layer's projections take a few hundred microseconds; the ~40 NumPy operations and 8
 low-rank BLAS products around them cost about as much again in call overhead (0.1B: ~8 ms of a
 ~21 ms token).  These kernels do the same arithmetic as the unfused path in ``Model._cpu_layers``
-(which stays in use for prefill, for recording intermediates and for ``numerics="llama"``), in
-float32, with decay and state float32 as everywhere else.  The unfused path is their NumPy
+(which stays in use for prefill and for recording intermediates), in float32, with decay and state
+float32 as everywhere else.  In ``numerics="llama"`` the low-rank inputs are rounded in the kernel
+as llama.cpp rounds them (``actquant.round_rows``; tests/test_numerics.py checks that decode path
+against llama.cpp's logits).  The unfused path is their NumPy
 reference: ``tests/test_model.py::test_fused_decode_path_matches_unfused`` runs both on every
 fixture model and compares logits and states.
 

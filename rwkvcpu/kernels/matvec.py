@@ -64,6 +64,28 @@ def mv_16bit(w16, x, out, is_bf16):
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_f32(w, x, out):
+    """F32 weights: two 8-lane accumulators per row (np.matmul's sgemm at T=1 streams at half this)."""
+    rows, cols = w.shape
+    T = x.shape[0]
+    c16 = cols - cols % 16
+    for task in prange((rows + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
+            wr = w[r]
+            for t in range(T):
+                xt = x[t]
+                a0 = vzero()
+                a1 = vzero()
+                for j in range(0, c16, 16):
+                    a0 = vfma(vload(wr, j), vload(xt, j), a0)
+                    a1 = vfma(vload(wr, j + 8), vload(xt, j + 8), a1)
+                acc = vhsum(vadd(a0, a1))
+                for j in range(c16, cols):
+                    acc += wr[j] * xt[j]
+                out[t, r] = acc
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
 def mv_q8_0(raw, raw_i8, x, out, lut):
     rows = raw.shape[0]
     T, cols = x.shape
@@ -332,25 +354,6 @@ def mv_buffered(qtype, raw, raw_i8, x, out, kv, lut):
                             out[t, r + 1] = e1
 
 
-@njit(cache=True, parallel=True, fastmath=FLAGS)
-def mv_rowdot(qtype, raw, x, out, kv, lut):
-    """``numerics="llama"``: each row dequantized exactly (``dq.dequant_row``), then one plain
-    dot product per row of x.  Slower than the kernels above; its summation order lands closer
-    to llama.cpp's per-block integer sums, which matters there because llama mode re-rounds every
-    activation to 8 bits and a rounding flip propagates (tests/test_numerics.py)."""
-    rows = raw.shape[0]
-    T, cols = x.shape
-    for task in prange((rows + ROWS - 1) // ROWS):
-        buf = np.empty(cols, dtype=np.float32)
-        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
-            dq.dequant_row(qtype, raw[r], buf, kv, lut)
-            for t in range(T):
-                acc = np.float32(0.0)
-                for j in range(cols):
-                    acc += buf[j] * x[t, j]
-                out[t, r] = acc
-
-
 BATCH_T = 3              # from this many rows of x on, decode each weight row once for all of them
 
 
@@ -359,10 +362,12 @@ def _block_sums(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def matvec(qtype: int, W, x: np.ndarray, out: np.ndarray) -> None:
-    """``out = x @ W.T`` for a few rows of x, on W's raw encoding (any non-F32 type)."""
+    """``out = x @ W.T`` for a few rows of x, on W's raw encoding."""
     lut = dq.F16_LUT
     single = x.shape[0] < BATCH_T
-    if single and qtype in (dq.F16, dq.BF16):
+    if single and qtype == dq.F32:
+        mv_f32(W.raw, x, out)
+    elif single and qtype in (dq.F16, dq.BF16):
         mv_16bit(W.raw.view(np.uint16), x, out, qtype == dq.BF16)
     elif single and qtype == dq.Q8_0:
         rb = W.row_bytes

@@ -84,7 +84,7 @@ def test_wkv7_matches_reference_for_each_sequence_of_a_batch():
     np.testing.assert_array_equal(S[2], S0[2])       # the slot no sequence named is untouched
 
 
-@pytest.mark.parametrize("T", [1, 3, 9])
+@pytest.mark.parametrize("T", [1, 3, 9, 40])
 @pytest.mark.parametrize("qtype", [dq.F32, dq.F16, dq.BF16, dq.Q8_0, dq.Q4_0])
 def test_matmul_all_paths(qtype, T):
     """Fused small-T kernel and tiled BLAS path both equal x @ dequant(W).T."""
@@ -104,6 +104,14 @@ def test_matmul_all_paths(qtype, T):
     x = rand(T, cols)
     ref = x.astype(np.float64) @ W.dequantize().astype(np.float64).T
     np.testing.assert_allclose(K.matmul(x, W), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5])
+def test_f32_matvec_ragged_rows(T):
+    """F32 decode kernel (two 8-lane accumulators) with a scalar tail: 75 columns."""
+    W = QTensor("w", dq.F32, (13, 75), rand(13, 75))
+    x = rand(T, 75)
+    np.testing.assert_allclose(K.matmul(x, W), x.astype(np.float64) @ W.raw.T.astype(np.float64), atol=1e-5)
 
 
 @pytest.mark.parametrize("typ", ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m",
