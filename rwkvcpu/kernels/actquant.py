@@ -120,6 +120,15 @@ def rounding_mode(qtype: int) -> int:
     return {dq.F16: R_F16, dq.BF16: R_BF16}.get(qtype, R_NONE)
 
 
+@njit(cache=True, inline="always")
+def q8_0_scale(x, t, o):
+    """(d, 1/d as ggml computes it) of the Q8_0 block x[t, o:o+32]: d = f16(amax / 127), 127 / amax."""
+    amax = np.float32(0.0)
+    for i in range(32):
+        amax = max(amax, abs(x[t, o + i]))
+    return _f16(amax / np.float32(127.0)), (np.float32(127.0) / amax if amax > 0 else np.float32(0.0))
+
+
 @njit(cache=True)
 def round_rows(x, mode):
     """In place, ``x = round_like_llama(x, qtype)`` for the code ``mode = rounding_mode(qtype)``.
@@ -130,11 +139,7 @@ def round_rows(x, mode):
         for t in range(T):
             for b in range(n // 32):
                 o = b * 32
-                amax = np.float32(0.0)
-                for i in range(32):
-                    amax = max(amax, abs(x[t, o + i]))
-                d = _f16(amax / np.float32(127.0))
-                idv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+                d, idv = q8_0_scale(x, t, o)
                 for i in range(32):
                     x[t, o + i] = d * np.rint(x[t, o + i] * idv)
     elif mode == R_Q8_K and n % 256 == 0:
@@ -152,22 +157,26 @@ def round_rows(x, mode):
             b[i] = (v + np.uint32(0x7FFF) + ((v >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
 
 
+@njit(cache=True, inline="always")
+def q8_k_scale(x, o):
+    """(iscale, d) of the Q8_K block x[o:o+256]: iscale = -127 / m (m: the signed value of largest
+    |x|, the first on ties), d = 1 / iscale; (0, 0) for an all-zero block."""
+    amax = np.float32(0.0)
+    mx = np.float32(0.0)
+    for i in range(256):
+        ax = abs(x[o + i])
+        if ax > amax:
+            amax = ax
+            mx = x[o + i]
+    if amax == 0:
+        return np.float32(0.0), np.float32(0.0)
+    iscale = np.float32(-127.0) / mx
+    return iscale, np.float32(1.0) / iscale
+
+
 @njit(cache=True)
 def _q8_k_row(x, out):
-    n = x.shape[0]
-    for o in range(0, n, 256):
-        amax = np.float32(0.0)
-        mx = np.float32(0.0)
-        for i in range(256):
-            ax = abs(x[o + i])
-            if ax > amax:
-                amax = ax
-                mx = x[o + i]
-        if amax == 0:
-            for i in range(256):
-                out[o + i] = 0
-            continue
-        iscale = np.float32(-127.0) / mx
-        d = np.float32(1.0) / iscale
+    for o in range(0, x.shape[0], 256):
+        iscale, d = q8_k_scale(x, o)
         for i in range(256):
             out[o + i] = d * min(np.float32(127.0), np.rint(iscale * x[o + i]))

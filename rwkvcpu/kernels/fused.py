@@ -20,25 +20,9 @@ from numba import njit, prange
 from .actquant import round_rows
 from .cpu import _normalize
 from .reference import DECAY_SCALE
-from .simd import vadd, vfma, vhsum, vload, vzero
+from .simd import dot_f32 as _dot
 
 FLAGS = {"reassoc", "contract"}
-
-
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _dot(m, x):
-    """m . x for two float32 rows, on 8-lane vectors (two accumulators) plus a scalar tail."""
-    n = m.shape[0]
-    n16 = n - n % 16
-    a0 = vzero()
-    a1 = vzero()
-    for j in range(0, n16, 16):
-        a0 = vfma(vload(m, j), vload(x, j), a0)
-        a1 = vfma(vload(m, j + 8), vload(x, j + 8), a1)
-    acc = vhsum(vadd(a0, a1))
-    for j in range(n16, n):
-        acc += m[j] * x[j]
-    return acc
 
 
 @njit(cache=True, inline="always")

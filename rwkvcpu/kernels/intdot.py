@@ -25,7 +25,7 @@ from numba import njit, prange
 
 from . import dequant as dq
 from .matvec import FLAGS, ROWS
-from .quantize import _f16
+from .actquant import q8_0_scale, q8_k_scale
 from .simd import (i8load, i8nib, i8nib16, i8q6, i8sub, iadd, idot, imadd2, imaddubs, i16sub,
                    i8splat, itof, izero, vfma, vhsum, vsplat, vzero)
 
@@ -40,11 +40,8 @@ def quantize_q8_0(x, xq, xd):
     for t in range(T):
         for b in range(n // 32):
             o = b * 32
-            amax = np.float32(0.0)
-            for i in range(32):
-                amax = max(amax, abs(x[t, o + i]))
-            xd[t, b] = _f16(amax / np.float32(127.0))
-            idv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
+            d, idv = q8_0_scale(x, t, o)
+            xd[t, b] = d
             for i in range(32):
                 xq[t, o + i] = np.int8(np.rint(x[t, o + i] * idv))
 
@@ -56,39 +53,27 @@ def quantize_q8_k(x, xq, xd, bsum32):
     (m: the signed value of largest |x|), q = min(127, rint(iscale * x)), d = 1 / iscale."""
     T, n = x.shape
     for t in range(T):
+        xt = x[t]
         for b in range(n // 256):
             o = b * 256
-            amax = np.float32(0.0)
-            mx = np.float32(0.0)
-            for i in range(256):
-                ax = abs(x[t, o + i])
-                if ax > amax:
-                    amax = ax
-                    mx = x[t, o + i]
-            if amax == 0:
-                xd[t, b] = 0
-                for i in range(256):
-                    xq[t, o + i] = 0
-                for j in range(8):
-                    bsum32[t, b * 8 + j] = 0
-                continue
-            iscale = np.float32(-127.0) / mx
-            xd[t, b] = np.float32(1.0) / iscale
+            iscale, d = q8_k_scale(xt, o)
+            xd[t, b] = d
             for j in range(8):
                 s = 0
                 for i in range(32):
-                    q = min(np.float32(127.0), np.rint(iscale * x[t, o + 32 * j + i]))
+                    q = min(np.float32(127.0), np.rint(iscale * xt[o + 32 * j + i]))
                     xq[t, o + 32 * j + i] = np.int8(q)
                     s += np.int32(q)
                 bsum32[t, b * 8 + j] = s
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvi_q8_0(raw, raw_i8, xq, xd, out, lut):
-    """Q8_0 weights x Q8_0 activations."""
+def mvi_32(raw, raw_i8, q4, xq, xd, out, lut):
+    """Q8_0 (q4=False) or Q4_0 (q4=True: nibbles - 8) weights x Q8_0 activations."""
     rows = raw.shape[0]
     T, cols = xq.shape
     nb = cols // 32
+    bs = 18 if q4 else 34
     for task in prange((rows + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
             b = raw[r]
@@ -97,28 +82,9 @@ def mvi_q8_0(raw, raw_i8, xq, xd, out, lut):
                 xt = xq[t]
                 acc = vzero()
                 for k in range(nb):
-                    o = k * 34
-                    s = idot(i8load(q, o + 2), i8load(xt, k * 32))
-                    d = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)] * xd[t, k]
-                    acc = vfma(vsplat(d), itof(s), acc)
-                out[t, r] = vhsum(acc)
-
-
-@njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvi_q4_0(raw, xq, xd, out, lut):
-    """Q4_0 weights (nibbles - 8) x Q8_0 activations."""
-    rows = raw.shape[0]
-    T, cols = xq.shape
-    nb = cols // 32
-    for task in prange((rows + ROWS - 1) // ROWS):
-        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
-            b = raw[r]
-            for t in range(T):
-                xt = xq[t]
-                acc = vzero()
-                for k in range(nb):
-                    o = k * 18
-                    s = idot(i8sub(i8nib16(b, o + 2), 8), i8load(xt, k * 32))
+                    o = k * bs
+                    w = i8sub(i8nib16(b, o + 2), 8) if q4 else i8load(q, o + 2)
+                    s = idot(w, i8load(xt, k * 32))
                     d = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)] * xd[t, k]
                     acc = vfma(vsplat(d), itof(s), acc)
                 out[t, r] = vhsum(acc)
@@ -210,10 +176,7 @@ def matvec_q8(W, x: np.ndarray, out: np.ndarray) -> bool:
     if qtype in (dq.Q8_0, dq.Q4_0):
         xd = np.empty((T, n // 32), dtype=np.float32)
         quantize_q8_0(x, xq, xd)
-        if qtype == dq.Q8_0:
-            mvi_q8_0(rb, rb.view(np.int8), xq, xd, out, lut)
-        else:
-            mvi_q4_0(rb, xq, xd, out, lut)
+        mvi_32(rb, rb.view(np.int8), qtype == dq.Q4_0, xq, xd, out, lut)
         return True
     xd = np.empty((T, n // 256), dtype=np.float32)
     bsum = np.empty((T, n // 32), dtype=np.int32)

@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import dequant as dq
-from .simd import vadd, vbits, vfma, vhsum, vload, vload_bf16, vload_f16, vmul, vq6x4, vsplat, vstore, vzero
+from .simd import dot_f32, vadd, vbits, vfma, vhsum, vload, vload_bf16, vload_f16, vmul, vq6x4, vsplat, vstore, vzero
 
 FLAGS = {"reassoc", "contract"}
 ROWS = 8                 # rows per parallel task
@@ -66,23 +66,12 @@ def mv_16bit(w16, x, out, is_bf16):
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mv_f32(w, x, out):
     """F32 weights: two 8-lane accumulators per row (np.matmul's sgemm at T=1 streams at half this)."""
-    rows, cols = w.shape
+    rows = w.shape[0]
     T = x.shape[0]
-    c16 = cols - cols % 16
     for task in prange((rows + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
-            wr = w[r]
             for t in range(T):
-                xt = x[t]
-                a0 = vzero()
-                a1 = vzero()
-                for j in range(0, c16, 16):
-                    a0 = vfma(vload(wr, j), vload(xt, j), a0)
-                    a1 = vfma(vload(wr, j + 8), vload(xt, j + 8), a1)
-                acc = vhsum(vadd(a0, a1))
-                for j in range(c16, cols):
-                    acc += wr[j] * xt[j]
-                out[t, r] = acc
+                out[t, r] = dot_f32(w[r], x[t])
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)

@@ -18,7 +18,7 @@ NumPy reference: ``tests/kernels/test_simd.py`` checks each operation against Nu
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils  # noqa: F401  (keeps numba's extension API imported in one place)
 from numba.extending import intrinsic, models, register_model
 
@@ -233,6 +233,22 @@ def vstore(typingctx, arr, idx, v):
         builder.store(args[2], _vec_ptr(ctx, builder, sig.args[0], args[0], i, _F), align=4)
         return ctx.get_dummy_value()
     return types.none(arr, idx, f32x8), cg
+
+
+@njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
+def dot_f32(m, x):
+    """m . x for two float32 rows, on 8-lane vectors (two accumulators) plus a scalar tail."""
+    n = m.shape[0]
+    n16 = n - n % 16
+    a0 = vzero()
+    a1 = vzero()
+    for j in range(0, n16, 16):
+        a0 = vfma(vload(m, j), vload(x, j), a0)
+        a1 = vfma(vload(m, j + 8), vload(x, j + 8), a1)
+    acc = vhsum(vadd(a0, a1))
+    for j in range(n16, n):
+        acc += m[j] * x[j]
+    return acc
 
 
 # --- 8-bit integer dot products ("llama" numerics: activations quantized to 8 bits) -------------
@@ -503,40 +519,15 @@ def itof(typingctx, a):
 
 
 @intrinsic
-def i16lanes(typingctx, a):
-    """The 16 lanes of an i16x16 as a tuple of int64 (tests)."""
-    if a != i16x16:
+def ilanes(typingctx, a):
+    """The lanes of an i8x32, i16x16 or i32x8 as a tuple of (signed) int64s (tests)."""
+    n = {i8x32: 32, i16x16: 16, i32x8: 8}.get(a)
+    if n is None:
         return None
-    rty = types.UniTuple(types.int64, 16)
+    rty = types.UniTuple(types.int64, n)
 
     def cg(ctx, builder, sig, args):
-        vals = [builder.sext(builder.extract_element(args[0], ir.Constant(_I32, k)), ir.IntType(64)) for k in range(16)]
-        return ctx.make_tuple(builder, rty, vals)
-    return rty(a), cg
-
-
-@intrinsic
-def i32lanes(typingctx, a):
-    """The 8 lanes of an i32x8 as a tuple of int64 (tests)."""
-    if a != i32x8:
-        return None
-    rty = types.UniTuple(types.int64, 8)
-
-    def cg(ctx, builder, sig, args):
-        vals = [builder.sext(builder.extract_element(args[0], ir.Constant(_I32, k)), ir.IntType(64)) for k in range(8)]
-        return ctx.make_tuple(builder, rty, vals)
-    return rty(a), cg
-
-
-@intrinsic
-def i8lanes(typingctx, a):
-    """The 32 lanes of an i8x32 as a tuple of int64 (tests; signed)."""
-    if a != i8x32:
-        return None
-    rty = types.UniTuple(types.int64, 32)
-
-    def cg(ctx, builder, sig, args):
-        vals = [builder.sext(builder.extract_element(args[0], ir.Constant(_I32, k)), ir.IntType(64)) for k in range(32)]
+        vals = [builder.sext(builder.extract_element(args[0], ir.Constant(_I32, k)), ir.IntType(64)) for k in range(n)]
         return ctx.make_tuple(builder, rty, vals)
     return rty(a), cg
 

@@ -24,16 +24,16 @@ def _ops(w8, x8, u8, nib, q6, out):
     """Every integer operation once; results as int64 rows of out."""
     w = S.i8load(w8, 0)
     x = S.i8load(x8, 0)
-    out[0, :8] = S.i32lanes(S.idot(w, x))
+    out[0, :8] = S.ilanes(S.idot(w, x))
     p = S.imaddubs(S.i8load(u8, 0), x)
-    out[1, :16] = S.i16lanes(p)
-    out[2, :8] = S.i32lanes(S.imadd2(p, 3, -5))
-    out[3, :32] = S.i8lanes(S.i8sub(S.i8nib16(nib, 0), 8))
-    out[4, :32] = S.i8lanes(S.i8nib(nib, 0, False))
-    out[5, :32] = S.i8lanes(S.i8nib(nib, 0, True))
+    out[1, :16] = S.ilanes(p)
+    out[2, :8] = S.ilanes(S.imadd2(p, 3, -5))
+    out[3, :32] = S.ilanes(S.i8sub(S.i8nib16(nib, 0), 8))
+    out[4, :32] = S.ilanes(S.i8nib(nib, 0, False))
+    out[5, :32] = S.ilanes(S.i8nib(nib, 0, True))
     for p_ in range(4):
-        out[6 + p_, :32] = S.i8lanes(S.i8q6(q6, 0, 64, p_))
-    out[10, :16] = S.i16lanes(S.i16sub(S.imaddubs(S.i8splat(32), x), p))
+        out[6 + p_, :32] = S.ilanes(S.i8q6(q6, 0, 64, p_))
+    out[10, :16] = S.ilanes(S.i16sub(S.imaddubs(S.i8splat(32), x), p))
     f = S.itof(S.iadd(S.idot(w, x), S.idot(x, x)))
     return S.vhsum(f)
 
@@ -141,9 +141,9 @@ def test_generic_ir_kernels_equal_the_avx2_ones(qtype, monkeypatch):
     a = np.empty((2, 16), np.float32)
     I.matvec_q8(_W(qtype, raw), x, a)
     monkeypatch.setattr(S, "AVX2", False)
-    k = I.mvi_q4_0 if qtype == dq.Q4_0 else I.mvi_q6_k
-    generic = njit(cache=False, parallel=True, fastmath=I.FLAGS)(k.py_func)
-    monkeypatch.setattr(I, "mvi_q4_0" if qtype == dq.Q4_0 else "mvi_q6_k", generic)
+    name = "mvi_32" if qtype == dq.Q4_0 else "mvi_q6_k"
+    generic = njit(cache=False, parallel=True, fastmath=I.FLAGS)(getattr(I, name).py_func)
+    monkeypatch.setattr(I, name, generic)
     b = np.empty((2, 16), np.float32)
     I.matvec_q8(_W(qtype, raw), x, b)
     _check(qtype, raw, x, b)
