@@ -16,6 +16,7 @@ directly, and never touch the GPU's layers.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -136,6 +137,8 @@ class DevMatrix:
             self.qt = dq.F32
         self.arr = cuda.to_device(host)
         self.nbytes = host.nbytes
+        # F16 weights as their bits, for the tensor-core GEMM (exact in one half: two MMAs, not three)
+        self.half16 = self.arr.view(np.uint16) if host.dtype == np.float16 else None
         # the decode kernels read whole words: f32/f16/bf16 rows as uint32, Q8_0 rows as uint16
         self.words, self.wkind = None, -1
         try:
@@ -353,10 +356,34 @@ class CudaLayers:
             big = max([m.rows * m.cols for m in mats if m.kind != "f" or m.qt != dq.F32] + [1])
             self.scratch = cuda.device_array(big, dtype=np.float32)   # expanded tile for prefill GEMMs
             self._nopart = cuda.device_array((1, 1, 1), dtype=np.float32)   # gemm without split K
+            self.tc, self.tc_error = self._probe_tensor_cores()
 
     def ctx(self):
         from numba import cuda
         return cuda.gpus[self.index]
+
+    def _probe_tensor_cores(self):
+        """(use the tensor-core GEMM, why not): compiled and checked once on a small product, so a
+        missing NVRTC or an old GPU falls back to the float32 SIMT ``gemm`` before any graph capture.
+        RWKVCPU_NO_TC=1 forces the fallback."""
+        from numba import cuda
+        K = self.K
+        if K.SIM or os.environ.get("RWKVCPU_NO_TC"):
+            return False, "disabled" if not K.SIM else "simulator"
+        try:
+            if cuda.get_current_device().compute_capability < (8, 0):
+                return False, "needs compute capability 8.0 or newer"
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((3, 40)).astype(np.float32)
+            w = rng.standard_normal((5, 40)).astype(np.float32)
+            out = cuda.device_array((3, 5), dtype=np.float32)
+            K.tc_gemm32[(1, 1, 1), 128](cuda.to_device(x), cuda.to_device(w), out, 5, 3, 5, 40, 0, 0)
+            got = out.copy_to_host()
+            if not np.allclose(got, x @ w.T, rtol=1e-5, atol=1e-5):
+                return False, f"self-check failed (max error {np.abs(got - x @ w.T).max():.3g})"
+        except Exception as e:          # noqa: BLE001 (NVRTC missing, link errors...): keep the SIMT gemm
+            return False, f"{type(e).__name__}: {str(e)[:200]}"
+        return True, None
 
     # --- buffers ---------------------------------------------------------------------------
     def _buffers(self, T: int) -> dict:
@@ -405,10 +432,20 @@ class CudaLayers:
                 self._go(K.expand_bf16, (_grid_rows(M.rows, 16), _grid_rows(M.cols, 16)), (16, 16), M.arr, Wf)
         gx, gy = _grid_rows(M.rows, K.GEMM_BN), _grid_rows(T, K.GEMM_BM)
         cols = M.cols
+        step = 32 if self.tc else K.GEMM_BK
         ks = min(_grid_rows(K.GEMM_FILL, gx * gy), max(1, cols // 256), K.GEMM_PART // (T * M.rows))
         if ks > 1:
-            kc = _grid_rows(_grid_rows(cols, ks), K.GEMM_BK) * K.GEMM_BK
+            kc = _grid_rows(_grid_rows(cols, ks), step) * step
             ks = _grid_rows(cols, kc)
+        if self.tc:
+            kern, Wk = (K.tc_gemm16, M.half16) if M.half16 is not None else (K.tc_gemm32, Wf)
+            if ks > 1:
+                part = self._part()[: ks * T * M.rows].reshape(ks, T, M.rows)
+                self._go(kern, (gx, gy, ks), 128, x, Wk, part, M.rows, T, M.rows, kc, act, 0)
+                self._go(K.gemm_reduce, _grid_rows(T * M.rows, 256), 256, part, T, out, epi)
+            else:
+                self._go(kern, (gx, gy, 1), 128, x, Wk, out, out.strides[0] // 4, T, M.rows, cols, act, epi)
+            return
         if ks > 1:
             part = self._part()[: ks * T * M.rows].reshape(ks, T, M.rows)
             self._go(K.gemm, (gx, gy, ks), 256, x, Wf, T, out, act, epi, part, kc)

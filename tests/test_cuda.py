@@ -243,3 +243,62 @@ def test_split_k_gemm_equals_numpy():
                 CK.gemm_reduce[(T * N + 255) // 256, 256](part, T, out, epi)
             got = out.copy_to_host()
             assert np.abs(got - expect).max() <= 1e-4 * np.abs(expect).max(), (ks, epi)
+
+
+@needs_gpu
+@pytest.mark.parametrize("wtype", ["f32", "f16"])
+@pytest.mark.parametrize("T,N,K", [(40, 192, 1000), (70, 130, 98), (130, 64, 256)])
+def test_tensor_core_gemm_matches_float32(wtype, T, N, K):
+    """The tensor-core GEMM (rwkvcpu/kernels/tc_gemm.cu: hi/lo half splitting, float32 accumulation)
+    against float64 NumPy: float32 accuracy (errors ~1e-6 of sum |x||w|, a half-precision product
+    would be ~1e-3), whole and split along K, each epilogue, tanh/sigmoid on the input; ragged shapes
+    (K = 98: rows not 16-byte aligned, the scalar load path)."""
+    from numba import cuda
+    from rwkvcpu.kernels import cuda as CK
+    r = np.random.default_rng(T + K)
+    x = r.standard_normal((T, K)).astype(np.float32)
+    W = (r.standard_normal((N, K)) * 0.1).astype(np.float32)
+    if wtype == "f16":
+        W = W.astype(np.float16)
+        dW, kern = cuda.to_device(W.view(np.uint16)), CK.tc_gemm16
+    else:
+        dW, kern = cuda.to_device(W), CK.tc_gemm32
+    Wd = W.astype(np.float64)
+    base = r.standard_normal((T, N)).astype(np.float32)
+    dx = cuda.to_device(x)
+    grid = ((N + 63) // 64, (T + 63) // 64)
+    for act, xf in ((0, x.astype(np.float64)), (1, np.tanh(x.astype(np.float64))),
+                    (2, 1 / (1 + np.exp(-x.astype(np.float64))))):
+        ref = xf @ Wd.T
+        bound = 1e-5 * (np.abs(xf) @ np.abs(Wd.T))
+        want = {0: ref, 1: base + ref, 2: np.maximum(ref, 0) ** 2}
+        for ks in (1, 3):
+            kc = -(-(-(-K // ks)) // 32) * 32
+            n_split = -(-K // kc)
+            for epi, expect in want.items():
+                out = cuda.to_device(base.copy())
+                if n_split > 1:
+                    part = cuda.device_array((n_split, T, N), dtype=np.float32)
+                    kern[(grid[0], grid[1], n_split), 128](dx, dW, part, N, T, N, kc, act, 0)
+                    CK.gemm_reduce[(T * N + 255) // 256, 256](part, T, out, epi)
+                else:
+                    kern[(grid[0], grid[1], 1), 128](dx, dW, out, N, T, N, K, act, epi)
+                got = out.copy_to_host().astype(np.float64)
+                tol = bound if epi != 2 else bound * 2 * (np.abs(ref) + bound)
+                assert np.all(np.abs(got - expect) <= tol + 1e-30), (act, ks, epi)
+
+
+@needs_gpu
+def test_gpu_model_uses_tensor_cores_and_agrees_with_simt_gemm(monkeypatch):
+    """Prefill (T > MV_T) runs the tensor-core GEMM when it compiled; forcing the SIMT GEMM
+    (RWKVCPU_NO_TC=1) gives the same logits to float32 reordering."""
+    toks = (np.arange(64) * 37) % 4096
+    tc = gpu_model("tiny-rwkv7-f16.gguf", "cuda")
+    assert tc._segments[0][1].tc, tc._segments[0][1].tc_error
+    lt, _ = tc.forward(toks, all_logits=True)
+    monkeypatch.setenv("RWKVCPU_NO_TC", "1")
+    from rwkvcpu.model import Model
+    simt = Model.load(str(require_fixtures() / "tiny-rwkv7-f16.gguf"), device="cuda")
+    assert not simt._segments[0][1].tc
+    ls, _ = simt.forward(toks, all_logits=True)
+    assert _close(lt, ls, np.abs(ls).max())

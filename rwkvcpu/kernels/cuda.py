@@ -29,6 +29,7 @@ Conventions
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -632,3 +633,44 @@ def gather_rows(x, rows, out):
 
 def f16_lut() -> np.ndarray:
     return dq.F16_LUT
+
+
+# --- tensor-core GEMM (rwkvcpu/kernels/tc_gemm.cu, linked through NVRTC) ----------------------
+# numba-cuda has no matrix-multiply-accumulate intrinsic; the tile loop lives in a CUDA C device
+# function (inline PTX mma.sync, no headers) that these kernels call with raw pointers.  Values
+# are split into two halves (hi + lo), so the product keeps float32 accuracy (measured on the
+# device: max error 1.5e-6 of sum |x||w| at K = 2048, against 1e-6 for the float32 SIMT gemm).
+# H100, 512 x 2048 x 2048: 0.17 ms vs 0.45 ms for ``gemm``; 64 x 8192 x 2048: 0.14 vs 0.58 ms.
+TC_CU = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tc_gemm.cu")
+
+if not SIM:
+    try:
+        from numba.cuda.extending import intrinsic as _cuda_intrinsic
+    except ImportError:                        # older numba-cuda
+        from numba.core.extending import intrinsic as _cuda_intrinsic
+    from numba import types as _nt
+
+    @_cuda_intrinsic
+    def _dptr(typingctx, arr):
+        """The data pointer of a device array (for the foreign function's C pointer arguments)."""
+        def cg(ctx, builder, sig, args):
+            return ctx.make_array(sig.args[0])(ctx, builder, args[0]).data
+        return _nt.CPointer(arr.dtype)(arr), cg
+
+    _P32, _P16 = _nt.CPointer(_nt.float32), _nt.CPointer(_nt.uint16)
+    _tc_args = (_nt.int64, _nt.int64, _nt.int32, _nt.int32, _nt.int32, _nt.int32, _nt.int32, _nt.int32)
+    _tc_f32w = cuda.declare_device("tc_gemm_f32w", _nt.int32(_P32, _nt.int64, _P32, _nt.int64, _P32, *_tc_args[1:]))
+    _tc_f16w = cuda.declare_device("tc_gemm_f16w", _nt.int32(_P32, _nt.int64, _P16, _nt.int64, _P32, *_tc_args[1:]))
+
+    @cuda.jit(link=[TC_CU])
+    def tc_gemm32(x, W, out, ldo, T, N, kc, act, epi):
+        """out (epi)= act(x) @ W.T, W float32 [N, K]; grid (ceil(N/64), ceil(T/64), S), 128 threads.
+        S > 1: out is the split-K partials [S, T, N] (ldo = N, epi 0) for ``gemm_reduce``."""
+        _tc_f32w(_dptr(x), x.strides[0] // 4, _dptr(W), W.strides[0] // 4, _dptr(out), ldo,
+                 T, N, x.shape[1], kc, act, epi)
+
+    @cuda.jit(link=[TC_CU])
+    def tc_gemm16(x, W, out, ldo, T, N, kc, act, epi):
+        """As ``tc_gemm32`` for IEEE-half weights given as their uint16 bits."""
+        _tc_f16w(_dptr(x), x.strides[0] // 4, _dptr(W), W.strides[0] // 2, _dptr(out), ldo,
+                 T, N, x.shape[1], kc, act, epi)
