@@ -151,6 +151,15 @@ class DevMatrix:
             self.words, self.wkind = None, -1
 
 
+class _Dense:
+    """A float32 device matrix (a view of a stacked weight) that ``CudaLayers.matmul`` takes at T > MV_T."""
+    kind, qt, half16, words, wkind = "f", dq.F32, None, None, -1
+
+    def __init__(self, arr):
+        self.arr = arr
+        self.rows, self.cols = arr.shape
+
+
 def _grid_rows(n: int, per: int) -> int:
     return (n + per - 1) // per
 
@@ -296,6 +305,7 @@ class CudaLayers:
         self.fast_launch = True      # set False if this numba-cuda's internals differ (then: plain launches)
         self.use_graphs = True       # set False if graph capture fails here (then: recorded launches)
         self._partbuf = None
+        self._part_views = {}
         self.weight_bytes = 0
         W = model.weights
         C = hp.n_embd
@@ -340,6 +350,14 @@ class CudaLayers:
                 d["lr2_d"] = dev(np.array(seg_d, np.int64))
                 d["lr2_act"] = dev(np.array(acts, np.int64))
                 d["d1"] = int(sum(dims))
+                # the same products as plain float32 matrices for prefill/batches (T > MV_T): there
+                # lowrank1/2 (a warp per output, a loop over T) took half of a 1.5B prefill
+                lr1 = d["lr1"]
+                d["lr1_gemm"] = [(src, int(o), n, _Dense(lr1[int(o):int(o) + n]))
+                                 for (_, src), o, n in zip(firsts, offs, dims)]
+                d["lr2_gemm"] = [(si, int(in_off[si]), seg_d[si], acts[si],
+                                  _Dense(d["lr2"][seg_w[si]:seg_w[si] + C * seg_d[si]].reshape(C, seg_d[si])))
+                                 for si in range(4) if seg_d[si]]
                 for k in ("receptance", "key", "value", "output", "ffn_key", "ffn_value"):
                     d[k] = DevMatrix(getattr(L, k))
                     self.weight_bytes += d[k].nbytes
@@ -440,18 +458,25 @@ class CudaLayers:
         if self.tc:
             kern, Wk = (K.tc_gemm16, M.half16) if M.half16 is not None else (K.tc_gemm32, Wf)
             if ks > 1:
-                part = self._part()[: ks * T * M.rows].reshape(ks, T, M.rows)
+                part = self._part_view(ks, T, M.rows)
                 self._go(kern, (gx, gy, ks), 128, x, Wk, part, M.rows, T, M.rows, kc, act, 0)
                 self._go(K.gemm_reduce, _grid_rows(T * M.rows, 256), 256, part, T, out, epi)
             else:
                 self._go(kern, (gx, gy, 1), 128, x, Wk, out, out.strides[0] // 4, T, M.rows, cols, act, epi)
             return
         if ks > 1:
-            part = self._part()[: ks * T * M.rows].reshape(ks, T, M.rows)
+            part = self._part_view(ks, T, M.rows)
             self._go(K.gemm, (gx, gy, ks), 256, x, Wf, T, out, act, epi, part, kc)
             self._go(K.gemm_reduce, _grid_rows(T * M.rows, 256), 256, part, T, out, epi)
         else:
             self._go(K.gemm, (gx, gy, 1), 256, x, Wf, T, out, act, epi, self._nopart, cols)
+
+    def _part_view(self, ks, T, rows):
+        key = (ks, T, rows)
+        v = self._part_views.get(key)
+        if v is None:
+            v = self._part_views[key] = self._part()[: ks * T * rows].reshape(ks, T, rows)
+        return v
 
     def _part(self):
         """Split-K scratch (float32, flat), allocated on first use and kept: captured graphs
@@ -577,9 +602,22 @@ class CudaLayers:
             self.matmul(d["receptance"], mixed[0], T, b["r"])
             self.matmul(d["key"], mixed[2], T, b["k"])
             self.matmul(d["value"], mixed[3], T, b["v"])
-            go(K.lowrank1, (_grid_rows(d["d1"], K.MV_WARPS),), (32, K.MV_WARPS),
-               d["lr1"], d["lr1_src"], mixed, T, b["h1"])
-            go(K.lowrank2, *lr, d["lr2"], d["lr2_w"], d["lr2_in"], d["lr2_d"], d["lr2_act"], b["h1"], T, C, b["h2"])
+            if T > K.MV_T:
+                views = b.setdefault("views", {})      # device-array views cost ~10s of us each: make once
+
+                def view(name, i, o=0, n=0):
+                    key = (name, i, o, n)
+                    if key not in views:
+                        views[key] = b[name][i] if name == "mixed" else b[name][:, o:o + n]
+                    return views[key]
+                for src, o, n, M1 in d["lr1_gemm"]:
+                    self.matmul(M1, view("mixed", src), T, view("h1", 0, o, n))
+                for si, o, n, act, M2 in d["lr2_gemm"]:
+                    self.matmul(M2, view("h1", 0, o, n), T, view("h2", 0, si * C, C), act)
+            else:
+                go(K.lowrank1, (_grid_rows(d["d1"], K.MV_WARPS),), (32, K.MV_WARPS),
+                   d["lr1"], d["lr1_src"], mixed, T, b["h1"])
+                go(K.lowrank2, *lr, d["lr2"], d["lr2_w"], d["lr2_in"], d["lr2_d"], d["lr2_act"], b["h1"], T, C, b["h2"])
             go(K.pre_wkv, (T, H), N, b["k"], b["v"], b["h2"], d["w0"], d["a0"], d["v0"], d["k_k"], d["k_a"],
                b["vfirst"], il == 0, N, np.float32(L2_EPS), b["w"], b["A"], b["B"])
             go(K.wkv7, (nseg, H), N, b["r"], b["w"], b["k"], b["v"], b["A"], b["B"], ss, sl, so, S, b["y"])
