@@ -38,7 +38,9 @@ class GGUFFile:
     def __init__(self, path: str):
         self.path = path
         try:
-            self.mm = np.memmap(path, dtype=np.uint8, mode="r")
+            # a plain ndarray view of the mapping (the memmap stays its base): Numba types plain
+            # arrays on its fast path, np.memmap subclasses through a ~5 us Python fallback per call
+            self.mm = np.asarray(np.memmap(path, dtype=np.uint8, mode="r"))
         except (OSError, ValueError) as e:
             raise LoadError(f"{path}: cannot map file ({e})") from None
         self.buf = memoryview(self.mm)

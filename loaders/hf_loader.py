@@ -85,7 +85,7 @@ def read_safetensors(path: str) -> dict[str, StoredTensor]:
         if not (0 <= b <= e and base + e <= size) or e - b != count * np.dtype(npdt).itemsize:
             raise LoadError(f"{path}: tensor {name}: data offsets [{b}, {e}] do not hold a {dt} tensor of shape "
                             f"{shape} within the file ({size - base} data bytes)")
-        arr = (np.memmap(path, dtype=npdt, mode="r", offset=base + b, shape=(count,)) if count
+        arr = (np.asarray(np.memmap(path, dtype=npdt, mode="r", offset=base + b, shape=(count,))) if count
                else np.zeros(0, npdt))
         out[name] = StoredTensor(arr.reshape(shape), tag)
     return out

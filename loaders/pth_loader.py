@@ -145,7 +145,7 @@ def read_pth_state_dict(path: str, allow_list: bool = False) -> dict:
                 raise LoadError(f"{path}: storage data/{key} holds {info.file_size} bytes, expected {nbytes}")
             if info.compress_type == zipfile.ZIP_STORED:
                 off = _member_offset(raw_file, info)
-                arr = np.memmap(path, dtype=stype.dtype, mode="r", offset=off, shape=(numel,))
+                arr = np.asarray(np.memmap(path, dtype=stype.dtype, mode="r", offset=off, shape=(numel,)))
             else:
                 arr = np.frombuffer(zf.read(info), dtype=stype.dtype, count=numel)
             return arr, stype.tag

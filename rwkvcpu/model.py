@@ -366,40 +366,29 @@ class Model:
         H, N, C = hp.n_head, hp.head_size, hp.n_embd
         T = x.shape[0]
         f32 = np.float32
-        xa = self._ln(x, L.ln1_w, L.ln1_b)
-        prev = np.empty_like(xa)
-        K.token_shift(xa, seg_start, seg_len, seg_slot, cr[il], 0, prev)
+        eps = f32(hp.norm_eps)
         xr, xk, xv, w, a, g = np.empty((6, T, C), dtype=f32)
         has_v = il > 0
         vg = np.empty((T, C) if has_v else (1, 1), dtype=f32)
         z = np.zeros((1, C), dtype=f32)         # layer 0 has no value-residual LoRA: typed placeholders
         v1, v2, v0 = (L.v1, L.v2, L.v0) if has_v else (z, z.reshape(C, 1), L.w0)
-        F.tmix_lora(xa, prev, self._mixes[il], L.w1, L.w2, L.w0, L.a1, L.a2, L.a0, v1, v2, v0,
-                    L.g1, L.g2, has_v, self._lr_round[il], xr, xk, xv, w, a, vg, g)
+        F.tmix_in(x, L.ln1_w, L.ln1_b, eps, seg_start, seg_len, seg_slot, cr[il], self._mixes[il],
+                  L.w1, L.w2, L.w0, L.a1, L.a2, L.a0, v1, v2, v0, L.g1, L.g2, has_v, self._lr_round[il],
+                  xr, xk, xv, w, a, vg, g)
         r = self._mm(xr, L.receptance)
         k = self._mm(xk, L.key)
         v = self._mm(xv, L.value)
         if il == 0:
             v_first = v.copy()
-        kneg = np.empty_like(k)
-        kb = np.empty_like(k)
-        F.tmix_prewkv(k, v, v_first, vg, a, L.k_k, L.k_a, H, f32(L2_EPS), has_v, kneg, kb)
-        y = np.empty((T, H, N), dtype=f32)
-        sh = (T, H, N)
-        K.wkv7(r.reshape(sh), w.reshape(sh), k.reshape(sh), v.reshape(sh), kneg.reshape(sh), kb.reshape(sh),
-               seg_start, seg_len, seg_slot, cs[il], y)
-        att_in = np.empty((T, C), dtype=f32)
-        F.tmix_post(y.reshape(T, C), r, k, v, g, L.r_k, L.ln_x_w, L.ln_x_b, H, f32(GROUP_NORM_EPS), att_in)
-        F.add_into(x, self._mm(att_in, L.output))
-        xf = self._ln(x, L.ln2_w, L.ln2_b)
-        prev = np.empty_like(xf)
-        K.token_shift(xf, seg_start, seg_len, seg_slot, cr[il], C, prev)
+        F.tmix_wkv(r, w, k, v, v_first, vg, a, L.k_k, L.k_a, L.r_k, L.ln_x_w, L.ln_x_b, H, f32(L2_EPS),
+                   f32(GROUP_NORM_EPS), has_v, seg_start, seg_len, seg_slot, cs[il], g)   # g: in, out
+        kf = np.empty_like(x)
+        F.cmix_in(x, self._mm(g, L.output), L.ln2_w, L.ln2_b, eps, seg_start, seg_len, seg_slot, cr[il],
+                  L.ffn_x_k, kf)
         if last:
             if len(out_rows) == 0:
                 return None, v_first
-            x, xf, prev = x[out_rows], xf[out_rows], prev[out_rows]
-        kf = np.empty_like(xf)
-        F.cmix_pre(xf, prev, L.ffn_x_k, kf)
+            x, kf = x[out_rows], kf[out_rows]
         hidden = self._mm(kf, L.ffn_key)
         F.relu_sq(hidden)
         F.add_into(x, self._mm(hidden, L.ffn_value))

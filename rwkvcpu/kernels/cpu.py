@@ -99,13 +99,33 @@ def lerps(x, prev, mixes, out):
                 out[m, t, j] = x[t, j] + d * mixes[m, j]
 
 
+@njit(cache=True, inline="always", fastmath=DOT_FLAGS)
+def wkv7_step(St, rt, wt, kt, vt, at, bt, sa, yt):
+    """One token of one head: S <- S * w[j] + (S @ a)[i] * b[j] + v[i] * k[j];  y[i] = S[i, :] . r.
+    St: [N, N] (value channel i, key channel j); sa: scratch [N]."""
+    N = St.shape[0]
+    for i in range(N):
+        acc = np.float32(0.0)
+        for j in range(N):
+            acc += St[i, j] * at[j]
+        sa[i] = acc
+    for i in range(N):
+        vi = vt[i]
+        si = sa[i]
+        acc = np.float32(0.0)
+        for j in range(N):
+            sij = St[i, j] * wt[j] + si * bt[j] + vi * kt[j]
+            St[i, j] = sij
+            acc += sij * rt[j]
+        yt[i] = acc
+
+
 @njit(cache=True, parallel=True, fastmath=DOT_FLAGS)
 def wkv7(r, w, k, v, a, b, seg_start, seg_len, seg_slot, S, y):
     """The WKV7 recurrence over every sequence x head, in parallel.
 
     r, w, k, v, a, b, y: [T_total, H, N] float32;  S: [n_slots, H, N, N] float32,
-    S[slot, h, i, j]: value channel i, key channel j.  Per token:
-    S <- S * w[j] + (S @ a)[i] * b[j] + v[i] * k[j];  y[i] = S[i, :] . r
+    S[slot, h, i, j]: value channel i, key channel j (``wkv7_step``).
     """
     H = r.shape[1]
     N = r.shape[2]
@@ -115,25 +135,7 @@ def wkv7(r, w, k, v, a, b, seg_start, seg_len, seg_slot, S, y):
         St = S[seg_slot[s], h]
         sa = np.empty(N, dtype=np.float32)
         for t in range(seg_start[s], seg_start[s] + seg_len[s]):
-            at = a[t, h]
-            bt = b[t, h]
-            wt = w[t, h]
-            kt = k[t, h]
-            rt = r[t, h]
-            for i in range(N):
-                acc = np.float32(0.0)
-                for j in range(N):
-                    acc += St[i, j] * at[j]
-                sa[i] = acc
-            for i in range(N):
-                vi = v[t, h, i]
-                si = sa[i]
-                acc = np.float32(0.0)
-                for j in range(N):
-                    sij = St[i, j] * wt[j] + si * bt[j] + vi * kt[j]
-                    St[i, j] = sij
-                    acc += sij * rt[j]
-                y[t, h, i] = acc
+            wkv7_step(St, r[t, h], w[t, h], k[t, h], v[t, h], a[t, h], b[t, h], sa, y[t, h])
 
 
 # --- matrix products on weights in their file encoding ---------------------------
@@ -148,13 +150,13 @@ def matmul(x: np.ndarray, W, out: np.ndarray | None = None) -> np.ndarray:
     T = x.shape[0]
     if out is None:
         out = np.empty((T, rows), dtype=np.float32)
-    if W.qtype == dq.F32 and T > SMALL_T:
+    if T <= SMALL_T:
+        matvec(W.qtype, W, x if x.flags.c_contiguous else np.ascontiguousarray(x), out)
+        return out
+    if W.qtype == dq.F32:
         gemm_nt(x, W.raw, out)
         return out
     raw = W.row_bytes
-    if T <= SMALL_T:
-        matvec(W.qtype, W, np.ascontiguousarray(x), out)
-        return out
     if BLAS_INLINE:
         tiled_matmul(W.qtype, raw, x, out, TILE_BYTES)
         return out

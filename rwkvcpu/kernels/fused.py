@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from .actquant import round_rows
-from .cpu import _normalize
+from .cpu import _normalize, token_shift, wkv7_step
 from .reference import DECAY_SCALE
 from .simd import dot_f32 as _dot
 
@@ -30,48 +30,16 @@ def _sig(x):
     return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
 
 
-@njit(cache=True, parallel=True, fastmath=FLAGS)
-def _down(M, X, act, out):
-    """out[t, d] = act(M[d] . X[t])  (M [D, C]); act 0: none, 1: tanh, 2: sigmoid.
-    Each row of M is read once for all T rows of X."""
-    for d in prange(M.shape[0]):
-        for t in range(X.shape[0]):
-            acc = _dot(M[d], X[t])
-            if act == 1:
-                acc = np.tanh(acc)
-            elif act == 2:
-                acc = _sig(acc)
-            out[t, d] = acc
-
-
-@njit(cache=True, parallel=True, fastmath=FLAGS)
-def _up(M2, H, bias, kind, out):
-    """out[t, c] = f(bias[c] + M2[c] . H[t]) over c in parallel (M2 [C, D]).
-    kind 0: decay exp(-DECAY_SCALE * sigmoid(.)); 1: sigmoid(.); 2: plain product (bias ignored)."""
-    scale = np.float32(-DECAY_SCALE)
-    for c in prange(M2.shape[0]):
-        for t in range(H.shape[0]):
-            acc = _dot(M2[c], H[t])
-            if kind == 0:
-                out[t, c] = np.exp(scale * _sig(bias[c] + acc))
-            elif kind == 1:
-                out[t, c] = _sig(bias[c] + acc)
-            else:
-                out[t, c] = acc
-
-
 @njit(cache=True)
-def tmix_lora(xa, prev, mixes, w1, w2, w0, a1, a2, a0, v1, v2, v0, g1, g2, has_v, rnd,
-              xr, xk, xv, w, a, vg, g):
-    """From the normed input xa and its shifted rows prev: the lerped inputs of the r/k/v
-    projections (xr, xk, xv) and the low-rank outputs: decay w, in-context rate a, the value
-    residual gate vg (when has_v) and the output gate g.  mixes: [6, C] (r, w, k, v, a, g).
-    rnd: int64[8], how each low-rank product's input is rounded first (``actquant.round_rows``
-    codes for w1 w2 a1 a2 v1 v2 g1 g2; all 0 in exact numerics)."""
-    T, C = xa.shape
-    xw = np.empty((T, C), dtype=np.float32)
-    xaa = np.empty((T, C), dtype=np.float32)
-    xg = np.empty((T, C), dtype=np.float32)
+def _tmix_prep(x, ln_w, ln_b, ln_eps, seg_start, seg_len, seg_slot, cache_rows, mixes, has_v, rnd,
+               xr, xw, xk, xv, xaa, xg, xvr):
+    """tmix_in's element-wise part (no fastmath: the same roundings as the unfused path)."""
+    T, C = x.shape
+    xa = np.empty((T, C), dtype=np.float32)
+    for t in range(T):
+        _normalize(x, t, 0, C, ln_w, ln_b, ln_eps, xa)
+    prev = np.empty((T, C), dtype=np.float32)
+    token_shift(xa, seg_start, seg_len, seg_slot, cache_rows, 0, prev)
     for t in range(T):
         for j in range(C):
             d = prev[t, j] - xa[t, j]
@@ -84,75 +52,120 @@ def tmix_lora(xa, prev, mixes, w1, w2, w0, a1, a2, a0, v1, v2, v0, g1, g2, has_v
     round_rows(xw, rnd[0])
     round_rows(xaa, rnd[2])
     round_rows(xg, rnd[6])
-    hw = np.empty((T, w1.shape[0]), dtype=np.float32)
-    _down(w1, xw, 1, hw)
-    round_rows(hw, rnd[1])
-    _up(w2, hw, w0, 0, w)
-    ha = np.empty((T, a1.shape[0]), dtype=np.float32)
-    _down(a1, xaa, 0, ha)
-    round_rows(ha, rnd[3])
-    _up(a2, ha, a0, 1, a)
-    if has_v:
+    if has_v and rnd[4] != 0:               # xv also feeds the value projection: round a copy
+        xvr[:] = xv
+        round_rows(xvr, rnd[4])
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def tmix_in(x, ln_w, ln_b, ln_eps, seg_start, seg_len, seg_slot, cache_rows, mixes,
+            w1, w2, w0, a1, a2, a0, v1, v2, v0, g1, g2, has_v, rnd, xr, xk, xv, w, a, vg, g):
+    """The time mix up to its projections, for layer input rows x: layer norm, token shift
+    (``cache_rows[slot, :C]`` holds each sequence's previous normed row and is updated), the six
+    lerps (mixes: [6, C], r w k v a g) into xr, xk, xv, and the low-rank outputs: decay w,
+    in-context rate a, value-residual gate vg (when has_v) and output gate g.
+    rnd: int64[8], how each low-rank input is rounded first (``actquant.round_rows`` codes for
+    w1 w2 a1 a2 v1 v2 g1 g2; all 0 in exact numerics).  Two parallel regions: every down
+    projection (each row of w1/a1/v1/g1 read once for all T rows), then every up projection."""
+    T, C = x.shape
+    xw = np.empty((T, C), dtype=np.float32)
+    xaa = np.empty((T, C), dtype=np.float32)
+    xg = np.empty((T, C), dtype=np.float32)
+    rounded_v = has_v and rnd[4] != 0
+    xvr = np.empty((T, C) if rounded_v else (1, 1), dtype=np.float32)
+    _tmix_prep(x, ln_w, ln_b, ln_eps, seg_start, seg_len, seg_slot, cache_rows, mixes, has_v, rnd,
+               xr, xw, xk, xv, xaa, xg, xvr)
+    if not rounded_v:
         xvr = xv
-        if rnd[4] != 0:                     # xv also feeds the value projection: round a copy
-            xvr = xv.copy()
-            round_rows(xvr, rnd[4])
-        hv = np.empty((T, v1.shape[0]), dtype=np.float32)
-        _down(v1, xvr, 0, hv)
+    nw = w1.shape[0]
+    na = a1.shape[0]
+    nv = v1.shape[0] if has_v else 0
+    ng = g1.shape[0]
+    hw = np.empty((T, nw), dtype=np.float32)
+    ha = np.empty((T, na), dtype=np.float32)
+    hv = np.empty((T, max(nv, 1)), dtype=np.float32)
+    hg = np.empty((T, ng), dtype=np.float32)
+    for d in prange(nw + na + nv + ng):         # down: h = act(M[d] . x)
+        for t in range(T):
+            if d < nw:
+                hw[t, d] = np.tanh(_dot(w1[d], xw[t]))
+            elif d < nw + na:
+                ha[t, d - nw] = _dot(a1[d - nw], xaa[t])
+            elif d < nw + na + nv:
+                hv[t, d - nw - na] = _dot(v1[d - nw - na], xvr[t])
+            else:
+                hg[t, d - nw - na - nv] = _sig(_dot(g1[d - nw - na - nv], xg[t]))
+    round_rows(hw, rnd[1])
+    round_rows(ha, rnd[3])
+    if has_v:
         round_rows(hv, rnd[5])
-        _up(v2, hv, v0, 1, vg)
-    hg = np.empty((T, g1.shape[0]), dtype=np.float32)
-    _down(g1, xg, 2, hg)
     round_rows(hg, rnd[7])
-    _up(g2, hg, w0, 2, g)
+    scale = np.float32(-DECAY_SCALE)
+    for c in prange(C):                         # up: one output channel of all four
+        for t in range(T):
+            w[t, c] = np.exp(scale * _sig(w0[c] + _dot(w2[c], hw[t])))
+            a[t, c] = _sig(a0[c] + _dot(a2[c], ha[t]))
+            if has_v:
+                vg[t, c] = _sig(v0[c] + _dot(v2[c], hv[t]))
+            g[t, c] = _dot(g2[c], hg[t])
 
 
-@njit(cache=True, fastmath=FLAGS)
-def tmix_prewkv(k, v, v_first, vg, a, k_k, k_a, n_head, eps, has_v, kneg, kb):
-    """In place on k and v: the value residual (v += (v_first - v) * vg), then
-    kk = L2-normalised (k * k_k) per head, k *= 1 + (a - 1) * k_a; writes the WKV's
-    a = -kk (kneg) and b = kk * a (kb)."""
-    T, C = k.shape
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def tmix_wkv(r, w, k, v, v_first, vg, a, k_k, k_a, r_k, ln_w, ln_b, n_head, l2_eps, gn_eps, has_v,
+             seg_start, seg_len, seg_slot, S, out):
+    """From the projections r, k, v (k and v updated in place) to the input of the output
+    projection, one parallel task per (sequence, head), the time loop inside: value residual
+    (v += (v_first - v) * vg), kk = L2-normalised (k * k_k), k *= 1 + (a - 1) * k_a, the WKV7 step
+    with a = -kk and b = kk * a on the slot's state S[slot, h], then
+    out = (GroupNorm(y) + sum(r * k * r_k) * v) * g  (g: the output gate, passed in ``out``)."""
+    T, C = r.shape
     N = C // n_head
-    for t in range(T):
-        if has_v:
-            for j in range(C):
-                v[t, j] = v[t, j] + (v_first[t, j] - v[t, j]) * vg[t, j]
-        for h in range(n_head):
-            o = h * N
-            s = np.float32(0.0)
-            for j in range(N):
-                q = k[t, o + j] * k_k[o + j]
-                s += q * q
-            nrm = max(np.sqrt(s), np.float32(eps))
+    y = np.empty((T, C), dtype=np.float32)
+    for job in prange(seg_start.shape[0] * n_head):
+        s = job // n_head
+        h = job % n_head
+        o = h * N
+        St = S[seg_slot[s], h]
+        sa = np.empty(N, dtype=np.float32)
+        kneg = np.empty(N, dtype=np.float32)
+        kb = np.empty(N, dtype=np.float32)
+        for t in range(seg_start[s], seg_start[s] + seg_len[s]):
+            if has_v:
+                for j in range(o, o + N):
+                    v[t, j] = v[t, j] + (v_first[t, j] - v[t, j]) * vg[t, j]
+            q2 = np.float32(0.0)
+            for j in range(o, o + N):
+                q = k[t, j] * k_k[j]
+                q2 += q * q
+            nrm = max(np.sqrt(q2), np.float32(l2_eps))
             for j in range(N):
                 kk = k[t, o + j] * k_k[o + j] / nrm
-                kneg[t, o + j] = -kk
-                kb[t, o + j] = kk * a[t, o + j]
-        for j in range(C):
-            k[t, j] = k[t, j] * (np.float32(1.0) + (a[t, j] - np.float32(1.0)) * k_a[j])
-
-
-@njit(cache=True, fastmath=FLAGS)
-def tmix_post(y, r, k, v, g, r_k, ln_w, ln_b, n_head, eps, out):
-    """out = (GroupNorm(y) + bonus) * g, bonus per head = sum(r * k * r_k) * v."""
-    T, C = y.shape
-    N = C // n_head
-    for t in range(T):
-        for h in range(n_head):
-            o = h * N
-            _normalize(y, t, o, N, ln_w, ln_b, eps, out)
+                kneg[j] = -kk
+                kb[j] = kk * a[t, o + j]
+            for j in range(o, o + N):
+                k[t, j] = k[t, j] * (np.float32(1.0) + (a[t, j] - np.float32(1.0)) * k_a[j])
+            wkv7_step(St, r[t, o:o + N], w[t, o:o + N], k[t, o:o + N], v[t, o:o + N], kneg, kb, sa,
+                      y[t, o:o + N])
             bonus = np.float32(0.0)
-            for j in range(N):
-                bonus += r[t, o + j] * k[t, o + j] * r_k[o + j]
-            for j in range(N):
-                out[t, o + j] = (out[t, o + j] + bonus * v[t, o + j]) * g[t, o + j]
+            for j in range(o, o + N):
+                bonus += r[t, j] * k[t, j] * r_k[j]
+            _normalize(y, t, o, N, ln_w, ln_b, gn_eps, y)        # in place
+            for j in range(o, o + N):
+                out[t, j] = (y[t, j] + bonus * v[t, j]) * out[t, j]
 
 
 @njit(cache=True)
-def cmix_pre(xf, prev, mix, out):
-    """out = xf + (prev - xf) * mix."""
-    T, C = xf.shape
+def cmix_in(x, att, ln_w, ln_b, ln_eps, seg_start, seg_len, seg_slot, cache_rows, mix, out):
+    """x += att (the time mix's output, in place), then the channel mix's input: layer norm,
+    token shift (``cache_rows[slot, C:]``, updated) and out = xf + (prev - xf) * mix."""
+    T, C = x.shape
+    xf = np.empty((T, C), dtype=np.float32)
+    for t in range(T):
+        for j in range(C):
+            x[t, j] += att[t, j]
+        _normalize(x, t, 0, C, ln_w, ln_b, ln_eps, xf)
+    prev = np.empty((T, C), dtype=np.float32)
+    token_shift(xf, seg_start, seg_len, seg_slot, cache_rows, C, prev)
     for t in range(T):
         for j in range(C):
             out[t, j] = xf[t, j] + (prev[t, j] - xf[t, j]) * mix[j]

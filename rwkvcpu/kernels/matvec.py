@@ -350,24 +350,38 @@ def _block_sums(x: np.ndarray, n: int) -> np.ndarray:
     return x.reshape(x.shape[0], -1, n).sum(-1, dtype=np.float32)
 
 
+def _bind_single(W):
+    """The kernel call for one or two rows of x on W, with W's views made once: f(x, out)."""
+    qtype = W.qtype
+    lut = dq.F16_LUT
+    if qtype == dq.F32:
+        w = W.raw
+        return lambda x, out: mv_f32(w, x, out)
+    if qtype in (dq.F16, dq.BF16):
+        w16 = W.raw.view(np.uint16)
+        bf = qtype == dq.BF16
+        return lambda x, out: mv_16bit(w16, x, out, bf)
+    rb = W.row_bytes
+    ri = rb.view(np.int8)
+    if qtype == dq.Q8_0:
+        return lambda x, out: mv_q8_0(rb, ri, x, out, lut)
+    if qtype == dq.Q4_0:
+        return lambda x, out: mv_q4_0(rb, x, _block_sums(x, 32), out, lut)
+    if qtype == dq.Q4_K:
+        return lambda x, out: mv_q4_k(rb, x, _block_sums(x, 32), out, lut)
+    if qtype == dq.Q6_K:
+        return lambda x, out: mv_q6_k(rb, ri, x, _block_sums(x, 16), out, lut)
+    return None
+
+
 def matvec(qtype: int, W, x: np.ndarray, out: np.ndarray) -> None:
     """``out = x @ W.T`` for a few rows of x, on W's raw encoding."""
-    lut = dq.F16_LUT
-    single = x.shape[0] < BATCH_T
-    if single and qtype == dq.F32:
-        mv_f32(W.raw, x, out)
-    elif single and qtype in (dq.F16, dq.BF16):
-        mv_16bit(W.raw.view(np.uint16), x, out, qtype == dq.BF16)
-    elif single and qtype == dq.Q8_0:
-        rb = W.row_bytes
-        mv_q8_0(rb, rb.view(np.int8), x, out, lut)
-    elif single and qtype == dq.Q4_0:
-        mv_q4_0(W.row_bytes, x, _block_sums(x, 32), out, lut)
-    elif single and qtype == dq.Q4_K:
-        mv_q4_k(W.row_bytes, x, _block_sums(x, 32), out, lut)
-    elif single and qtype == dq.Q6_K:
-        rb = W.row_bytes
-        mv_q6_k(rb, rb.view(np.int8), x, _block_sums(x, 16), out, lut)
-    else:                                   # batches, and every other block type
-        rb = W.row_bytes
-        mv_buffered(qtype, rb, rb.view(np.int8), x, out, dq.KVALUES_IQ4, lut)
+    if x.shape[0] < BATCH_T:
+        f = W.__dict__.get("_mv1", False)
+        if f is False:
+            f = W.__dict__["_mv1"] = _bind_single(W)
+        if f is not None:
+            f(x, out)
+            return
+    rb = W.row_bytes                        # batches, and every other block type
+    mv_buffered(qtype, rb, rb.view(np.int8), x, out, dq.KVALUES_IQ4, dq.F16_LUT)
