@@ -593,7 +593,7 @@ class CudaLayers:
         ss, sl, so = b["segs"][0, :nseg], b["segs"][1, :nseg], b["segs"][2, :nseg]
         eps = np.float32(hp.norm_eps)
         lr = (_grid_rows(4 * C, K.MV_WARPS),), (32, K.MV_WARPS)
-        shift = (_grid_rows(C, 128), nseg), 128
+        shift = (_grid_rows(C, 128), nseg, _grid_rows(T - nseg + 1, K.SHIFT_T)), 128   # longest possible segment
         for il, d in zip(self.layer_ids, self.layers):
             R, S = m.R[il], m.S[il]
             mixed = b["mixed"]
@@ -620,7 +620,11 @@ class CudaLayers:
                 go(K.lowrank2, *lr, d["lr2"], d["lr2_w"], d["lr2_in"], d["lr2_d"], d["lr2_act"], b["h1"], T, C, b["h2"])
             go(K.pre_wkv, (T, H), N, b["k"], b["v"], b["h2"], d["w0"], d["a0"], d["v0"], d["k_k"], d["k_a"],
                b["vfirst"], il == 0, N, np.float32(L2_EPS), b["w"], b["A"], b["B"])
-            go(K.wkv7, (nseg, H), N, b["r"], b["w"], b["k"], b["v"], b["A"], b["B"], ss, sl, so, S, b["y"])
+            if N == K.NMAX and not K.SIM:
+                go(K.wkv7_64, (nseg, H), K.NMAX * K.WKV_LANES, b["r"], b["w"], b["k"], b["v"], b["A"], b["B"],
+                   ss, sl, so, S, b["y"])
+            else:
+                go(K.wkv7, (nseg, H), N, b["r"], b["w"], b["k"], b["v"], b["A"], b["B"], ss, sl, so, S, b["y"])
             go(K.post_wkv, (T, H), N, b["y"], b["r"], b["k"], b["v"], b["h2"], d["ln_x_w"], d["ln_x_b"],
                d["r_k"], N, np.float32(GROUP_NORM_EPS), b["z"])
             self.matmul(d["output"], b["z"], T, x, epi=1)

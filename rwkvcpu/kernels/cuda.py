@@ -516,25 +516,36 @@ def layer_norm(x, w, b, eps, out):
         out[t, j] = (x[t, j] - mu) * inv * w[j] + b[j]
 
 
+SHIFT_T = 16     # tokens per thread in shift_mix
+
+
 @cuda.jit(cache=True)
 def shift_mix(x, seg_start, seg_len, seg_slot, R, off, mixes, out):
     """Token shift and lerps: out[m, t] = x[t] + (x[t-1] - x[t]) * mixes[m]; the first row of
     a sequence takes R[slot, off:off+C], which then becomes its last row.  One thread per
-    (sequence, channel): every state element has one owner."""
+    (channel, sequence, chunk of SHIFT_T tokens); only the thread of a sequence's first chunk
+    touches its state row (it reads it, then stores the sequence's last input row), so every
+    state element has one owner."""
     j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     s = cuda.blockIdx.y
+    lo = cuda.blockIdx.z * SHIFT_T
     C = x.shape[1]
-    if j >= C:
+    n = seg_len[s]
+    if j >= C or lo >= n:
         return
-    slot = seg_slot[s]
-    prev = R[slot, off + j]
-    for t in range(seg_start[s], seg_start[s] + seg_len[s]):
+    t0 = seg_start[s]
+    if lo == 0:
+        slot = seg_slot[s]
+        prev = R[slot, off + j]
+        R[slot, off + j] = x[t0 + n - 1, j]
+    else:
+        prev = x[t0 + lo - 1, j]
+    for t in range(t0 + lo, t0 + min(n, lo + SHIFT_T)):
         xv = x[t, j]
         d = prev - xv
         for m in range(mixes.shape[0]):
             out[m, t, j] = xv + d * mixes[m, j]
         prev = xv
-    R[slot, off + j] = prev
 
 
 @cuda.jit(cache=True)
@@ -604,6 +615,84 @@ def wkv7(r, w, k, v, a, b, seg_start, seg_len, seg_slot, S, y):
         cuda.syncthreads()
     for j in range(N):
         S[slot, h, i, j] = st[j]
+
+
+WKV_LANES = 4                # threads per state row in wkv7_64
+WKV_M = NMAX // WKV_LANES    # state columns per thread (registers)
+
+
+@cuda.jit(cache=True)
+def wkv7_64(r, w, k, v, a, b, seg_start, seg_len, seg_slot, S, y):
+    """wkv7 for head size 64, the fast path: one block of 256 threads per (sequence, head); the 4
+    threads of row i own its columns q, q+4, ..., q+60 (q = lane & 3) in registers (compile-time
+    sized, so the loops unroll) and combine their partial dot products by warp shuffles.  The
+    next token's a, b, w, k, r, v are loaded while the current one is computed (double-buffered
+    shared memory, one barrier per token).  Same update as cpu.wkv7; only summation order differs."""
+    s = cuda.blockIdx.x
+    h = cuda.blockIdx.y
+    tid = cuda.threadIdx.x
+    i = tid >> 2
+    q = tid & 3
+    g = tid >> 6             # which of a, b, w, k this thread loads (r: threads 0..63 as well)
+    e = tid & 63
+    slot = seg_slot[s]
+    o = h * NMAX
+    st = cuda.local.array(WKV_M, float32)
+    buf = cuda.shared.array((2, 5, NMAX), float32)
+    for m in range(WKV_M):
+        st[m] = S[slot, h, i, q + WKV_LANES * m]
+    t0 = seg_start[s]
+    t1 = t0 + seg_len[s]
+    n0 = float32(0.0)
+    n1 = float32(0.0)
+    nv = float32(0.0)
+    if t0 < t1:
+        if g == 0:
+            n0 = a[t0, o + e]
+            n1 = r[t0, o + e]
+        elif g == 1:
+            n0 = b[t0, o + e]
+        elif g == 2:
+            n0 = w[t0, o + e]
+        else:
+            n0 = k[t0, o + e]
+        nv = v[t0, o + i]
+    p = 0
+    for t in range(t0, t1):
+        buf[p, g, e] = n0
+        if g == 0:
+            buf[p, 4, e] = n1
+        vi = nv
+        cuda.syncthreads()
+        if t + 1 < t1:                       # prefetch the next token
+            if g == 0:
+                n0 = a[t + 1, o + e]
+                n1 = r[t + 1, o + e]
+            elif g == 1:
+                n0 = b[t + 1, o + e]
+            elif g == 2:
+                n0 = w[t + 1, o + e]
+            else:
+                n0 = k[t + 1, o + e]
+            nv = v[t + 1, o + i]
+        sa = float32(0.0)
+        for m in range(WKV_M):
+            sa += st[m] * buf[p, 0, q + WKV_LANES * m]
+        sa += cuda.shfl_xor_sync(0xFFFFFFFF, sa, 1)
+        sa += cuda.shfl_xor_sync(0xFFFFFFFF, sa, 2)
+        acc = float32(0.0)
+        for m in range(WKV_M):
+            j = q + WKV_LANES * m
+            sij = st[m] * buf[p, 2, j] + sa * buf[p, 1, j] + vi * buf[p, 3, j]
+            st[m] = sij
+            acc += sij * buf[p, 4, j]
+        acc += cuda.shfl_xor_sync(0xFFFFFFFF, acc, 1)
+        acc += cuda.shfl_xor_sync(0xFFFFFFFF, acc, 2)
+        if q == 0:
+            y[t, o + i] = acc
+        p = 1 - p
+    for m in range(WKV_M):
+        S[slot, h, i, q + WKV_LANES * m] = st[m]
 
 
 @cuda.jit(cache=True)
