@@ -451,7 +451,7 @@ class CudaLayers:
         gx, gy = _grid_rows(M.rows, K.GEMM_BN), _grid_rows(T, K.GEMM_BM)
         cols = M.cols
         step = 32 if self.tc else K.GEMM_BK
-        ks = min(_grid_rows(K.GEMM_FILL, gx * gy), max(1, cols // 256), K.GEMM_PART // (T * M.rows))
+        ks = max(1, min(K.GEMM_FILL // (gx * gy), cols // 256, K.GEMM_PART // (T * M.rows)))
         if ks > 1:
             kc = _grid_rows(_grid_rows(cols, ks), step) * step
             ks = _grid_rows(cols, kc)

@@ -34,6 +34,17 @@ __device__ __forceinline__ float tc_h2f(h16 h) {
     return v;
 }
 
+__device__ __forceinline__ unsigned tc_pack(h16 lo, h16 hi) {     // lo in the low 16 bits
+    return (unsigned)lo | ((unsigned)hi << 16);
+}
+
+__device__ __forceinline__ uint2 tc_u2(unsigned a, unsigned b) {
+    uint2 u;
+    u.x = a;
+    u.y = b;
+    return u;
+}
+
 __device__ __forceinline__ float tc_act(float v, int act) {
     if (act == 1) return tanhf(v);
     if (act == 2) return 1.0f / (1.0f + expf(-v));
@@ -51,15 +62,20 @@ __device__ __forceinline__ void tc_mma(float* d, const unsigned* a, const unsign
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-__device__ __forceinline__ unsigned tc_pair(const h16* s, int row, int k) {
-    return *reinterpret_cast<const unsigned*>(s + row * TC_LDS + k);
+// Four 8x8 matrices of halves from shared memory (each lane gives one 16-byte row address); lane l
+// receives, of each matrix, row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1: the mma fragment layout.
+__device__ __forceinline__ void tc_ldsm4(unsigned* r, const h16* p) {
+    unsigned a;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a) : "memory");
 }
 
 template <bool W_HALF>
 struct TcStage {                // one thread's share of a 64 x 32 X tile and W tile, held in registers
     float x[16];
     float w[16];
-    h16 w16[16];
+    uint2 w16[4];               // F16 weights: 4 halves per word pair, as loaded
 };
 
 template <bool W_HALF>
@@ -80,12 +96,12 @@ __device__ __forceinline__ void tc_fetch(TcStage<W_HALF>& st, const float* X, lo
         if (W_HALF) {
             const h16* W = static_cast<const h16*>(Wv);
             if (n0 + r < N && vec && k + 3 < kend) {
-                const uint2 v = *reinterpret_cast<const uint2*>(W + (long)(n0 + r) * ldw + k);
-                st.w16[4 * l] = (h16)(v.x & 0xFFFF); st.w16[4 * l + 1] = (h16)(v.x >> 16);
-                st.w16[4 * l + 2] = (h16)(v.y & 0xFFFF); st.w16[4 * l + 3] = (h16)(v.y >> 16);
+                st.w16[l] = *reinterpret_cast<const uint2*>(W + (long)(n0 + r) * ldw + k);
             } else {
+                h16 e[4];
                 for (int u = 0; u < 4; u++)
-                    st.w16[4 * l + u] = (n0 + r < N && k + u < kend) ? W[(long)(n0 + r) * ldw + k + u] : (h16)0;
+                    e[u] = (n0 + r < N && k + u < kend) ? W[(long)(n0 + r) * ldw + k + u] : (h16)0;
+                st.w16[l] = tc_u2(tc_pack(e[0], e[1]), tc_pack(e[2], e[3]));
             }
         } else {
             const float* W = static_cast<const float*>(Wv);
@@ -125,22 +141,28 @@ __device__ void tc_tile(const float* X, long ldx, const void* Wv, long ldw, floa
     TcStage<W_HALF> st;
     if (kbeg < kend) tc_fetch<W_HALF>(st, X, ldx, Wv, ldw, T, N, kend, m0, n0, kbeg, act, vec);
     for (int k0 = kbeg; k0 < kend; k0 += TC_BK) {
-        for (int l = 0; l < 4; l++) {
+        for (int l = 0; l < 4; l++) {         // 4 consecutive halves per 8-byte shared store
             const int f = tid + 128 * l, r = f >> 3, c = (f & 7) * 4;
+            const int s = r * TC_LDS + c;
+            h16 hx[4], lx[4];
             for (int u = 0; u < 4; u++) {
-                const int s = r * TC_LDS + c + u;
                 const float v = st.x[4 * l + u];
-                const h16 h = tc_f2h(v);
-                Ah[s] = h;
-                Al[s] = tc_f2h(v - tc_h2f(h));
-                if (W_HALF) {
-                    Bh[s] = st.w16[4 * l + u];
-                } else {
+                hx[u] = tc_f2h(v);
+                lx[u] = tc_f2h(v - tc_h2f(hx[u]));
+            }
+            *reinterpret_cast<uint2*>(Ah + s) = tc_u2(tc_pack(hx[0], hx[1]), tc_pack(hx[2], hx[3]));
+            *reinterpret_cast<uint2*>(Al + s) = tc_u2(tc_pack(lx[0], lx[1]), tc_pack(lx[2], lx[3]));
+            if (W_HALF) {
+                *reinterpret_cast<uint2*>(Bh + s) = st.w16[l];
+            } else {
+                h16 hw[4], lw[4];
+                for (int u = 0; u < 4; u++) {
                     const float w = st.w[4 * l + u];
-                    const h16 wh = tc_f2h(w);
-                    Bh[s] = wh;
-                    Bl[s] = tc_f2h(w - tc_h2f(wh));
+                    hw[u] = tc_f2h(w);
+                    lw[u] = tc_f2h(w - tc_h2f(hw[u]));
                 }
+                *reinterpret_cast<uint2*>(Bh + s) = tc_u2(tc_pack(hw[0], hw[1]), tc_pack(hw[2], hw[3]));
+                *reinterpret_cast<uint2*>(Bl + s) = tc_u2(tc_pack(lw[0], lw[1]), tc_pack(lw[2], lw[3]));
             }
         }
         __syncthreads();
@@ -148,24 +170,22 @@ __device__ void tc_tile(const float* X, long ldx, const void* Wv, long ldw, floa
             tc_fetch<W_HALF>(st, X, ldx, Wv, ldw, T, N, kend, m0, n0, k0 + TC_BK, act, vec);
         for (int kk = 0; kk < TC_BK; kk += 16) {
             unsigned ah[2][4], al[2][4], bh[4][2], bl[4][2];
+            // ldmatrix: lanes 0-15 address rows 0-15 at k, lanes 16-31 the same rows at k + 8
             for (int i = 0; i < 2; i++) {
-                const int r = wm + 16 * i + g;
-                ah[i][0] = tc_pair(Ah, r, kk + 2 * q);
-                ah[i][1] = tc_pair(Ah, r + 8, kk + 2 * q);
-                ah[i][2] = tc_pair(Ah, r, kk + 2 * q + 8);
-                ah[i][3] = tc_pair(Ah, r + 8, kk + 2 * q + 8);
-                al[i][0] = tc_pair(Al, r, kk + 2 * q);
-                al[i][1] = tc_pair(Al, r + 8, kk + 2 * q);
-                al[i][2] = tc_pair(Al, r, kk + 2 * q + 8);
-                al[i][3] = tc_pair(Al, r + 8, kk + 2 * q + 8);
+                const int o = (wm + 16 * i + (lane & 15)) * TC_LDS + kk + (lane >> 4) * 8;
+                tc_ldsm4(ah[i], Ah + o);
+                tc_ldsm4(al[i], Al + o);
             }
-            for (int j = 0; j < 4; j++) {
-                const int n = wn + 8 * j + g;
-                bh[j][0] = tc_pair(Bh, n, kk + 2 * q);
-                bh[j][1] = tc_pair(Bh, n, kk + 2 * q + 8);
+            // B, two n-groups of 8 per ldmatrix: lanes 0-7 / 8-15 rows n..n+7 at k / k + 8,
+            // lanes 16-23 / 24-31 rows n+8..n+15 at k / k + 8
+            for (int j = 0; j < 4; j += 2) {
+                const int o = (wn + 8 * j + (lane & 7) + ((lane >> 4) << 3)) * TC_LDS + kk + ((lane >> 3) & 1) * 8;
+                unsigned u[4];
+                tc_ldsm4(u, Bh + o);
+                bh[j][0] = u[0]; bh[j][1] = u[1]; bh[j + 1][0] = u[2]; bh[j + 1][1] = u[3];
                 if (!W_HALF) {
-                    bl[j][0] = tc_pair(Bl, n, kk + 2 * q);
-                    bl[j][1] = tc_pair(Bl, n, kk + 2 * q + 8);
+                    tc_ldsm4(u, Bl + o);
+                    bl[j][0] = u[0]; bl[j][1] = u[1]; bl[j + 1][0] = u[2]; bl[j + 1][1] = u[3];
                 }
             }
             for (int i = 0; i < 2; i++)
