@@ -120,7 +120,7 @@ def _check(qtype, raw, x, out):
 
 
 @pytest.mark.parametrize("qtype", I.TYPES, ids=lambda q: dq.TYPE_NAMES[q])
-@pytest.mark.parametrize("T", [1, 3])
+@pytest.mark.parametrize("T", [1, 3, 7])          # 7: the 4- and 2-row batch blocks plus remainders
 def test_kernels_against_numpy_reference_on_random_weights(qtype, T):
     rng = np.random.default_rng(qtype)
     raw = _random_weight(qtype, 37, 512, rng)          # 37 rows: a ragged last task
@@ -129,6 +129,23 @@ def test_kernels_against_numpy_reference_on_random_weights(qtype, T):
     out = np.full((T, 37), np.nan, np.float32)
     assert I.matvec_q8(_W(qtype, raw), x, out)
     _check(qtype, raw, x, out)
+
+
+@pytest.mark.parametrize("qtype", I.TYPES, ids=lambda q: dq.TYPE_NAMES[q])
+def test_batched_rows_equal_rows_computed_alone(qtype):
+    """A batch decodes each weight block once for several activation rows (4 for Q8_0/Q4_0, 2 for
+    the K-quants); every row's own arithmetic is unchanged, so each output row is bit-identical to
+    that row multiplied alone -- one sequence's numbers never depend on its batch neighbours."""
+    rng = np.random.default_rng(11)
+    raw = _random_weight(qtype, 21, 512, rng)
+    x = rng.standard_normal((9, 512)).astype(np.float32)
+    x[4] *= 30                                           # a neighbour with a very different scale
+    out = np.empty((9, 21), np.float32)
+    assert I.matvec_q8(_W(qtype, raw), x, out)
+    for t in range(9):
+        one = np.empty((1, 21), np.float32)
+        I.matvec_q8(_W(qtype, raw), x[t:t + 1].copy(), one)
+        assert np.array_equal(one[0], out[t]), t
 
 
 @pytest.mark.parametrize("qtype", [dq.Q4_0, dq.Q6_K], ids=lambda q: dq.TYPE_NAMES[q])
