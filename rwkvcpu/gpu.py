@@ -149,11 +149,18 @@ class DevMatrix:
                 self.words, self.wkind = self.arr.view(np.uint16), 8
         except (TypeError, ValueError):       # an older numba without size-changing views
             self.words, self.wkind = None, -1
+        # and, where a row is whole 64-bit words and x fits in shared memory, as uint64 (mv1_w64)
+        self.words64 = None
+        if self.wkind in (0, 1, 2) and self.cols <= CK.MV1_XMAX and self.nbytes % (8 * self.rows) == 0:
+            try:
+                self.words64 = self.arr.view(np.uint64)
+            except (TypeError, ValueError):
+                self.words64 = None
 
 
 class _Dense:
     """A float32 device matrix (a view of a stacked weight) that ``CudaLayers.matmul`` takes at T > MV_T."""
-    kind, qt, half16, words, wkind = "f", dq.F32, None, None, -1
+    kind, qt, half16, words, wkind, words64 = "f", dq.F32, None, None, -1, None
 
     def __init__(self, arr):
         self.arr = arr
@@ -433,6 +440,9 @@ class CudaLayers:
             grid, block = (_grid_rows(M.rows, K.MV_WARPS),), (32, K.MV_WARPS)
             if T == 1 and M.wkind == 8:
                 self._go(K.mv1_q8, grid, block, M.words, x, out, act, epi)
+            elif T == 1 and M.words64 is not None:
+                self._go(K.mv1_w64, (_grid_rows(M.rows, K.MV1_WARPS),), (32, K.MV1_WARPS), M.words64, x, out,
+                         act, epi, M.wkind)
             elif T == 1 and M.wkind >= 0:
                 self._go(K.mv1_f, grid, block, M.words, x, out, act, epi, M.wkind)
             elif M.kind == "q":

@@ -246,6 +246,39 @@ def test_split_k_gemm_equals_numpy():
 
 
 @needs_gpu
+@pytest.mark.parametrize("wtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("cols", [1000, 8192])               # 1000: a ragged tail of 64-bit words
+def test_decode_matvec_on_64bit_words_matches_numpy(wtype, cols):
+    """mv1_w64 (the T = 1 matvec on float weights read 8 bytes at a time, x in shared memory)
+    against float64 NumPy, with each input transform (act) and output epilogue (epi)."""
+    from numba import cuda
+    from rwkvcpu.kernels import cuda as CK
+    rng = np.random.default_rng(cols)
+    rows = 37
+    W = rng.standard_normal((rows, cols)).astype(np.float32)
+    if wtype == "f16":
+        Wh = W.astype(np.float16)
+        W, words, kind = Wh.astype(np.float32), Wh.view(np.uint64), 1
+    elif wtype == "bf16":
+        b = (W.view(np.uint32) >> 16).astype(np.uint16)
+        W, words, kind = (b.astype(np.uint32) << 16).view(np.float32), b.view(np.uint64), 2
+    else:
+        words, kind = W.view(np.uint64), 0
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    base = rng.standard_normal((1, rows)).astype(np.float32)
+    dW, dx = cuda.to_device(words), cuda.to_device(x)
+    for act, f in ((0, lambda v: v), (1, np.tanh), (2, lambda v: 1 / (1 + np.exp(-v)))):
+        ref = f(x.astype(np.float64)) @ W.T.astype(np.float64)
+        bound = np.abs(f(x.astype(np.float64))) @ np.abs(W.T.astype(np.float64))
+        for epi, want in ((0, ref), (1, base + ref), (2, np.maximum(ref, 0) ** 2)):
+            out = cuda.to_device(base.copy())
+            CK.mv1_w64[(rows + CK.MV1_WARPS - 1) // CK.MV1_WARPS, (32, CK.MV1_WARPS)](dW, dx, out, act, epi, kind)
+            got = out.copy_to_host()
+            tol = 1e-5 * bound.max() * (2 * np.abs(ref).max() if epi == 2 else 1)
+            assert np.abs(got - want).max() <= tol, (act, epi)
+
+
+@needs_gpu
 def test_wkv7_fast_kernel_matches_numpy_reference():
     """wkv7_64 (4 threads per state row, shuffles, prefetch) against the NumPy recurrence, on
     three sequences of 1, 7 and 300 tokens in slots 2, 0, 3 of a 4-slot cache; slot 1 untouched."""

