@@ -519,11 +519,23 @@ def lowrank1(W, src, mixed, T, out):
     if n >= W.shape[0]:
         return
     m = src[n]
+    K = W.shape[1]
     for t in range(T):
-        s = float32(0.0)
-        for k in range(lane, W.shape[1], 32):
-            s += W[n, k] * mixed[m, t, k]
-        s = _warp_sum(s)
+        s0 = float32(0.0)                  # 4 loads per lane in flight
+        s1 = float32(0.0)
+        s2 = float32(0.0)
+        s3 = float32(0.0)
+        k = lane
+        while k + 96 < K:
+            s0 += W[n, k] * mixed[m, t, k]
+            s1 += W[n, k + 32] * mixed[m, t, k + 32]
+            s2 += W[n, k + 64] * mixed[m, t, k + 64]
+            s3 += W[n, k + 96] * mixed[m, t, k + 96]
+            k += 128
+        while k < K:
+            s0 += W[n, k] * mixed[m, t, k]
+            k += 32
+        s = _warp_sum((s0 + s1) + (s2 + s3))
         if lane == 0:
             out[t, n] = s
     return
