@@ -28,6 +28,8 @@ from rwkvcpu.state import State, StateCache
 NUMERICS = ("exact", "llama")
 _TYPE_IDS = {v: k for k, v in dq.TYPE_NAMES.items()}
 FUSED_T = 16             # up to this many rows per layer call: the fused decode kernels (kernels/fused.py)
+PREFILL_FUSED = True     # longer prompts: BLAS projections and low-rank products, then fused.tmix_wkv and
+                         # fused.cmix_in (fewer T x C temporaries); False: the all-NumPy reference body
 PREFILL_CHUNK = 512      # tokens per forward call on long prompts (bounds activation memory)
 
 
@@ -295,14 +297,16 @@ class Model:
             if rec:
                 rec(p + "receptance.weight", r), rec(p + "w1.weight", w1), rec(p + "w2.weight", w2)
                 rec(p + "key.weight", k), rec(p + "value.weight", v)
+            v2 = None
             if il == 0:
                 v_first = v
             else:
                 v1 = self._lr(xv, L.v1, il, "v1")
                 v2 = self._lr(v1, L.v2, il, "v2")
-                v = v + (v_first - v) * _sigmoid(L.v0 + v2)
                 if rec:
                     rec(p + "v1.weight", v1), rec(p + "v2.weight", v2)
+                if not (PREFILL_FUSED and not rec):
+                    v = v + (v_first - v) * _sigmoid(L.v0 + v2)
             a1 = self._lr(xaa, L.a1, il, "a1")
             a2 = self._lr(a1, L.a2, il, "a2")
             a = _sigmoid(L.a0 + a2)
@@ -311,6 +315,13 @@ class Model:
             if rec:
                 rec(p + "a1.weight", a1), rec(p + "a2.weight", a2)
                 rec(p + "g1.weight", g1), rec(p + "g2.weight", g)
+            if PREFILL_FUSED and not rec:
+                mixed = xr = xw = xk = xv = xaa = xg = xa = prev = w1 = w2 = a1 = a2 = g1 = None   # free
+                x, v_first = self._prefill_tail(il, x, v, v_first, r, w, k, a, g, v2, il == last, seg_start, seg_len,
+                                                seg_slot, cr, cs, out_rows)
+                if x is None:
+                    break
+                continue
             kk = np.empty_like(k)
             K.l2_normalize_heads(k * L.k_k, H, L2_EPS, kk)
             k = k * (np.float32(1.0) + (a - np.float32(1.0)) * L.k_a)
@@ -357,6 +368,30 @@ class Model:
                 rec(f"MUL_MAT:blk.{il}.channel_mix_value.weight", ffn)
             if rec:
                 rec(f"l_out-{il}", x)
+        return x, v_first
+
+    def _prefill_tail(self, il, x, v, v_first, r, w, k, a, g, v2, last, seg_start, seg_len, seg_slot, cr, cs,
+                      out_rows):
+        """The rest of a prefill layer after its projections and low-rank products: value residual,
+        key prep, WKV, group norm, bonus and gate in one kernel per (sequence, head)
+        (``fused.tmix_wkv``), the output projection, then the channel mix."""
+        hp, L = self.hparams, self.weights.layers[il]
+        f32 = np.float32
+        has_v = v2 is not None
+        vg = _sigmoid(L.v0 + v2) if has_v else np.empty((1, 1), dtype=f32)
+        F.tmix_wkv(r, w, k, v, v_first, vg, a, L.k_k, L.k_a, L.r_k, L.ln_x_w, L.ln_x_b, hp.n_head, f32(L2_EPS),
+                   f32(GROUP_NORM_EPS), has_v, seg_start, seg_len, seg_slot, cs[il], g)   # g: in, out
+        kf = np.empty_like(x)
+        F.cmix_in(x, self._mm(g, L.output), L.ln2_w, L.ln2_b, f32(hp.norm_eps), seg_start, seg_len, seg_slot,
+                  cr[il], L.ffn_x_k, kf)
+        if last:
+            if len(out_rows) == 0:
+                return None, v_first
+            x, kf = x[out_rows], kf[out_rows]
+        hidden = self._mm(kf, L.ffn_key)
+        del kf
+        F.relu_sq(hidden)
+        F.add_into(x, self._mm(hidden, L.ffn_value))
         return x, v_first
 
     def _fused_layer(self, il, x, v_first, last, seg_start, seg_len, seg_slot, cr, cs, out_rows):

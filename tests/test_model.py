@@ -155,6 +155,37 @@ def test_long_prompt_is_chunked_but_identical(f32_model, monkeypatch):
     assert s1.max_abs_diff(s2)["wkv"] <= 1e-5 * max(1.0, np.abs(s1.wkv()).max())
 
 
+@pytest.mark.parametrize("name", ["tiny-rwkv7.pth", "tiny-rwkv7-q8_0.gguf", "tiny-rwkv7-q4_k_m.gguf"])
+def test_fused_prefill_tail_matches_numpy_body(name, monkeypatch):
+    """Prompts longer than FUSED_T run the projections and low-rank products through BLAS, then
+    fused.tmix_wkv / fused.cmix_in; the all-NumPy layer body (PREFILL_FUSED = False) is their
+    reference.  A 40-token prompt and a 2-sequence batch of 30 + 25 tokens (all logits, states)."""
+    import rwkvcpu.model as M
+    fx = require_fixtures()
+    m = fixture_model(name)
+    toks = np.load(fx / "ref-rwkvpip-tiny-rwkv7.npz")["seqlong_tokens"][:55]
+
+    def run():
+        st = m.new_state()
+        one = m.forward(toks[:40], st, all_logits=True)[0]
+        last = m.forward(toks[:40], m.new_state())[0]           # only the last row leaves the last layer
+        assert np.abs(last - one[-1]).max() <= 1e-5 * np.abs(one[-1]).max()   # (1-row vs 40-row products)
+        cache = m.new_cache(3)
+        two = m.forward_batch([toks[:30], toks[30:55]], cache, [2, 0], all_logits=True)
+        return one, st, np.concatenate(two), cache
+    fused = run()
+    monkeypatch.setattr(M, "PREFILL_FUSED", False)
+    plain = run()
+    scale = np.abs(plain[0]).max()
+    # the same float32 arithmetic; summation order differs only in the fused kernels' reductions
+    assert np.abs(fused[0] - plain[0]).max() <= 1e-5 * scale
+    assert np.abs(fused[2] - plain[2]).max() <= 1e-5 * scale
+    assert fused[1].max_abs_diff(plain[1])["wkv"] <= 1e-5 * max(1.0, np.abs(plain[1].wkv()).max())
+    assert np.abs(fused[3].s - plain[3].s).max() <= 1e-5 * max(1.0, np.abs(plain[3].s).max())
+    assert np.abs(fused[3].r - plain[3].r).max() <= 1e-5 * max(1.0, np.abs(plain[3].r).max())
+    assert not fused[3].s[:, 1].any() and not fused[3].r[:, 1].any()     # slot 1 untouched (s, r: [layer, slot, ...])
+
+
 @pytest.mark.parametrize("name", ["tiny-rwkv7.pth", "tiny-rwkv7-f16.gguf", "tiny-rwkv7-q8_0.gguf",
                                   "tiny-rwkv7-q4_k_m.gguf", "tiny-rwkv7-q6_k.gguf"])
 def test_fused_decode_path_matches_unfused(name, monkeypatch):
@@ -173,6 +204,7 @@ def test_fused_decode_path_matches_unfused(name, monkeypatch):
         return per_tok, st, np.concatenate(batch), cache
     fused = run()
     monkeypatch.setattr(M, "FUSED_T", 0)
+    monkeypatch.setattr(M, "PREFILL_FUSED", False)
     plain = run()
     scale = np.abs(plain[0]).max()
     # the same float32 arithmetic in another summation order (vector lanes vs BLAS)
