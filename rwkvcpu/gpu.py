@@ -604,11 +604,16 @@ class CudaLayers:
         eps = np.float32(hp.norm_eps)
         lr = (_grid_rows(4 * C, K.MV_WARPS),), (32, K.MV_WARPS)
         shift = (_grid_rows(C, 128), nseg, _grid_rows(T - nseg + 1, K.SHIFT_T)), 128   # longest possible segment
+        one_each = T == nseg            # every sequence one token (decode): norm + shift in one launch
+        lnshift = (_grid_rows(C, K.NORM_THREADS), nseg), K.NORM_THREADS
         for il, d in zip(self.layer_ids, self.layers):
             R, S = m.R[il], m.S[il]
             mixed = b["mixed"]
-            go(K.layer_norm, T, K.NORM_THREADS, x, d["ln1_w"], d["ln1_b"], eps, b["xa"])
-            go(K.shift_mix, *shift, b["xa"], ss, sl, so, R, 0, d["mix6"], mixed)
+            if one_each:
+                go(K.ln_shift_mix, *lnshift, x, d["ln1_w"], d["ln1_b"], eps, ss, so, R, 0, d["mix6"], mixed)
+            else:
+                go(K.layer_norm, T, K.NORM_THREADS, x, d["ln1_w"], d["ln1_b"], eps, b["xa"])
+                go(K.shift_mix, *shift, b["xa"], ss, sl, so, R, 0, d["mix6"], mixed)
             self.matmul(d["receptance"], mixed[0], T, b["r"])
             self.matmul(d["key"], mixed[2], T, b["k"])
             self.matmul(d["value"], mixed[3], T, b["v"])
@@ -638,8 +643,11 @@ class CudaLayers:
             go(K.post_wkv, (T, H), N, b["y"], b["r"], b["k"], b["v"], b["h2"], d["ln_x_w"], d["ln_x_b"],
                d["r_k"], N, np.float32(GROUP_NORM_EPS), b["z"])
             self.matmul(d["output"], b["z"], T, x, epi=1)
-            go(K.layer_norm, T, K.NORM_THREADS, x, d["ln2_w"], d["ln2_b"], eps, b["xa"])
-            go(K.shift_mix, *shift, b["xa"], ss, sl, so, R, C, d["mix1"], b["xf"])
+            if one_each:
+                go(K.ln_shift_mix, *lnshift, x, d["ln2_w"], d["ln2_b"], eps, ss, so, R, C, d["mix1"], b["xf"])
+            else:
+                go(K.layer_norm, T, K.NORM_THREADS, x, d["ln2_w"], d["ln2_b"], eps, b["xa"])
+                go(K.shift_mix, *shift, b["xa"], ss, sl, so, R, C, d["mix1"], b["xf"])
             self.matmul(d["ffn_key"], b["xf"][0], T, b["hid"], epi=2)
             self.matmul(d["ffn_value"], b["hid"], T, x, epi=1)
         if self.with_head and R_:

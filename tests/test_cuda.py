@@ -279,6 +279,32 @@ def test_decode_matvec_on_64bit_words_matches_numpy(wtype, cols):
 
 
 @needs_gpu
+def test_fused_norm_and_shift_equals_the_two_kernels():
+    """ln_shift_mix (decode steps) gives the same bits as layer_norm followed by shift_mix, for
+    three one-token sequences in slots 2, 0, 3; the state rows of slot 1 stay untouched."""
+    from numba import cuda
+    from rwkvcpu.kernels import cuda as CK
+    rng = np.random.default_rng(9)
+    T, C = 3, 800
+    x = rng.standard_normal((T, C)).astype(np.float32) * 3 + 1
+    w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    mixes = rng.uniform(0, 1, (6, C)).astype(np.float32)
+    R0 = rng.standard_normal((4, 2 * C)).astype(np.float32)
+    seg = [cuda.to_device(np.asarray(z, dtype=np.int64)) for z in ([0, 1, 2], [1, 1, 1], [2, 0, 3])]
+    eps = np.float32(1e-5)
+    dx = cuda.to_device(x)
+    R1, o1, xa = cuda.to_device(R0), cuda.device_array((6, T, C), np.float32), cuda.device_array((T, C), np.float32)
+    CK.layer_norm[T, CK.NORM_THREADS](dx, cuda.to_device(w), cuda.to_device(b), eps, xa)
+    CK.shift_mix[((C + 127) // 128, T, 1), 128](xa, *seg, R1, C, cuda.to_device(mixes), o1)
+    R2, o2 = cuda.to_device(R0), cuda.device_array((6, T, C), np.float32)
+    CK.ln_shift_mix[((C + CK.NORM_THREADS - 1) // CK.NORM_THREADS, T), CK.NORM_THREADS](
+        dx, cuda.to_device(w), cuda.to_device(b), eps, seg[0], seg[2], R2, C, cuda.to_device(mixes), o2)
+    assert np.array_equal(o1.copy_to_host(), o2.copy_to_host())
+    assert np.array_equal(R1.copy_to_host(), R2.copy_to_host())
+    assert np.array_equal(R2.copy_to_host()[1], R0[1])
+
+
+@needs_gpu
 def test_wkv7_fast_kernel_matches_numpy_reference():
     """wkv7_64 (4 threads per state row, shuffles, prefetch) against the NumPy recurrence, on
     three sequences of 1, 7 and 300 tokens in slots 2, 0, 3 of a 4-slot cache; slot 1 untouched."""

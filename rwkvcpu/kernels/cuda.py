@@ -588,6 +588,37 @@ def layer_norm(x, w, b, eps, out):
         out[t, j] = (x[t, j] - mu) * inv * w[j] + b[j]
 
 
+@cuda.jit(cache=True)
+def ln_shift_mix(x, w, b, eps, seg_start, seg_slot, R, off, mixes, out):
+    """layer_norm then shift_mix in one launch, for steps whose sequences have one token each
+    (decode, batched decode).  Block (c, s): sequence s's row statistics (the same 256-thread
+    sums as layer_norm, so the same bits), then channels c*256.. of the normed row, its token
+    shift against R[slot, off:off+C] (which it then replaces) and the lerps."""
+    s = cuda.blockIdx.y
+    t = seg_start[s]
+    red = cuda.shared.array(32, float32)
+    C = x.shape[1]
+    acc = float32(0.0)
+    for j in range(cuda.threadIdx.x, C, cuda.blockDim.x):
+        acc += x[t, j]
+    mu = _block_sum(acc, red) / float32(C)
+    acc = float32(0.0)
+    for j in range(cuda.threadIdx.x, C, cuda.blockDim.x):
+        d = x[t, j] - mu
+        acc += d * d
+    var = _block_sum(acc, red) / float32(C)
+    inv = float32(1.0) / math.sqrt(var + eps)
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    if j >= C:
+        return
+    xv = (x[t, j] - mu) * inv * w[j] + b[j]
+    slot = seg_slot[s]
+    d = R[slot, off + j] - xv
+    R[slot, off + j] = xv
+    for m in range(mixes.shape[0]):
+        out[m, t, j] = xv + d * mixes[m, j]
+
+
 SHIFT_T = 16     # tokens per thread in shift_mix
 
 
