@@ -568,11 +568,9 @@ def lowrank2(Wflat, seg_w, seg_in, seg_d, seg_act, h1, T, C, out):
 
 # --- norms, shifts, the time-mix elementwise work -------------------------------------
 
-@cuda.jit(cache=True)
-def layer_norm(x, w, b, eps, out):
-    """One block per row."""
-    t = cuda.blockIdx.x
-    red = cuda.shared.array(32, float32)
+@cuda.jit(device=True)
+def _row_stats(x, t, eps, red):
+    """(mean, 1 / sqrt(var + eps)) of row t of x, summed by the block's threads (two passes)."""
     C = x.shape[1]
     s = float32(0.0)
     for j in range(cuda.threadIdx.x, C, cuda.blockDim.x):
@@ -583,8 +581,16 @@ def layer_norm(x, w, b, eps, out):
         d = x[t, j] - mu
         s += d * d
     var = _block_sum(s, red) / float32(C)
-    inv = float32(1.0) / math.sqrt(var + eps)
-    for j in range(cuda.threadIdx.x, C, cuda.blockDim.x):
+    return mu, float32(1.0) / math.sqrt(var + eps)
+
+
+@cuda.jit(cache=True)
+def layer_norm(x, w, b, eps, out):
+    """One block per row."""
+    t = cuda.blockIdx.x
+    red = cuda.shared.array(32, float32)
+    mu, inv = _row_stats(x, t, eps, red)
+    for j in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
         out[t, j] = (x[t, j] - mu) * inv * w[j] + b[j]
 
 
@@ -598,16 +604,7 @@ def ln_shift_mix(x, w, b, eps, seg_start, seg_slot, R, off, mixes, out):
     t = seg_start[s]
     red = cuda.shared.array(32, float32)
     C = x.shape[1]
-    acc = float32(0.0)
-    for j in range(cuda.threadIdx.x, C, cuda.blockDim.x):
-        acc += x[t, j]
-    mu = _block_sum(acc, red) / float32(C)
-    acc = float32(0.0)
-    for j in range(cuda.threadIdx.x, C, cuda.blockDim.x):
-        d = x[t, j] - mu
-        acc += d * d
-    var = _block_sum(acc, red) / float32(C)
-    inv = float32(1.0) / math.sqrt(var + eps)
+    mu, inv = _row_stats(x, t, eps, red)
     j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     if j >= C:
         return
