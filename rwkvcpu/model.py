@@ -396,7 +396,7 @@ class Model:
 
     def _fused_layer(self, il, x, v_first, last, seg_start, seg_len, seg_slot, cr, cs, out_rows):
         """One layer at small T with the fused kernels (rwkvcpu/kernels/fused.py): the same
-        arithmetic as the unfused body of ``_cpu_layers``, in ~12 calls instead of ~60."""
+        arithmetic as the unfused body of ``_cpu_layers``, in 11 calls instead of ~60."""
         hp, L = self.hparams, self.weights.layers[il]
         H, N, C = hp.n_head, hp.head_size, hp.n_embd
         T = x.shape[0]

@@ -1,14 +1,16 @@
-"""Fused small-T (decode) kernels: the element-wise and low-rank parts of a layer in one call each.
+"""Fused layer kernels: everything of a layer except its six projections, in three calls.
 
-At decode a layer's projections take a few hundred microseconds; the ~40 NumPy operations and 8
-low-rank BLAS products around them cost about as much again in call overhead (0.1B: ~8 ms of a
-~21 ms token).  These kernels do the same arithmetic as the unfused path in ``Model._cpu_layers``
-(which stays in use for prefill and for recording intermediates), in float32, with decay and state
-float32 as everywhere else.  In ``numerics="llama"`` the low-rank inputs are rounded in the kernel
-as llama.cpp rounds them (``actquant.round_rows``; tests/test_numerics.py checks that decode path
-against llama.cpp's logits).  The unfused path is their NumPy
-reference: ``tests/test_model.py::test_fused_decode_path_matches_unfused`` runs both on every
-fixture model and compares logits and states.
+A decode layer is ``tmix_in`` (layer norm, token shift, the six lerps, all eight low-rank
+products), the r/k/v projections, ``tmix_wkv`` (value residual, key prep, WKV, group norm, bonus,
+gate: one task per (sequence, head)), the output projection, ``cmix_in`` (residual, norm, shift,
+lerp) and the channel mix's two projections: 11 calls and 9 parallel regions, where the NumPy body
+takes ~60 operations.  Prefill uses ``tmix_wkv`` and ``cmix_in`` after its BLAS projections and
+low-rank products.  Same float32 arithmetic as the all-NumPy layer body in ``Model._cpu_layers``
+(used for recording intermediates, and as the reference: ``model.FUSED_T = 0`` and
+``model.PREFILL_FUSED = False``; tests/test_model.py compares logits and states on the fixture
+models); decay and state float32 as everywhere else.  In ``numerics="llama"`` the low-rank inputs
+are rounded in the kernel as llama.cpp rounds them (``actquant.round_rows``; tests/test_numerics.py
+checks that decode path against llama.cpp's logits).
 
 Shapes: x rows [T, C]; low-rank matrices as the checkpoint holds them (``w1`` [D, C], ``w2`` [C, D]).
 """
