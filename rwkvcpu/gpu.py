@@ -481,6 +481,51 @@ class CudaLayers:
         else:
             self._go(K.gemm, (gx, gy, 1), 256, x, Wf, T, out, act, epi, self._nopart, cols)
 
+    def _lowrank_grouped(self, d, b, T, views, view) -> None:
+        """A layer's low-rank products at T > MV_T in two tensor-core launches (plus one split-K
+        reduction) instead of up to eight GEMMs and their reductions: the first stage of w/a/v/g
+        (inputs: four lerped rows, outputs: columns of h1), then the second (inputs: those
+        columns, outputs: the four C-wide parts of h2).  At batch 64 each small GEMM cost ~18 us
+        of mostly fixed latency."""
+        K, C = self.K, self.hp.n_embd
+        h1 = b["h1"]
+        D = h1.shape[1]
+        downs = d["lr1_gemm"]
+        gx = max(_grid_rows(n, K.GEMM_BN) for _, _, n, _ in downs)
+        gy = _grid_rows(T, K.GEMM_BM)
+        blocks = sum(_grid_rows(n, K.GEMM_BN) for _, _, n, _ in downs) * gy
+        ks = max(1, min(K.GEMM_FILL // blocks, C // 256, K.GEMM_PART // (T * D)))
+        kc = C
+        if ks > 1:
+            kc = _grid_rows(_grid_rows(C, ks), 32) * 32
+            ks = _grid_rows(C, kc)
+        if ks > 1:
+            part = self._part_view(ks, T, D)
+            outs = []
+            for _, o, n, _ in downs:
+                key = ("part", ks, T, o, n)
+                if key not in views:
+                    views[key] = part[:, :, o:o + n]
+                outs.append(views[key])
+        else:
+            outs = [view("h1", 0, o, n) for _, o, n, _ in downs]
+        xs = [view("mixed", src) for src, _, _, _ in downs]
+        ws = [M1.arr for _, _, _, M1 in downs]
+        pad = 4 - len(downs)
+        self._go(K.tc_gemm32_g, (gx, gy, len(downs) * ks), 128, *(xs + xs[:1] * pad), *(ws + ws[:1] * pad),
+                 *(outs + outs[:1] * pad), ks, kc, 0, 0, 0, 0, D, T, 0)
+        if ks > 1:
+            self._go(K.gemm_reduce, _grid_rows(T * D, 256), 256, part, T, h1, 0)
+        ups = d["lr2_gemm"]
+        xs = [view("h1", 0, o, n) for _, o, n, _, _ in ups]
+        ws = [M2.arr for _, _, _, _, M2 in ups]
+        outs = [view("h2", 0, si * C, C) for si, _, _, _, _ in ups]
+        acts = [act for _, _, _, act, _ in ups]
+        pad = 4 - len(ups)
+        self._go(K.tc_gemm32_g, (_grid_rows(C, K.GEMM_BN), gy, len(ups)), 128, *(xs + xs[:1] * pad),
+                 *(ws + ws[:1] * pad), *(outs + outs[:1] * pad), 1, 0, *(acts + acts[:1] * pad),
+                 b["h2"].shape[1], T, 0)
+
     def _part_view(self, ks, T, rows):
         key = (ks, T, rows)
         v = self._part_views.get(key)
@@ -625,10 +670,13 @@ class CudaLayers:
                     if key not in views:
                         views[key] = b[name][i] if name == "mixed" else b[name][:, o:o + n]
                     return views[key]
-                for src, o, n, M1 in d["lr1_gemm"]:
-                    self.matmul(M1, view("mixed", src), T, view("h1", 0, o, n))
-                for si, o, n, act, M2 in d["lr2_gemm"]:
-                    self.matmul(M2, view("h1", 0, o, n), T, view("h2", 0, si * C, C), act)
+                if self.tc:
+                    self._lowrank_grouped(d, b, T, views, view)
+                else:
+                    for src, o, n, M1 in d["lr1_gemm"]:
+                        self.matmul(M1, view("mixed", src), T, view("h1", 0, o, n))
+                    for si, o, n, act, M2 in d["lr2_gemm"]:
+                        self.matmul(M2, view("h1", 0, o, n), T, view("h2", 0, si * C, C), act)
             else:
                 go(K.lowrank1, (_grid_rows(d["d1"], K.MV_WARPS),), (32, K.MV_WARPS),
                    d["lr1"], d["lr1_src"], mixed, T, b["h1"])

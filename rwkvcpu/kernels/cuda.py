@@ -847,7 +847,8 @@ if not SIM:
         return _nt.CPointer(arr.dtype)(arr), cg
 
     _P32, _P16 = _nt.CPointer(_nt.float32), _nt.CPointer(_nt.uint16)
-    _tc_args = (_nt.int64, _nt.int64, _nt.int32, _nt.int32, _nt.int32, _nt.int32, _nt.int32, _nt.int32)
+    _tc_args = (_nt.int64, _nt.int64, _nt.int32, _nt.int32, _nt.int32, _nt.int32, _nt.int32, _nt.int32,
+                _nt.int32, _nt.int32, _nt.int32, _nt.int32)
     _tc_f32w = cuda.declare_device("tc_gemm_f32w", _nt.int32(_P32, _nt.int64, _P32, _nt.int64, _P32, *_tc_args[1:]))
     _tc_f16w = cuda.declare_device("tc_gemm_f16w", _nt.int32(_P32, _nt.int64, _P16, _nt.int64, _P32, *_tc_args[1:]))
 
@@ -856,10 +857,33 @@ if not SIM:
         """out (epi)= act(x) @ W.T, W float32 [N, K]; grid (ceil(N/64), ceil(T/64), S), 128 threads.
         S > 1: out is the split-K partials [S, T, N] (ldo = N, epi 0) for ``gemm_reduce``."""
         _tc_f32w(_dptr(x), x.strides[0] // 4, _dptr(W), W.strides[0] // 4, _dptr(out), ldo,
-                 T, N, x.shape[1], kc, act, epi)
+                 T, N, x.shape[1], kc, act, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
 
     @cuda.jit(link=[TC_CU])
     def tc_gemm16(x, W, out, ldo, T, N, kc, act, epi):
         """As ``tc_gemm32`` for IEEE-half weights given as their uint16 bits."""
         _tc_f16w(_dptr(x), x.strides[0] // 4, _dptr(W), W.strides[0] // 2, _dptr(out), ldo,
-                 T, N, x.shape[1], kc, act, epi)
+                 T, N, x.shape[1], kc, act, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
+
+    @cuda.jit(link=[TC_CU])
+    def tc_gemm32_g(x0, x1, x2, x3, W0, W1, W2, W3, o0, o1, o2, o3, ks, kc, a0, a1, a2, a3, ldo, T, epi):
+        """Up to four float32-weight GEMMs in one launch (the low-rank products of a layer):
+        o_g (epi)= act_g(x_g) @ W_g.T for g = blockIdx.z // ks; grid (ceil(max N_g / 64),
+        ceil(T/64), groups * ks).  ks > 1: each o_g is a view of the split-K partials [ks, T, ldo]
+        (column offset of group g), summed by one ``gemm_reduce`` over all groups."""
+        g = cuda.blockIdx.z // ks
+        if g == 0:
+            x, W, o, act = x0, W0, o0, a0
+        elif g == 1:
+            x, W, o, act = x1, W1, o1, a1
+        elif g == 2:
+            x, W, o, act = x2, W2, o2, a2
+        else:
+            x, W, o, act = x3, W3, o3, a3
+        N = W.shape[0]
+        if cuda.blockIdx.x * 64 >= N:           # a narrower group than the grid: nothing to do
+            return
+        K = x.shape[1]
+        _tc_f32w(_dptr(x), x.strides[0] // 4, _dptr(W), W.strides[0] // 4, _dptr(o), ldo,
+                 T, N, K, kc if ks > 1 else K, act, epi, cuda.blockIdx.x, cuda.blockIdx.y,
+                 cuda.blockIdx.z % ks, ks)

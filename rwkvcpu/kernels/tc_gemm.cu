@@ -118,7 +118,7 @@ __device__ __forceinline__ void tc_fetch(TcStage<W_HALF>& st, const float* X, lo
 
 template <bool W_HALF>
 __device__ void tc_tile(const float* X, long ldx, const void* Wv, long ldw, float* out, long ldo,
-                        int T, int N, int K, int kc, int act, int epi) {
+                        int T, int N, int K, int kc, int act, int epi, int bx, int by, int bz, int nz) {
     __shared__ __align__(16) h16 Ah[TC_BM * TC_LDS];
     __shared__ __align__(16) h16 Al[TC_BM * TC_LDS];
     __shared__ __align__(16) h16 Bh[TC_BN * TC_LDS];
@@ -126,10 +126,10 @@ __device__ void tc_tile(const float* X, long ldx, const void* Wv, long ldw, floa
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, q = lane & 3;
     const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
-    const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
-    // split K: block z sums k in [z kc, (z+1) kc) into its own slice of out (the caller's partials)
-    const int kbeg = blockIdx.z * kc, kend = min(K, kbeg + kc);
-    if (gridDim.z > 1) out += (long)blockIdx.z * T * ldo;
+    const int m0 = by * TC_BM, n0 = bx * TC_BN;
+    // split K: slice bz of nz sums k in [bz kc, (bz+1) kc) into its own slice of out (the caller's partials)
+    const int kbeg = bz * kc, kend = min(K, kbeg + kc);
+    if (nz > 1) out += (long)bz * T * ldo;
     const bool vec = (ldx % 4 == 0) && (ldw % 4 == 0) && ((((unsigned long)X) & 15) == 0)
                      && ((((unsigned long)Wv) & (W_HALF ? 7 : 15)) == 0);
 
@@ -212,18 +212,21 @@ __device__ void tc_tile(const float* X, long ldx, const void* Wv, long ldw, floa
             }
 }
 
-// kc: the K range of one grid z-slice (gridDim.z > 1: out is [gridDim.z, T, ldo] partial sums, epi 0).
+// (bx, by): the 64 x 64 output tile; kc: the K range of split-K slice bz of nz (nz > 1: out is
+// [nz, T, ldo] partial sums, epi 0).  The caller maps its grid onto these (grouped launches).
 extern "C" __device__ int tc_gemm_f32w(int* ret, const float* X, long ldx, const float* W, long ldw,
-                                       float* out, long ldo, int T, int N, int K, int kc, int act, int epi) {
-    tc_tile<false>(X, ldx, W, ldw, out, ldo, T, N, K, kc, act, epi);
+                                       float* out, long ldo, int T, int N, int K, int kc, int act, int epi,
+                                       int bx, int by, int bz, int nz) {
+    tc_tile<false>(X, ldx, W, ldw, out, ldo, T, N, K, kc, act, epi, bx, by, bz, nz);
     *ret = 0;
     return 0;
 }
 
 // W: IEEE halves (their bits), exact in one f16: two MMAs per product instead of three.
 extern "C" __device__ int tc_gemm_f16w(int* ret, const float* X, long ldx, const unsigned short* W, long ldw,
-                                       float* out, long ldo, int T, int N, int K, int kc, int act, int epi) {
-    tc_tile<true>(X, ldx, W, ldw, out, ldo, T, N, K, kc, act, epi);
+                                       float* out, long ldo, int T, int N, int K, int kc, int act, int epi,
+                                       int bx, int by, int bz, int nz) {
+    tc_tile<true>(X, ldx, W, ldw, out, ldo, T, N, K, kc, act, epi, bx, by, bz, nz);
     *ret = 0;
     return 0;
 }
