@@ -81,12 +81,16 @@ def open_model(model_arg, vocab=None, threads=None, device="cpu", numerics="exac
 
 
 def _compile_notice():
-    """Say so once when kernels are about to be compiled for the first time on this machine."""
+    """Say so once when kernels are about to be compiled for the first time on this machine (in
+    the cache directory Numba uses: the package's __pycache__, or NUMBA_CACHE_DIR's)."""
     from rwkvcpu.kernels import cpu
-    cache_dir = os.path.join(os.path.dirname(cpu.__file__), "__pycache__")
+    try:
+        cache_dir = cpu.layer_norm._cache._cache_path          # where Numba reads and writes this module's cache
+    except AttributeError:                                     # another Numba: the default location
+        cache_dir = os.path.join(os.path.dirname(cpu.__file__), "__pycache__")
     cached = os.path.isdir(cache_dir) and any(n.startswith("cpu.") and n.endswith(".nbi")
                                               for n in os.listdir(cache_dir))
-    if not cached and not os.environ.get("NUMBA_CACHE_DIR"):
+    if not cached:
         click.echo("rwkvcpu: compiling kernels for this machine (first run only, ~1 minute)...", err=True)
 
 

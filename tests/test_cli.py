@@ -98,3 +98,16 @@ def test_errors_are_one_line_exit_2_no_traceback(fx, tmp_path):
         r = entry(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr and expect in r.stderr, (args, r.stderr)
+
+
+def test_first_run_compile_notice_follows_numbas_cache_dir(tmp_path, monkeypatch, capsys):
+    """The one-line notice appears when the cache directory Numba uses for the kernels (the
+    package's __pycache__ or NUMBA_CACHE_DIR's) holds no index for them yet, and only then."""
+    from rwkvcpu import cli as C
+    from rwkvcpu.kernels import cpu
+    monkeypatch.setattr(cpu.layer_norm._cache, "_cache_path", str(tmp_path))
+    C._compile_notice()
+    assert "compiling kernels" in capsys.readouterr().err
+    (tmp_path / "cpu.layer_norm-43.py311.nbi").write_bytes(b"")
+    C._compile_notice()
+    assert capsys.readouterr().err == ""
