@@ -119,7 +119,9 @@ class DeviceMirror:
 
 
 class DevMatrix:
-    """A weight matrix on the device: kind 'q' (ggml blocks), 'f' (float32/16) or 'bf16'."""
+    """A weight matrix on the device: kind 'q' (ggml blocks), 'q8r' (Q8_0 repacked: int8 values
+    [rows, cols] in ``arr``, block scales as f16 bits [rows, cols/32] in ``d16``; the same bytes),
+    'f' (float32/16) or 'bf16'."""
 
     def __init__(self, Q):
         from numba import cuda
@@ -130,13 +132,21 @@ class DevMatrix:
             self.kind, host = "f", np.ascontiguousarray(Q.raw)
         elif Q.qtype == dq.BF16:
             self.kind, host = "bf16", np.ascontiguousarray(Q.raw)
+        elif Q.qtype == dq.Q8_0:
+            # repacked (same bytes): int8 values [rows, cols] + block scales (f16 bits) [rows, cols/32]
+            blocks = np.ascontiguousarray(Q.row_bytes).reshape(self.rows, self.cols // 32, 34)
+            self.kind = "q8r"
+            self.d16 = cuda.to_device(np.ascontiguousarray(blocks[:, :, :2]).view(np.uint16)
+                                      .reshape(self.rows, self.cols // 32))
+            host = np.ascontiguousarray(blocks[:, :, 2:]).view(np.int8).reshape(self.rows, self.cols)
         elif Q.qtype in CK.NATIVE_QTYPES:
             self.kind, host = "q", np.ascontiguousarray(Q.row_bytes)
         else:                        # no in-kernel decoder: widen exactly, once
             self.kind, host = "f", Q.dequantize()
             self.qt = dq.F32
         self.arr = cuda.to_device(host)
-        self.nbytes = host.nbytes
+        self.nbytes = host.nbytes + (self.d16.nbytes if self.kind == "q8r" else 0)
+        self.q64 = self.arr.view(np.uint64) if self.kind == "q8r" else None
         # F16 weights as their bits, for the tensor-core GEMM (exact in one half: two MMAs, not three)
         self.half16 = self.arr.view(np.uint16) if host.dtype == np.float16 else None
         # the decode kernels read whole words: f32/f16/bf16 rows as uint32, Q8_0 rows as uint16
@@ -145,8 +155,6 @@ class DevMatrix:
             if self.kind in ("f", "bf16") and (host.dtype.itemsize == 4 or self.cols % 2 == 0):
                 self.words = self.arr.view(np.uint32)
                 self.wkind = 0 if host.dtype.itemsize == 4 else (2 if self.kind == "bf16" else 1)
-            elif self.kind == "q" and self.qt == dq.Q8_0:
-                self.words, self.wkind = self.arr.view(np.uint16), 8
         except (TypeError, ValueError):       # an older numba without size-changing views
             self.words, self.wkind = None, -1
         # and, where a row is whole 64-bit words and x fits in shared memory, as uint64 (mv1_w64)
@@ -160,7 +168,7 @@ class DevMatrix:
 
 class _Dense:
     """A float32 device matrix (a view of a stacked weight) that ``CudaLayers.matmul`` takes at T > MV_T."""
-    kind, qt, half16, words, wkind, words64 = "f", dq.F32, None, None, -1, None
+    kind, qt, half16, words, wkind, words64, q64 = "f", dq.F32, None, None, -1, None, None
 
     def __init__(self, arr):
         self.arr = arr
@@ -438,8 +446,12 @@ class CudaLayers:
         K = self.K
         if T <= K.MV_T:
             grid, block = (_grid_rows(M.rows, K.MV_WARPS),), (32, K.MV_WARPS)
-            if T == 1 and M.wkind == 8:
-                self._go(K.mv1_q8, grid, block, M.words, x, out, act, epi)
+            if M.kind == "q8r":
+                if T == 1 and M.cols <= K.MV1_XMAX:
+                    self._go(K.mv1_q8r, (_grid_rows(M.rows, K.MV1_WARPS),), (32, K.MV1_WARPS), M.q64, M.d16, x,
+                             out, act, epi)
+                else:
+                    self._go(K.mv_q8r, grid, block, M.q64, M.d16, x, T, out, act, epi)
             elif T == 1 and M.words64 is not None:
                 self._go(K.mv1_w64, (_grid_rows(M.rows, K.MV1_WARPS),), (32, K.MV1_WARPS), M.words64, x, out,
                          act, epi, M.wkind)
@@ -453,7 +465,9 @@ class CudaLayers:
         Wf = M.arr
         if M.kind != "f":
             Wf = self.scratch[: M.rows * M.cols].reshape(M.rows, M.cols)
-            if M.kind == "q":
+            if M.kind == "q8r":
+                self._go(K.expand_q8r, _grid_rows(M.rows * M.cols, 256), 256, M.arr, M.d16, Wf)
+            elif M.kind == "q":
                 n = M.rows * (M.cols // 32)
                 self._go(K.expand_q, _grid_rows(n, 256), 256, M.qt, M.arr, self.lut, Wf)
             else:

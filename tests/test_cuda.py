@@ -343,6 +343,50 @@ def test_grouped_lowrank_gemm_matches_numpy(ks):
 
 
 @needs_gpu
+@pytest.mark.parametrize("cols", [1024, 8192, 8224])          # 8224: wider than mv1_q8r stages
+def test_repacked_q8_0_kernels_match_numpy(cols):
+    """Q8_0 as the GPU holds it (int8 values + block scales, repacked from the file's blocks by
+    DevMatrix): the T = 1 and T <= 8 matvecs and the GEMM's expansion, against float64 NumPy,
+    with each input transform (act) and output epilogue (epi)."""
+    from numba import cuda
+    from rwkvcpu.gpu import DevMatrix
+    from rwkvcpu.kernels import cuda as CK
+    from rwkvcpu.loaders.checkpoint import QTensor
+    from rwkvcpu.kernels import dequant as dq
+    rng = np.random.default_rng(cols)
+    rows, nb = 37, cols // 32
+    d = (rng.uniform(0.001, 0.05, (rows, nb)) * rng.choice([-1, 1], (rows, nb))).astype(np.float16)
+    q = rng.integers(-128, 128, (rows, nb, 32)).astype(np.int8)
+    raw = np.empty((rows, nb, 34), np.uint8)
+    raw[:, :, :2] = d.view(np.uint8).reshape(rows, nb, 2)
+    raw[:, :, 2:] = q.view(np.uint8)
+    M = DevMatrix(QTensor("w", dq.Q8_0, (rows, cols), raw.reshape(rows, nb * 34)))
+    assert M.kind == "q8r" and M.nbytes == raw.nbytes
+    W = (d.astype(np.float64)[:, :, None] * q).reshape(rows, cols)
+    Wf = cuda.device_array((rows, cols), np.float32)
+    CK.expand_q8r[(rows * cols + 255) // 256, 256](M.arr, M.d16, Wf)
+    assert np.array_equal(Wf.copy_to_host(), W.astype(np.float32))
+    T = 3
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    base = rng.standard_normal((T, rows)).astype(np.float32)
+    dx = cuda.to_device(x)
+    for act, f in ((0, lambda v: v), (1, np.tanh), (2, lambda v: 1 / (1 + np.exp(-v)))):
+        xa = f(x.astype(np.float64))
+        ref = xa @ W.T
+        bound = (np.abs(xa) @ np.abs(W.T)).max()
+        for epi, want in ((0, ref), (1, base + ref), (2, np.maximum(ref, 0) ** 2)):
+            tol = 1e-5 * bound * (2 * np.abs(ref).max() if epi == 2 else 1)
+            out = cuda.to_device(base.copy())
+            CK.mv_q8r[(rows + CK.MV_WARPS - 1) // CK.MV_WARPS, (32, CK.MV_WARPS)](M.q64, M.d16, dx, T, out, act, epi)
+            assert np.abs(out.copy_to_host() - want).max() <= tol, ("T=3", act, epi)
+            if cols <= CK.MV1_XMAX:
+                out = cuda.to_device(base[:1].copy())
+                CK.mv1_q8r[(rows + CK.MV1_WARPS - 1) // CK.MV1_WARPS, (32, CK.MV1_WARPS)](
+                    M.q64, M.d16, dx[:1], out, act, epi)
+                assert np.abs(out.copy_to_host() - want[:1]).max() <= tol, ("T=1", act, epi)
+
+
+@needs_gpu
 def test_wkv7_fast_kernel_matches_numpy_reference():
     """wkv7_64 (4 threads per state row, shuffles, prefetch) against the NumPy recurrence, on
     three sequences of 1, 7 and 300 tokens in slots 2, 0, 3 of a 4-slot cache; slot 1 untouched."""

@@ -370,37 +370,99 @@ def mv1_w64(W64, x, out, act, epi, kind):
         _store(out, 0, n, v, epi)
 
 
+# Q8_0 repacked at upload (``gpu.DevMatrix``): the 32 int8 of each block in one [rows, cols] array
+# (read as 64-bit words, 8 weights each) and the block scales (f16 bits) in a [rows, cols / 32]
+# array beside it -- the same bytes as the file's 34-byte blocks, in an order wide loads can use.
+
 @cuda.jit(device=True, inline=True)
-def _q8pair(W16, n, g, p, x, act):
-    """Weights 2p, 2p+1 of Q8_0 group g (17 uint16 per group: d, then 16 pairs of int8) times x."""
-    u = int32(W16[n, 17 * g + 1 + p])
-    d = _h2f(int32(W16[n, 17 * g]))
-    k = 32 * g + 2 * p
-    return d * (float32(_i8(u & 255)) * _act(x[0, k], act) + float32(_i8(u >> 8)) * _act(x[0, k + 1], act))
+def _q8r_dot(u, d, xr, k, act):
+    """8 int8 weights (one 64-bit word) times xr[k:k+8] (act applied), times their block scale d."""
+    u = int64(u)
+    s = float32(0.0)
+    for e in range(8):
+        q = (u >> (8 * e)) & 255
+        if q > 127:
+            q -= 256
+        s += float32(q) * _act(xr[k + e], act)
+    return d * s
 
 
 @cuda.jit(cache=True)
-def mv1_q8(W16, x, out, act, epi):
-    """Decode (T == 1) matvec for Q8_0: W16 = the rows viewed as uint16; each half-warp takes a
-    group (16 lanes x 2 weights, coalesced), the warp two groups, four per step."""
+def mv1_q8r(Q64, D16, x, out, act, epi):
+    """Decode (T == 1) matvec on repacked Q8_0: act(x) staged once per block in shared memory, a
+    warp per row, 4 coalesced 256-byte spans of weights in flight per step (as mv1_w64)."""
+    sx = cuda.shared.array(MV1_XMAX, float32)
+    tid = cuda.threadIdx.y * 32 + cuda.threadIdx.x
+    C = x.shape[1]
+    for i in range(tid, C, 32 * MV1_WARPS):
+        sx[i] = _act(x[0, i], act)
+    cuda.syncthreads()
+    lane = cuda.threadIdx.x
+    n = cuda.blockIdx.x * MV1_WARPS + cuda.threadIdx.y
+    if n >= out.shape[1]:
+        return
+    nq = Q64.shape[1]
+    a0 = float32(0.0)
+    a1 = float32(0.0)
+    a2 = float32(0.0)
+    a3 = float32(0.0)
+    j = lane
+    while j + 96 < nq:
+        u0 = Q64[n, j]
+        u1 = Q64[n, j + 32]
+        u2 = Q64[n, j + 64]
+        u3 = Q64[n, j + 96]
+        a0 += _q8r_dot(u0, _h2f(int32(D16[n, j >> 2])), sx, 8 * j, 0)
+        a1 += _q8r_dot(u1, _h2f(int32(D16[n, (j + 32) >> 2])), sx, 8 * (j + 32), 0)
+        a2 += _q8r_dot(u2, _h2f(int32(D16[n, (j + 64) >> 2])), sx, 8 * (j + 64), 0)
+        a3 += _q8r_dot(u3, _h2f(int32(D16[n, (j + 96) >> 2])), sx, 8 * (j + 96), 0)
+        j += 128
+    while j < nq:
+        a0 += _q8r_dot(Q64[n, j], _h2f(int32(D16[n, j >> 2])), sx, 8 * j, 0)
+        j += 32
+    v = _warp_sum((a0 + a1) + (a2 + a3))
+    if lane == 0:
+        _store(out, 0, n, v, epi)
+
+
+@cuda.jit(cache=True)
+def mv_q8r(Q64, D16, x, T, out, act, epi):
+    """Repacked Q8_0 times a few rows of x (T <= MV_T, or rows too wide for mv1_q8r): a warp per
+    output row and per x row, x read from global memory."""
     lane = cuda.threadIdx.x
     n = cuda.blockIdx.x * MV_WARPS + cuda.threadIdx.y
     if n >= out.shape[1]:
         return
-    ng = W16.shape[1] // 17
-    p = lane & 15
-    g = lane >> 4
-    a0 = float32(0.0)
-    a1 = float32(0.0)
-    while g + 2 < ng:
-        a0 += _q8pair(W16, n, g, p, x, act)
-        a1 += _q8pair(W16, n, g + 2, p, x, act)
-        g += 4
-    if g < ng:
-        a0 += _q8pair(W16, n, g, p, x, act)
-    v = _warp_sum(a0 + a1)
-    if lane == 0:
-        _store(out, 0, n, v, epi)
+    nq = Q64.shape[1]
+    for t in range(T):
+        xr = x[t]
+        a0 = float32(0.0)
+        a1 = float32(0.0)
+        j = lane
+        while j + 32 < nq:
+            u0 = Q64[n, j]
+            u1 = Q64[n, j + 32]
+            a0 += _q8r_dot(u0, _h2f(int32(D16[n, j >> 2])), xr, 8 * j, act)
+            a1 += _q8r_dot(u1, _h2f(int32(D16[n, (j + 32) >> 2])), xr, 8 * (j + 32), act)
+            j += 64
+        while j < nq:
+            a0 += _q8r_dot(Q64[n, j], _h2f(int32(D16[n, j >> 2])), xr, 8 * j, act)
+            j += 32
+        v = _warp_sum(a0 + a1)
+        if lane == 0:
+            _store(out, t, n, v, epi)
+
+
+@cuda.jit(cache=True)
+def expand_q8r(Q8, D16, out):
+    """out = repacked Q8_0 as float32 (the GEMM's scratch), one thread per weight."""
+    i = cuda.grid(1)
+    cols = out.shape[1]
+    if i >= out.shape[0] * cols:
+        return
+    r = i // cols
+    c = i % cols
+    out[r, c] = _h2f(int32(D16[r, c // 32])) * float32(Q8[r, c])
 
 
 @cuda.jit(cache=True)
