@@ -118,6 +118,17 @@ class DeviceMirror:
         self.host_newer = False
 
 
+_DUMMY_U16 = []
+
+
+def _dummy_u16():
+    """A 1 x 1 uint16 device array: mv1_w64's scale argument for weights that have none."""
+    from numba import cuda
+    if not _DUMMY_U16:
+        _DUMMY_U16.append(cuda.to_device(np.zeros((1, 1), np.uint16)))
+    return _DUMMY_U16[0]
+
+
 class DevMatrix:
     """A weight matrix on the device: kind 'q' (ggml blocks), 'q8r' (Q8_0 repacked: int8 values
     [rows, cols] in ``arr``, block scales as f16 bits [rows, cols/32] in ``d16``; the same bytes),
@@ -147,9 +158,11 @@ class DevMatrix:
         self.arr = cuda.to_device(host)
         self.nbytes = host.nbytes + (self.d16.nbytes if self.kind == "q8r" else 0)
         self.q64 = self.arr.view(np.uint64) if self.kind == "q8r" else None
+        if self.kind != "q8r":
+            self.d16 = _dummy_u16()
         # F16 weights as their bits, for the tensor-core GEMM (exact in one half: two MMAs, not three)
         self.half16 = self.arr.view(np.uint16) if host.dtype == np.float16 else None
-        # the decode kernels read whole words: f32/f16/bf16 rows as uint32, Q8_0 rows as uint16
+        # the decode kernels read whole words: f32/f16/bf16 rows as uint32 (mv1_f)
         self.words, self.wkind = None, -1
         try:
             if self.kind in ("f", "bf16") and (host.dtype.itemsize == 4 or self.cols % 2 == 0):
@@ -164,11 +177,13 @@ class DevMatrix:
                 self.words64 = self.arr.view(np.uint64)
             except (TypeError, ValueError):
                 self.words64 = None
+        elif self.kind == "q8r" and self.cols <= CK.MV1_XMAX:
+            self.words64, self.wkind = self.q64, 3
 
 
 class _Dense:
     """A float32 device matrix (a view of a stacked weight) that ``CudaLayers.matmul`` takes at T > MV_T."""
-    kind, qt, half16, words, wkind, words64, q64 = "f", dq.F32, None, None, -1, None, None
+    kind, qt, half16, words, wkind, words64, q64, d16 = "f", dq.F32, None, None, -1, None, None, None
 
     def __init__(self, arr):
         self.arr = arr
@@ -446,15 +461,11 @@ class CudaLayers:
         K = self.K
         if T <= K.MV_T:
             grid, block = (_grid_rows(M.rows, K.MV_WARPS),), (32, K.MV_WARPS)
-            if M.kind == "q8r":
-                if T == 1 and M.cols <= K.MV1_XMAX:
-                    self._go(K.mv1_q8r, (_grid_rows(M.rows, K.MV1_WARPS),), (32, K.MV1_WARPS), M.q64, M.d16, x,
-                             out, act, epi)
-                else:
-                    self._go(K.mv_q8r, grid, block, M.q64, M.d16, x, T, out, act, epi)
+            if M.kind == "q8r" and (T > 1 or M.cols > K.MV1_XMAX):
+                self._go(K.mv_q8r, grid, block, M.q64, M.d16, x, T, out, act, epi)
             elif T == 1 and M.words64 is not None:
-                self._go(K.mv1_w64, (_grid_rows(M.rows, K.MV1_WARPS),), (32, K.MV1_WARPS), M.words64, x, out,
-                         act, epi, M.wkind)
+                self._go(K.mv1_w64, (_grid_rows(M.rows, K.MV1_WARPS),), (32, K.MV1_WARPS), M.words64, M.d16, x,
+                         out, act, epi, M.wkind)
             elif T == 1 and M.wkind >= 0:
                 self._go(K.mv1_f, grid, block, M.words, x, out, act, epi, M.wkind)
             elif M.kind == "q":

@@ -272,7 +272,8 @@ def test_decode_matvec_on_64bit_words_matches_numpy(wtype, cols):
         bound = np.abs(f(x.astype(np.float64))) @ np.abs(W.T.astype(np.float64))
         for epi, want in ((0, ref), (1, base + ref), (2, np.maximum(ref, 0) ** 2)):
             out = cuda.to_device(base.copy())
-            CK.mv1_w64[(rows + CK.MV1_WARPS - 1) // CK.MV1_WARPS, (32, CK.MV1_WARPS)](dW, dx, out, act, epi, kind)
+            CK.mv1_w64[(rows + CK.MV1_WARPS - 1) // CK.MV1_WARPS, (32, CK.MV1_WARPS)](
+                dW, cuda.to_device(np.zeros((1, 1), np.uint16)), dx, out, act, epi, kind)
             got = out.copy_to_host()
             tol = 1e-5 * bound.max() * (2 * np.abs(ref).max() if epi == 2 else 1)
             assert np.abs(got - want).max() <= tol, (act, epi)
@@ -343,7 +344,7 @@ def test_grouped_lowrank_gemm_matches_numpy(ks):
 
 
 @needs_gpu
-@pytest.mark.parametrize("cols", [1024, 8192, 8224])          # 8224: wider than mv1_q8r stages
+@pytest.mark.parametrize("cols", [1024, 8192, 8224])          # 8224: wider than mv1_w64 stages
 def test_repacked_q8_0_kernels_match_numpy(cols):
     """Q8_0 as the GPU holds it (int8 values + block scales, repacked from the file's blocks by
     DevMatrix): the T = 1 and T <= 8 matvecs and the GEMM's expansion, against float64 NumPy,
@@ -361,7 +362,7 @@ def test_repacked_q8_0_kernels_match_numpy(cols):
     raw[:, :, :2] = d.view(np.uint8).reshape(rows, nb, 2)
     raw[:, :, 2:] = q.view(np.uint8)
     M = DevMatrix(QTensor("w", dq.Q8_0, (rows, cols), raw.reshape(rows, nb * 34)))
-    assert M.kind == "q8r" and M.nbytes == raw.nbytes
+    assert M.kind == "q8r" and M.nbytes == raw.nbytes and (M.wkind == 3) == (cols <= CK.MV1_XMAX)
     W = (d.astype(np.float64)[:, :, None] * q).reshape(rows, cols)
     Wf = cuda.device_array((rows, cols), np.float32)
     CK.expand_q8r[(rows * cols + 255) // 256, 256](M.arr, M.d16, Wf)
@@ -381,8 +382,8 @@ def test_repacked_q8_0_kernels_match_numpy(cols):
             assert np.abs(out.copy_to_host() - want).max() <= tol, ("T=3", act, epi)
             if cols <= CK.MV1_XMAX:
                 out = cuda.to_device(base[:1].copy())
-                CK.mv1_q8r[(rows + CK.MV1_WARPS - 1) // CK.MV1_WARPS, (32, CK.MV1_WARPS)](
-                    M.q64, M.d16, dx[:1], out, act, epi)
+                CK.mv1_w64[(rows + CK.MV1_WARPS - 1) // CK.MV1_WARPS, (32, CK.MV1_WARPS)](
+                    M.q64, M.d16, dx[:1], out, act, epi, 3)
                 assert np.abs(out.copy_to_host() - want[:1]).max() <= tol, ("T=1", act, epi)
 
 

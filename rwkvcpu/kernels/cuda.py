@@ -314,9 +314,29 @@ MV1_XMAX = 8192      # widest x that mv1_w64 stages in shared memory (wider rows
 MV1_WARPS = 8        # rows (warps) per mv1_w64 block
 
 
+# Q8_0 repacked at upload (``gpu.DevMatrix``): the 32 int8 of each block in one [rows, cols] array
+# (read as 64-bit words, 8 weights each) and the block scales (f16 bits) in a [rows, cols / 32]
+# array beside it -- the same bytes as the file's 34-byte blocks, in an order wide loads can use.
+
 @cuda.jit(device=True, inline=True)
-def _w64dot(u, sx, q, kind):
-    """64-bit word q of a weight row (two f32, or four f16 / bf16) times its x values in sx."""
+def _q8r_dot(u, d, xr, k, act):
+    """8 int8 weights (one 64-bit word) times xr[k:k+8] (act applied), times their block scale d."""
+    u = int64(u)
+    s = float32(0.0)
+    for e in range(8):
+        q = (u >> (8 * e)) & 255
+        if q > 127:
+            q -= 256
+        s += float32(q) * _act(xr[k + e], act)
+    return d * s
+
+
+@cuda.jit(device=True, inline=True)
+def _w64dot(u, sx, q, kind, D16, n):
+    """64-bit word q of weight row n (two f32, four f16 / bf16, or kind 3: eight int8 of repacked
+    Q8_0, whose block scales are D16[n]) times its x values in sx."""
+    if kind == 3:
+        return _q8r_dot(u, _h2f(int32(D16[n, q >> 2])), sx, 8 * q, 0)
     if kind == 0:
         k = 2 * q
         return bits_f32(u & 0xFFFFFFFF) * sx[k] + bits_f32(u >> 32) * sx[k + 1]
@@ -332,10 +352,11 @@ def _w64dot(u, sx, q, kind):
 
 
 @cuda.jit(cache=True)
-def mv1_w64(W64, x, out, act, epi, kind):
-    """Decode (T == 1) matvec for float weights read as 64-bit words (kind 0: two f32, 1: four f16,
-    2: four bf16): act(x) staged once per block in shared memory, then a warp per row with 4
-    coalesced 256-byte spans in flight per step (1.2 -> 1.5 TB/s on an H100 over a 256 MB head)."""
+def mv1_w64(W64, D16, x, out, act, epi, kind):
+    """Decode (T == 1) matvec on weights read as 64-bit words (kind 0: two f32, 1: four f16,
+    2: four bf16, 3: eight int8 of repacked Q8_0 with block scales D16; other kinds ignore D16):
+    act(x) staged once per block in shared memory, then a warp per row with 4 coalesced 256-byte
+    spans in flight per step (1.2 -> 1.5 TB/s on an H100 over a 256 MB F16 head)."""
     sx = cuda.shared.array(MV1_XMAX, float32)
     tid = cuda.threadIdx.y * 32 + cuda.threadIdx.x
     C = x.shape[1]
@@ -357,68 +378,13 @@ def mv1_w64(W64, x, out, act, epi, kind):
         u1 = W64[n, j + 32]
         u2 = W64[n, j + 64]
         u3 = W64[n, j + 96]
-        a0 += _w64dot(u0, sx, j, kind)
-        a1 += _w64dot(u1, sx, j + 32, kind)
-        a2 += _w64dot(u2, sx, j + 64, kind)
-        a3 += _w64dot(u3, sx, j + 96, kind)
+        a0 += _w64dot(u0, sx, j, kind, D16, n)
+        a1 += _w64dot(u1, sx, j + 32, kind, D16, n)
+        a2 += _w64dot(u2, sx, j + 64, kind, D16, n)
+        a3 += _w64dot(u3, sx, j + 96, kind, D16, n)
         j += 128
     while j < nq:
-        a0 += _w64dot(W64[n, j], sx, j, kind)
-        j += 32
-    v = _warp_sum((a0 + a1) + (a2 + a3))
-    if lane == 0:
-        _store(out, 0, n, v, epi)
-
-
-# Q8_0 repacked at upload (``gpu.DevMatrix``): the 32 int8 of each block in one [rows, cols] array
-# (read as 64-bit words, 8 weights each) and the block scales (f16 bits) in a [rows, cols / 32]
-# array beside it -- the same bytes as the file's 34-byte blocks, in an order wide loads can use.
-
-@cuda.jit(device=True, inline=True)
-def _q8r_dot(u, d, xr, k, act):
-    """8 int8 weights (one 64-bit word) times xr[k:k+8] (act applied), times their block scale d."""
-    u = int64(u)
-    s = float32(0.0)
-    for e in range(8):
-        q = (u >> (8 * e)) & 255
-        if q > 127:
-            q -= 256
-        s += float32(q) * _act(xr[k + e], act)
-    return d * s
-
-
-@cuda.jit(cache=True)
-def mv1_q8r(Q64, D16, x, out, act, epi):
-    """Decode (T == 1) matvec on repacked Q8_0: act(x) staged once per block in shared memory, a
-    warp per row, 4 coalesced 256-byte spans of weights in flight per step (as mv1_w64)."""
-    sx = cuda.shared.array(MV1_XMAX, float32)
-    tid = cuda.threadIdx.y * 32 + cuda.threadIdx.x
-    C = x.shape[1]
-    for i in range(tid, C, 32 * MV1_WARPS):
-        sx[i] = _act(x[0, i], act)
-    cuda.syncthreads()
-    lane = cuda.threadIdx.x
-    n = cuda.blockIdx.x * MV1_WARPS + cuda.threadIdx.y
-    if n >= out.shape[1]:
-        return
-    nq = Q64.shape[1]
-    a0 = float32(0.0)
-    a1 = float32(0.0)
-    a2 = float32(0.0)
-    a3 = float32(0.0)
-    j = lane
-    while j + 96 < nq:
-        u0 = Q64[n, j]
-        u1 = Q64[n, j + 32]
-        u2 = Q64[n, j + 64]
-        u3 = Q64[n, j + 96]
-        a0 += _q8r_dot(u0, _h2f(int32(D16[n, j >> 2])), sx, 8 * j, 0)
-        a1 += _q8r_dot(u1, _h2f(int32(D16[n, (j + 32) >> 2])), sx, 8 * (j + 32), 0)
-        a2 += _q8r_dot(u2, _h2f(int32(D16[n, (j + 64) >> 2])), sx, 8 * (j + 64), 0)
-        a3 += _q8r_dot(u3, _h2f(int32(D16[n, (j + 96) >> 2])), sx, 8 * (j + 96), 0)
-        j += 128
-    while j < nq:
-        a0 += _q8r_dot(Q64[n, j], _h2f(int32(D16[n, j >> 2])), sx, 8 * j, 0)
+        a0 += _w64dot(W64[n, j], sx, j, kind, D16, n)
         j += 32
     v = _warp_sum((a0 + a1) + (a2 + a3))
     if lane == 0:
@@ -427,7 +393,7 @@ def mv1_q8r(Q64, D16, x, out, act, epi):
 
 @cuda.jit(cache=True)
 def mv_q8r(Q64, D16, x, T, out, act, epi):
-    """Repacked Q8_0 times a few rows of x (T <= MV_T, or rows too wide for mv1_q8r): a warp per
+    """Repacked Q8_0 times a few rows of x (T <= MV_T, or rows too wide for mv1_w64): a warp per
     output row and per x row, x read from global memory."""
     lane = cuda.threadIdx.x
     n = cuda.blockIdx.x * MV_WARPS + cuda.threadIdx.y
