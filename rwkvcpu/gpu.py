@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,32 +91,72 @@ def cuda_available() -> bool:
 
 
 class DeviceMirror:
-    """The device copy of some layers' state slots of one StateCache."""
+    """Device state slots for a runner's layers, lent to one StateCache at a time.
+
+    The runner keeps a few of these per slot count (``CudaLayers.MIRRORS``) and reuses them:
+    the captured CUDA graphs hold the addresses of these arrays, so a fresh state (a new
+    ``StateCache`` per prompt, the common case) replays the graph of its shape instead of
+    recording and capturing the whole step again (~45 ms of a 1.5B prefill-512).  Lending a
+    mirror to another cache first copies the device values back into the cache that held them
+    (if it still exists), then the new cache's values up: no state is ever lost or shared."""
 
     def __init__(self, runner: "CudaLayers", cache):
         from numba import cuda
         self.runner = runner
-        with runner.ctx():
-            self.R = {il: cuda.to_device(cache._r[il]) for il in runner.layer_ids}
-            self.S = {il: cuda.to_device(cache._s[il]) for il in runner.layer_ids}
+        self.n_slots = cache.n_slots
+        self.l0, self.l1 = runner.layer_ids[0], runner.layer_ids[-1] + 1      # contiguous layers:
+        with runner.ctx():                                                     # one copy each way
+            self.R_all = cuda.device_array(cache._r[self.l0:self.l1].shape, np.float32)
+            self.S_all = cuda.device_array(cache._s[self.l0:self.l1].shape, np.float32)
+        self.R = {il: self.R_all[il - self.l0] for il in runner.layer_ids}
+        self.S = {il: self.S_all[il - self.l0] for il in runner.layer_ids}
+        self._owner = None
         self.dev_newer = False
         self.host_newer = False
 
+    def owner(self):
+        return self._owner() if self._owner is not None else None
+
+    def lend(self, cache) -> None:
+        """Give these slots to ``cache``: the previous holder gets its values back first."""
+        prev = self.owner()
+        if prev is not None and prev is not cache:
+            self.pull(prev)
+            prev._mirrors = [m for m in prev._mirrors if m is not self]
+        self._owner = weakref.ref(cache)
+        if self not in cache._mirrors:
+            cache._mirrors.append(self)
+        self.dev_newer = False
+        self.push(cache)
+
     def pull(self, cache) -> None:
+        if self.owner() is not cache:       # lent to another cache since: nothing of this one here
+            return
         if self.dev_newer:
             with self.runner.ctx():
-                for il in self.R:
-                    self.R[il].copy_to_host(cache._r[il])
-                    self.S[il].copy_to_host(cache._s[il])
+                self.R_all.copy_to_host(cache._r[self.l0:self.l1])
+                self.S_all.copy_to_host(cache._s[self.l0:self.l1])
             self.dev_newer = False
+            cache._zero = False
         self.host_newer = True        # the caller may now write through the host arrays
 
     def push(self, cache) -> None:
         with self.runner.ctx():
-            for il in self.R:
-                self.R[il].copy_to_device(cache._r[il])
-                self.S[il].copy_to_device(cache._s[il])
+            if not (getattr(cache, "_zero", False) and self._memset0()):
+                self.R_all.copy_to_device(cache._r[self.l0:self.l1])
+                self.S_all.copy_to_device(cache._s[self.l0:self.l1])
         self.host_newer = False
+
+    def _memset0(self) -> bool:
+        """Zero the device slots without an upload (a fresh state: 12.6 MB at 1.5B, ~10 ms from
+        pageable memory); False when this numba-cuda has no memset (then the caller uploads)."""
+        try:
+            from numba.cuda.cudadrv.driver import device_memset
+            device_memset(self.R_all, 0, self.R_all.nbytes)
+            device_memset(self.S_all, 0, self.S_all.nbytes)
+            return True
+        except Exception:       # noqa: BLE001
+            return False
 
 
 _DUMMY_U16 = []
@@ -330,12 +371,15 @@ class CudaLayers:
         self.with_head = with_head
         self._bufs: dict[int, dict] = {}
         self._plans: dict[tuple, _Launches] = {}
+        self._mirrors: dict[int, list[DeviceMirror]] = {}
         self._rec: _Launches | None = None
         self._stream = None          # set while capturing a graph: launches go to this stream
         self.fast_launch = True      # set False if this numba-cuda's internals differ (then: plain launches)
         self.use_graphs = True       # set False if graph capture fails here (then: recorded launches)
         self._partbuf = None
         self._part_views = {}
+        self._views = {}
+        self._cur = None
         self.weight_bytes = 0
         W = model.weights
         C = hp.n_embd
@@ -405,6 +449,8 @@ class CudaLayers:
             self.scratch = cuda.device_array(big, dtype=np.float32)   # expanded tile for prefill GEMMs
             self._nopart = cuda.device_array((1, 1, 1), dtype=np.float32)   # gemm without split K
             self.tc, self.tc_error = self._probe_tensor_cores()
+            self.hg, self.hg_error = self._probe_hgemm() if self.tc else (False, "no tensor cores")
+            self.wkvc, self.wkvc_error = self._probe_wkvc() if self.tc else (False, "no NVRTC")
 
     def ctx(self):
         from numba import cuda
@@ -433,6 +479,56 @@ class CudaLayers:
             return False, f"{type(e).__name__}: {str(e)[:200]}"
         return True, None
 
+    def _probe_hgemm(self):
+        """(use the pipelined half-tile GEMM, why not), checked like ``_probe_tensor_cores``;
+        RWKVCPU_NO_HGEMM=1 keeps the register-staged tiles (for A/B measurements)."""
+        from numba import cuda
+        K = self.K
+        if os.environ.get("RWKVCPU_NO_HGEMM"):
+            return False, "disabled"
+        try:
+            rng = np.random.default_rng(1)
+            x = rng.standard_normal((3, 40)).astype(np.float32)
+            w = rng.standard_normal((5, 40)).astype(np.float16)
+            hl = cuda.device_array((2, 3, 40), dtype=np.uint16)
+            out = cuda.device_array((3, 5), dtype=np.float32)
+            K.split_x[1, 32](cuda.to_device(x), hl[0], hl[1], 0)
+            K.tc_hgemm[(1, 1, 1), 128](hl[0], hl[1], cuda.to_device(w.view(np.uint16)), out, 5, 3, 5, 40, 40, 0)
+            want = x @ w.astype(np.float32).T
+            got = out.copy_to_host()
+            if not np.allclose(got, want, rtol=1e-5, atol=1e-5):
+                return False, f"self-check failed (max error {np.abs(got - want).max():.3g})"
+        except Exception as e:          # noqa: BLE001
+            return False, f"{type(e).__name__}: {str(e)[:200]}"
+        return True, None
+
+    def _probe_wkvc(self):
+        """(use the CUDA C wkv7_64c, why not): checked against the numba wkv7_64 on a few tokens;
+        RWKVCPU_NO_WKVC=1 keeps the numba kernel."""
+        from numba import cuda
+        K = self.K
+        if os.environ.get("RWKVCPU_NO_WKVC"):
+            return False, "disabled"
+        try:
+            rng = np.random.default_rng(2)
+            T, N = 11, K.NMAX
+            ins = [rng.uniform(-1, 1, (T, N)).astype(np.float32) for _ in range(6)]
+            ins[1] = rng.uniform(0.5, 1, (T, N)).astype(np.float32)          # w: a decay
+            seg = [cuda.to_device(np.array([z], np.int64)) for z in (0, T, 0)]
+            outs = []
+            for kern, grid, block in ((K.wkv7_64c, (1, 1, K.WKVC_SPLIT), K.WKVC_THREADS),
+                                      (K.wkv7_64, (1, 1), N * K.WKV_LANES)):
+                S = cuda.to_device(np.full((1, 1, N, N), 0.5, np.float32))
+                y = cuda.device_array((T, N), np.float32)
+                kern[grid, block](*(cuda.to_device(z) for z in ins), *seg, S, y)
+                outs.append((y.copy_to_host(), S.copy_to_host()))
+            for u, v in zip(*outs):
+                if not np.allclose(u, v, rtol=1e-4, atol=1e-4):
+                    return False, f"self-check failed (max error {np.abs(u - v).max():.3g})"
+        except Exception as e:          # noqa: BLE001
+            return False, f"{type(e).__name__}: {str(e)[:200]}"
+        return True, None
+
     # --- buffers ---------------------------------------------------------------------------
     def _buffers(self, T: int) -> dict:
         from numba import cuda
@@ -450,7 +546,8 @@ class CudaLayers:
                      h1=e(T, D1), h2=e(T, 4 * C), w=e(T, C), A=e(T, C), B=e(T, C), y=e(T, C),
                      z=e(T, C), vfirst=e(T, C), xf=e(1, T, C), hid=e(T, F),
                      segs=cuda.device_array((3, T), dtype=np.int64), rows=cuda.device_array(T, dtype=np.int64),
-                     xo=e(T, C), xn=e(T, C))
+                     xo=e(T, C), xn=e(T, C),
+                     xhl=cuda.device_array(2 * T * max(C, F), dtype=np.uint16))   # x as hi/lo halves
             if self.with_head:
                 b["logits"] = e(T, hp.vocab_size)
             self._bufs[T] = b
@@ -473,6 +570,11 @@ class CudaLayers:
             else:
                 self._go(K.mv_f, grid, block, M.arr, x, T, out, act, epi, M.kind == "bf16")
             return
+        # repacked Q8_0 only for prompts (T > 64): at batch 64 (split K, short K slices) its 3-MMA
+        # half tiles measured slower than expanding to float32 for the register-staged tiles
+        if self.hg and act == 0 and M.cols % 8 == 0 and (M.half16 is not None or (M.kind == "q8r" and T > 64)):
+            self._hgemm(M, x, T, out, epi)
+            return
         Wf = M.arr
         if M.kind != "f":
             Wf = self.scratch[: M.rows * M.cols].reshape(M.rows, M.cols)
@@ -485,11 +587,7 @@ class CudaLayers:
                 self._go(K.expand_bf16, (_grid_rows(M.rows, 16), _grid_rows(M.cols, 16)), (16, 16), M.arr, Wf)
         gx, gy = _grid_rows(M.rows, K.GEMM_BN), _grid_rows(T, K.GEMM_BM)
         cols = M.cols
-        step = 32 if self.tc else K.GEMM_BK
-        ks = max(1, min(K.GEMM_FILL // (gx * gy), cols // 256, K.GEMM_PART // (T * M.rows)))
-        if ks > 1:
-            kc = _grid_rows(_grid_rows(cols, ks), step) * step
-            ks = _grid_rows(cols, kc)
+        ks, kc = self._split_k(gx * gy, cols, T * M.rows, 32 if self.tc else K.GEMM_BK)
         if self.tc:
             kern, Wk = (K.tc_gemm16, M.half16) if M.half16 is not None else (K.tc_gemm32, Wf)
             if ks > 1:
@@ -506,6 +604,53 @@ class CudaLayers:
         else:
             self._go(K.gemm, (gx, gy, 1), 256, x, Wf, T, out, act, epi, self._nopart, cols)
 
+    def _split_k(self, blocks: int, cols: int, outs: int, step: int) -> tuple:
+        """(slices, columns per slice): split K only while the grid is less than a wave."""
+        K = self.K
+        ks = max(1, min(K.GEMM_FILL // blocks, cols // 256, K.GEMM_PART // outs))
+        kc = cols
+        if ks > 1:
+            kc = _grid_rows(_grid_rows(cols, ks), step) * step
+            ks = _grid_rows(cols, kc)
+        return ks, kc
+
+    def _view(self, key, make):
+        """A device-array view made once (each costs ~10s of us to create)."""
+        v = self._views.get(key)
+        if v is None:
+            v = self._views[key] = make()
+        return v
+
+    def _hgemm(self, M: DevMatrix, x, T: int, out, epi: int) -> None:
+        """x @ W.T on pipelined half tiles: x split once into hi/lo halves (``split_x``), F16
+        weights as they are, repacked Q8_0 expanded to hi/lo halves; the same float32-exact
+        products as ``tc_gemm16`` / ``tc_gemm32``."""
+        K = self.K
+        rows, cols = M.rows, M.cols
+        hl = self._cur["xhl"]
+        xh, xl = self._view(("xhl", id(hl), T, cols), lambda: (hl[:T * cols].reshape(T, cols),
+                                                               hl[T * cols:2 * T * cols].reshape(T, cols)))
+        self._go(K.split_x, _grid_rows(T * cols // 4, 256), 256, x, xh, xl, 0)
+        if M.kind == "q8r":
+            sc = self._view(("sc16",), lambda: self.scratch.view(np.uint16))
+            Wh, Wl = self._view(("whl", rows, cols), lambda: (sc[:rows * cols].reshape(rows, cols),
+                                                              sc[rows * cols:2 * rows * cols].reshape(rows, cols)))
+            self._go(K.expand_q8r_hl, _grid_rows(rows * cols, 256), 256, M.arr, M.d16, Wh, Wl)
+            kern, w = K.tc_hgemm_w2, (Wh, Wl)
+        else:
+            kern, w = K.tc_hgemm, (M.half16,)
+        gx, gy = _grid_rows(rows, K.GEMM_BN), _grid_rows(T, K.GEMM_BM)
+        threads = 128
+        if kern is K.tc_hgemm and _grid_rows(rows, 2 * K.GEMM_BN) * gy >= K.GEMM_WIDE:
+            kern, gx, threads = K.tc_hgemm_n, _grid_rows(rows, 2 * K.GEMM_BN), 256    # wide tiles still fill a wave
+        ks, kc = self._split_k(gx * gy, cols, T * rows, 32)
+        if ks > 1:
+            part = self._part_view(ks, T, rows)
+            self._go(kern, (gx, gy, ks), threads, xh, xl, *w, part, rows, T, rows, cols, kc, 0)
+            self._go(K.gemm_reduce, _grid_rows(T * rows, 256), 256, part, T, out, epi)
+        else:
+            self._go(kern, (gx, gy, 1), threads, xh, xl, *w, out, out.strides[0] // 4, T, rows, cols, cols, epi)
+
     def _lowrank_grouped(self, d, b, T, views, view) -> None:
         """A layer's low-rank products at T > MV_T in two tensor-core launches (plus one split-K
         reduction) instead of up to eight GEMMs and their reductions: the first stage of w/a/v/g
@@ -519,11 +664,7 @@ class CudaLayers:
         gx = max(_grid_rows(n, K.GEMM_BN) for _, _, n, _ in downs)
         gy = _grid_rows(T, K.GEMM_BM)
         blocks = sum(_grid_rows(n, K.GEMM_BN) for _, _, n, _ in downs) * gy
-        ks = max(1, min(K.GEMM_FILL // blocks, C // 256, K.GEMM_PART // (T * D)))
-        kc = C
-        if ks > 1:
-            kc = _grid_rows(_grid_rows(C, ks), 32) * 32
-            ks = _grid_rows(C, kc)
+        ks, kc = self._split_k(blocks, C, T * D, 32)
         if ks > 1:
             part = self._part_view(ks, T, D)
             outs = []
@@ -583,14 +724,28 @@ class CudaLayers:
                 kern[grid, block](*args)
 
     # --- the layers ---------------------------------------------------------------------------
+    MIRRORS = 2          # device state pools kept per slot count (each holds n_slots states)
+
     def attach(self, cache) -> DeviceMirror:
-        m = cache._mirror
-        if m is None or m.runner is not self:
-            if m is not None:
-                m.pull(cache)            # newest values from another runner, then take over
-            m = cache._mirror = DeviceMirror(self, cache)
-        elif m.host_newer:
-            m.push(cache)
+        """The device slots holding ``cache``'s state for this runner's layers, up to date."""
+        pools = self._mirrors.setdefault(cache.n_slots, [])
+        for m in cache._mirrors:            # (another runner's mirrors hold other layers: left alone)
+            if m.runner is self and m.owner() is cache:
+                if m.host_newer:
+                    m.push(cache)
+                pools.remove(m)
+                pools.append(m)             # most recently used last
+                return m
+        free = [m for m in pools if m.owner() is None]
+        if free:
+            m = free[0]
+        elif len(pools) < self.MIRRORS:
+            m = DeviceMirror(self, cache)
+            pools.append(m)
+        else:
+            m = pools.pop(0)                # least recently lent
+            pools.append(m)
+        m.lend(cache)
         return m
 
     def run(self, x_host, v_first, seg_start, seg_len, seg_slot, cache, out_rows):
@@ -614,7 +769,7 @@ class CudaLayers:
                 rr = np.zeros(T, np.int64)
                 rr[:R_] = rows
                 b["rows"].copy_to_device(rr)
-            key = (T, nseg, R_)
+            key = (T, nseg, R_, id(m))
             plan = self._plans.get(key)
             if plan is not None and plan.mirror is m and plan.bufs is b:
                 plan.replay()
@@ -669,6 +824,7 @@ class CudaLayers:
         K, hp = self.K, self.hp
         C, H, N = hp.n_embd, hp.n_head, hp.head_size
         go = self._go
+        self._cur = b
         x = b["x"]
         ss, sl, so = b["segs"][0, :nseg], b["segs"][1, :nseg], b["segs"][2, :nseg]
         eps = np.float32(hp.norm_eps)
@@ -708,7 +864,10 @@ class CudaLayers:
                 go(K.lowrank2, *lr, d["lr2"], d["lr2_w"], d["lr2_in"], d["lr2_d"], d["lr2_act"], b["h1"], T, C, b["h2"])
             go(K.pre_wkv, (T, H), N, b["k"], b["v"], b["h2"], d["w0"], d["a0"], d["v0"], d["k_k"], d["k_a"],
                b["vfirst"], il == 0, N, np.float32(L2_EPS), b["w"], b["A"], b["B"])
-            if N == K.NMAX and not K.SIM:
+            if N == K.NMAX and self.wkvc:
+                go(K.wkv7_64c, (nseg, H, K.WKVC_SPLIT), K.WKVC_THREADS, b["r"], b["w"], b["k"], b["v"], b["A"], b["B"],
+                   ss, sl, so, S, b["y"])
+            elif N == K.NMAX and not K.SIM:
                 go(K.wkv7_64, (nseg, H), K.NMAX * K.WKV_LANES, b["r"], b["w"], b["k"], b["v"], b["A"], b["B"],
                    ss, sl, so, S, b["y"])
             else:

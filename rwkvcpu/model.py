@@ -265,6 +265,7 @@ class Model:
         # A mixed strategy's CPU layers never live on the GPU: use the host arrays without
         # synchronising the GPU's layers back every step.
         cr, cs = (cache._r, cache._s) if self.on_gpu else (cache.r, cache.s)
+        cache._zero = False
         last = stop - 1 if final else -1
         fused = T <= FUSED_T and not rec
         for il in range(start, stop):

@@ -39,7 +39,9 @@ class StateCache:
         self._r = np.zeros((n_layer, n_slots, 2 * n_embd), dtype=np.float32)
         self._s = np.zeros((n_layer, n_slots, self.n_head, head_size, head_size), dtype=np.float32)
         self.n_tokens = np.zeros(n_slots, dtype=np.int64)   # tokens processed per slot
-        self._mirror = None     # a DeviceMirror while some layers' state lives on a GPU
+        self._mirrors = []      # DeviceMirrors lent to this cache while some layers' state lives on a GPU
+        self._zero = True       # known all-zero (fresh or cleared; any host access may write: then False),
+        #                         so a GPU can zero its copy instead of uploading the arrays
 
     # --- the host arrays; a GPU copy (rwkvcpu/gpu.py) is synchronised on access ----------
     # While a CUDA model advances the state, the newest values of its layers are on the
@@ -66,15 +68,21 @@ class StateCache:
         self._s[...] = value
 
     def _pull(self) -> None:
-        m = self._mirror
-        if m is not None:
+        self._zero = False      # the caller gets the arrays and may write through them
+        for m in self._mirrors:
             m.pull(self)
 
     def __getstate__(self):
         self._pull()
         d = dict(self.__dict__)
-        d["_mirror"] = None
+        d["_mirrors"] = []
         return d
+
+    def __setstate__(self, d):
+        d.pop("_mirror", None)  # pickled before device mirrors were lent (one per cache)
+        d.setdefault("_mirrors", [])
+        d.setdefault("_zero", False)
+        self.__dict__.update(d)
 
     @classmethod
     def for_model(cls, hp, n_slots: int = 1) -> "StateCache":
@@ -111,6 +119,8 @@ class StateCache:
         self.r[:, sl] = 0
         self.s[:, sl] = 0
         self.n_tokens[sl] = 0
+        if slot is None:
+            self._zero = True
 
     def copy_slot(self, src: int, dst: int) -> None:
         """dst <- src (llama_memory_seq_cp): fork a sequence, e.g. from a shared prefix."""

@@ -205,6 +205,59 @@ def test_graphs_and_recorded_launches_replay_exactly_what_plain_launches_do():
 
 
 @needs_gpu
+def test_state_slots_are_lent_between_caches_without_loss_and_graphs_are_reused():
+    """The runner keeps MIRRORS device state pools per slot count and lends them to caches, so a
+    fresh state replays the captured graph of its shape.  Three states interleaved over two
+    pools (each lending pulls the previous holder's values back first), a state dropped while
+    it holds a pool, and host reads in between: every state must continue exactly as on the CPU,
+    and fresh states of a seen shape must not record or capture the step again."""
+    import gc
+    cpu = fixture_model("tiny-rwkv7-q8_0.gguf")
+    gpu = gpu_model("tiny-rwkv7-q8_0.gguf", "cuda")
+    runner = gpu._segments[-1][1]
+    assert runner.MIRRORS == 2
+    toks = [(np.arange(20) * (7 + 3 * i) + i) % 4096 for i in range(3)]
+    sc = [cpu.new_state() for _ in range(3)]
+    sg = [gpu.new_state() for _ in range(3)]
+    for half in (slice(0, 12), slice(12, 20)):
+        for i in range(3):
+            lc, _ = cpu.forward(toks[i][half], sc[i])
+            lg, _ = gpu.forward(toks[i][half], sg[i])
+            assert _close(lg, lc, np.abs(lc).max()), (i, half)
+        assert sg[1].max_abs_diff(sc[1])["wkv"] <= 1e-4 * np.abs(sc[1].s).max()   # host read mid-way
+    for i in range(3):
+        assert sg[i].max_abs_diff(sc[i])["wkv"] <= 1e-4 * np.abs(sc[i].s).max(), i
+    lone = gpu.new_state()
+    gpu.forward(toks[0], lone)
+    del lone
+    gc.collect()                                  # its pool is free again, and must not leak into the next
+    captures = []
+    orig = runner._capture
+    runner._capture = lambda *a: captures.append(a[2:]) or orig(*a)
+    try:
+        ref, _ = cpu.forward(toks[2])
+        for _ in range(3):
+            lg, st = gpu.forward(toks[2], gpu.new_state())
+            assert _close(lg, ref, np.abs(ref).max())
+    finally:
+        del runner._capture
+    assert len(captures) <= 1, f"a fresh state re-captured the step {len(captures)} times"
+    # a fresh state's slots are zeroed on the device without an upload, unless the host wrote to it
+    for edit in (False, True):
+        sc1, sg1 = cpu.new_state(), gpu.new_state()
+        assert sg1._zero
+        if edit:
+            for st in (sc1, sg1):
+                st.s[:, 0, :, 1, 2] = 0.25
+                st.r[-1, 0, 5] = -1.0
+            assert not sg1._zero
+        lc, _ = cpu.forward(toks[1][:9], sc1)
+        lg, _ = gpu.forward(toks[1][:9], sg1)
+        assert _close(lg, lc, np.abs(lc).max()), edit
+        assert sg1.max_abs_diff(sc1)["wkv"] <= 1e-4 * np.abs(sc1.s).max(), edit
+
+
+@needs_gpu
 def test_plans_follow_buffer_eviction():
     """Step buffers are cached for 4 shapes; a plan made on evicted buffers must not be replayed
     into the new ones (it would return the old buffers' logits)."""
@@ -388,9 +441,12 @@ def test_repacked_q8_0_kernels_match_numpy(cols):
 
 
 @needs_gpu
-def test_wkv7_fast_kernel_matches_numpy_reference():
-    """wkv7_64 (4 threads per state row, shuffles, prefetch) against the NumPy recurrence, on
-    three sequences of 1, 7 and 300 tokens in slots 2, 0, 3 of a 4-slot cache; slot 1 untouched."""
+@pytest.mark.parametrize("kern", ["wkv7_64", "wkv7_64c"])
+def test_wkv7_fast_kernel_matches_numpy_reference(kern):
+    """wkv7_64 (numba) and wkv7_64c (CUDA C, float4 shared loads): 4 threads per state row,
+    shuffles, inputs staged in chunks of WKV_CH tokens; against the NumPy recurrence, on three
+    sequences of 1, 7 and 300 tokens (chunk remainders) in slots 2, 0, 3 of a 4-slot cache;
+    slot 1 untouched."""
     from numba import cuda
     from rwkvcpu.kernels import cuda as CK
     from rwkvcpu.kernels.reference import wkv7 as wkv7_ref
@@ -410,7 +466,10 @@ def test_wkv7_fast_kernel_matches_numpy_reference():
     dS = cuda.to_device(S0)
     dy = cuda.device_array((T, H * N), dtype=np.float32)
     seg = [cuda.to_device(np.asarray(z, dtype=np.int64)) for z in (starts, lens, slots)]
-    CK.wkv7_64[(3, H), N * CK.WKV_LANES](*dev, *seg, dS, dy)
+    if kern == "wkv7_64c":
+        CK.wkv7_64c[(3, H, CK.WKVC_SPLIT), CK.WKVC_THREADS](*dev, *seg, dS, dy)
+    else:
+        CK.wkv7_64[(3, H), N * CK.WKV_LANES](*dev, *seg, dS, dy)
     y, S = dy.copy_to_host().reshape(T, H, N), dS.copy_to_host()
     for t0, n, sl in zip(starts, lens, slots):
         St = S0[sl].astype(np.float64)              # the reference in float64
@@ -479,3 +538,104 @@ def test_gpu_model_uses_tensor_cores_and_agrees_with_simt_gemm(monkeypatch):
     assert not simt._segments[0][1].tc
     ls, _ = simt.forward(toks, all_logits=True)
     assert _close(lt, ls, np.abs(ls).max())
+
+
+def _q8r_matrix(rng, rows, cols):
+    """A random Q8_0 matrix as the GPU holds it (DevMatrix 'q8r') and its float64 values."""
+    from rwkvcpu.gpu import DevMatrix
+    from rwkvcpu.kernels import dequant as dq
+    from rwkvcpu.loaders.checkpoint import QTensor
+    nb = cols // 32
+    d = (rng.uniform(0.001, 0.05, (rows, nb)) * rng.choice([-1, 1], (rows, nb))).astype(np.float16)
+    q = rng.integers(-128, 128, (rows, nb, 32)).astype(np.int8)
+    raw = np.empty((rows, nb, 34), np.uint8)
+    raw[:, :, :2] = d.view(np.uint8).reshape(rows, nb, 2)
+    raw[:, :, 2:] = q.view(np.uint8)
+    M = DevMatrix(QTensor("w", dq.Q8_0, (rows, cols), raw.reshape(rows, nb * 34)))
+    return M, (d.astype(np.float64)[:, :, None] * q).reshape(rows, cols)
+
+
+@needs_gpu
+@pytest.mark.parametrize("wtype", ["f16", "q8_0"])
+@pytest.mark.parametrize("T,N,K", [(40, 192, 1000), (70, 130, 96), (130, 64, 256), (9, 200, 2080)])
+def test_pipelined_half_gemm_equals_register_staged_tiles(wtype, T, N, K):
+    """tc_hgemm / tc_hgemm_w2 (x split once by split_x, tiles copied with cp.async through a
+    ring of stages; Q8_0 expanded straight to hi/lo halves) must do the very products of
+    tc_gemm16 / tc_gemm32 in the same order: bit-identical outputs, whole and split along K,
+    every epilogue, every input transform; and float32 accuracy against float64 NumPy."""
+    from numba import cuda
+    from rwkvcpu.kernels import cuda as CK
+    rng = np.random.default_rng(T * K + N)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    if wtype == "f16":
+        W16 = (rng.standard_normal((N, K)) * 0.1).astype(np.float16)
+        Wd = W16.astype(np.float64)
+        old_w = new_w = (cuda.to_device(W16.view(np.uint16)),)
+        old_k, new_k = CK.tc_gemm16, CK.tc_hgemm
+    else:
+        K -= K % 32                      # whole Q8_0 blocks
+        x = x[:, :K].copy()
+        M, Wd = _q8r_matrix(rng, N, K)
+        Wf = cuda.device_array((N, K), np.float32)
+        CK.expand_q8r[(N * K + 255) // 256, 256](M.arr, M.d16, Wf)
+        Wh, Wl = cuda.device_array((N, K), np.uint16), cuda.device_array((N, K), np.uint16)
+        CK.expand_q8r_hl[(N * K + 255) // 256, 256](M.arr, M.d16, Wh, Wl)
+        old_w, new_w = (Wf,), (Wh, Wl)
+        old_k, new_k = CK.tc_gemm32, CK.tc_hgemm_w2
+    base = rng.standard_normal((T, N)).astype(np.float32)
+    dx = cuda.to_device(x)
+    hl = cuda.device_array((2, T, K), np.uint16)
+    grid = ((N + 63) // 64, (T + 63) // 64)
+    for act, f in ((0, lambda v: v), (1, np.tanh), (2, lambda v: 1 / (1 + np.exp(-v)))):
+        CK.split_x[(T * K // 4 + 255) // 256, 256](dx, hl[0], hl[1], act)
+        xa = f(x.astype(np.float64))
+        ref = xa @ Wd.T
+        bound = 1e-5 * (np.abs(xa) @ np.abs(Wd.T))
+        for ks in (1, 3):
+            kc = -(-(-(-K // ks)) // 32) * 32
+            n_split = -(-K // kc)
+            for epi in (0, 1, 2):
+                outs = []
+                for kern, w, xs, a in ((old_k, old_w, (dx,), act), (new_k, new_w, (hl[0], hl[1]), None)):
+                    out = cuda.to_device(base.copy())
+                    tail = (kc, act, 0) if a is not None else (K, kc, 0)
+                    if n_split > 1:
+                        part = cuda.device_array((n_split, T, N), dtype=np.float32)
+                        kern[(grid[0], grid[1], n_split), 128](*xs, *w, part, N, T, N, *tail)
+                        CK.gemm_reduce[(T * N + 255) // 256, 256](part, T, out, epi)
+                    else:
+                        tail = (K, act, epi) if a is not None else (K, K, epi)
+                        kern[(grid[0], grid[1], 1), 128](*xs, *w, out, N, T, N, *tail)
+                    outs.append(out.copy_to_host())
+                if wtype == "f16":          # the 64 x 128 tile (256 threads): the same products again
+                    out = cuda.to_device(base.copy())
+                    gw = ((N + 127) // 128, grid[1])
+                    if n_split > 1:
+                        part = cuda.device_array((n_split, T, N), dtype=np.float32)
+                        CK.tc_hgemm_n[(*gw, n_split), 256](hl[0], hl[1], *new_w, part, N, T, N, K, kc, 0)
+                        CK.gemm_reduce[(T * N + 255) // 256, 256](part, T, out, epi)
+                    else:
+                        CK.tc_hgemm_n[(*gw, 1), 256](hl[0], hl[1], *new_w, out, N, T, N, K, K, epi)
+                    outs.append(out.copy_to_host())
+                for o in outs[1:]:
+                    assert np.array_equal(outs[0], o), (act, ks, epi, np.abs(outs[0] - o).max())
+                if epi == 0:
+                    assert np.all(np.abs(outs[1] - ref) <= bound + 1e-30), (act, ks)
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", ["tiny-rwkv7-f16.gguf", "tiny-rwkv7-q8_0.gguf"])
+def test_gpu_model_pipelined_gemm_gives_the_same_bits(name, monkeypatch):
+    """A prefill through the pipelined half-tile GEMM equals, bit for bit, the same prefill with
+    RWKVCPU_NO_HGEMM=1 (the register-staged tiles): logits and state."""
+    from rwkvcpu.model import Model
+    toks = (np.arange(80) * 41) % 4096
+    new = gpu_model(name, "cuda")
+    assert new._segments[0][1].hg, new._segments[0][1].hg_error
+    assert new._segments[0][1].wkvc, new._segments[0][1].wkvc_error
+    ln, sn = new.forward(toks, all_logits=True)
+    monkeypatch.setenv("RWKVCPU_NO_HGEMM", "1")
+    old = Model.load(str(require_fixtures() / name), device="cuda")
+    assert not old._segments[0][1].hg
+    lo, so = old.forward(toks, all_logits=True)
+    assert np.array_equal(ln, lo) and np.array_equal(sn.s, so.s) and np.array_equal(sn.r, so.r)

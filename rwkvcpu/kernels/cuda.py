@@ -38,7 +38,7 @@ if not hasattr(np, "row_stack"):
     # NumPy 2.5 removed that alias of vstack, and the import then fails deep inside numba-cuda.
     np.row_stack = np.vstack
 
-from numba import config, cuda, float32, int32, int64  # noqa: E402
+from numba import config, cuda, float32, int32, int64, uint16  # noqa: E402
 
 from . import dequant as dq
 
@@ -53,6 +53,8 @@ GEMM_BN = 64
 GEMM_BK = 16
 GEMM_FILL = 264           # blocks wanted per gemm (2 per SM on an H100): fewer -> split K
 GEMM_PART = 2 * GEMM_FILL * 64 * 64    # floats of split-K scratch (at most ~2 * GEMM_FILL blocks)
+GEMM_WIDE = 120           # 64 x 128 tiles (tc_hgemm_n) once they make this many blocks (~0.9 of an H100
+#                           wave of 256-thread blocks); 1.5B prefill: 20% faster than 64 x 64 tiles
 GEMM_LD = GEMM_BM + 4     # padded shared-tile row (fewer bank conflicts on the transposed store)
 CMAX = 8192      # widest row the layer norm kernel holds in shared memory
 
@@ -749,75 +751,93 @@ WKV_LANES = 4                # threads per state row in wkv7_64
 WKV_M = NMAX // WKV_LANES    # state columns per thread (registers)
 
 
+WKVC_ROWS = 16               # state rows per block in wkv7_64c (wkv7.cu's WKV_ROWS)
+WKVC_SPLIT = NMAX // WKVC_ROWS
+WKVC_THREADS = WKVC_ROWS * WKV_LANES
+WKV_CH = 8                   # tokens per chunk of inputs staged in shared memory by wkv7_64
+WKV_LOADS = 6 * WKV_CH * NMAX // (WKV_LANES * NMAX)     # values each thread stages per chunk
+
+
+@cuda.jit(device=True, inline=True)
+def _wkv_src(u, a, b, w, k, r, v):
+    if u == 0:
+        return a
+    if u == 1:
+        return b
+    if u == 2:
+        return w
+    if u == 3:
+        return k
+    if u == 4:
+        return r
+    return v
+
+
 @cuda.jit(cache=True)
 def wkv7_64(r, w, k, v, a, b, seg_start, seg_len, seg_slot, S, y):
     """wkv7 for head size 64, the fast path: one block of 256 threads per (sequence, head); the 4
     threads of row i own its columns q, q+4, ..., q+60 (q = lane & 3) in registers (compile-time
-    sized, so the loops unroll) and combine their partial dot products by warp shuffles.  The
-    next token's a, b, w, k, r, v are loaded while the current one is computed (double-buffered
-    shared memory, one barrier per token).  Same update as cpu.wkv7; only summation order differs."""
+    sized, so the loops unroll) and combine their partial dot products by warp shuffles.  Inputs
+    come in chunks of WKV_CH tokens: a chunk's a, b, w, k, r, v are loaded (12 coalesced values
+    per thread) while the previous chunk is computed from shared memory, one barrier per chunk;
+    the per-token loads and barrier used to leave a token waiting on memory (~0.7 us per token,
+    the loop being sequential).  Each dot product is two interleaved partial sums (half the
+    dependent-FMA chain).  Same update as cpu.wkv7; only summation order differs."""
     s = cuda.blockIdx.x
     h = cuda.blockIdx.y
     tid = cuda.threadIdx.x
     i = tid >> 2
     q = tid & 3
-    g = tid >> 6             # which of a, b, w, k this thread loads (r: threads 0..63 as well)
-    e = tid & 63
     slot = seg_slot[s]
     o = h * NMAX
     st = cuda.local.array(WKV_M, float32)
-    buf = cuda.shared.array((2, 5, NMAX), float32)
+    stage = cuda.local.array(WKV_LOADS, float32)
+    buf = cuda.shared.array((2, 6, WKV_CH, NMAX), float32)
     for m in range(WKV_M):
         st[m] = S[slot, h, i, q + WKV_LANES * m]
     t0 = seg_start[s]
     t1 = t0 + seg_len[s]
-    n0 = float32(0.0)
-    n1 = float32(0.0)
-    nv = float32(0.0)
-    if t0 < t1:
-        if g == 0:
-            n0 = a[t0, o + e]
-            n1 = r[t0, o + e]
-        elif g == 1:
-            n0 = b[t0, o + e]
-        elif g == 2:
-            n0 = w[t0, o + e]
-        else:
-            n0 = k[t0, o + e]
-        nv = v[t0, o + i]
+    # staged value u of this thread: input u >> 1, token (tid + 256 (u & 1)) >> 6 of the chunk, column tid & 63
+    for u in range(WKV_LOADS):
+        tt = (tid + 256 * (u & 1)) >> 6
+        stage[u] = _wkv_src(u >> 1, a, b, w, k, r, v)[t0 + tt, o + (tid & 63)] if t0 + tt < t1 else float32(0.0)
     p = 0
-    for t in range(t0, t1):
-        buf[p, g, e] = n0
-        if g == 0:
-            buf[p, 4, e] = n1
-        vi = nv
+    for c0 in range(t0, t1, WKV_CH):
+        for u in range(WKV_LOADS):
+            buf[p, u >> 1, (tid + 256 * (u & 1)) >> 6, tid & 63] = stage[u]
         cuda.syncthreads()
-        if t + 1 < t1:                       # prefetch the next token
-            if g == 0:
-                n0 = a[t + 1, o + e]
-                n1 = r[t + 1, o + e]
-            elif g == 1:
-                n0 = b[t + 1, o + e]
-            elif g == 2:
-                n0 = w[t + 1, o + e]
-            else:
-                n0 = k[t + 1, o + e]
-            nv = v[t + 1, o + i]
-        sa = float32(0.0)
-        for m in range(WKV_M):
-            sa += st[m] * buf[p, 0, q + WKV_LANES * m]
-        sa += cuda.shfl_xor_sync(0xFFFFFFFF, sa, 1)
-        sa += cuda.shfl_xor_sync(0xFFFFFFFF, sa, 2)
-        acc = float32(0.0)
-        for m in range(WKV_M):
-            j = q + WKV_LANES * m
-            sij = st[m] * buf[p, 2, j] + sa * buf[p, 1, j] + vi * buf[p, 3, j]
-            st[m] = sij
-            acc += sij * buf[p, 4, j]
-        acc += cuda.shfl_xor_sync(0xFFFFFFFF, acc, 1)
-        acc += cuda.shfl_xor_sync(0xFFFFFFFF, acc, 2)
-        if q == 0:
-            y[t, o + i] = acc
+        c1 = c0 + WKV_CH
+        if c1 < t1:                          # the next chunk's loads fly while this one computes
+            for u in range(WKV_LOADS):
+                tt = (tid + 256 * (u & 1)) >> 6
+                stage[u] = _wkv_src(u >> 1, a, b, w, k, r, v)[c1 + tt, o + (tid & 63)] if c1 + tt < t1 \
+                    else float32(0.0)
+        for tt in range(min(WKV_CH, t1 - c0)):
+            vi = buf[p, 5, tt, i]
+            sa0 = float32(0.0)
+            sa1 = float32(0.0)
+            for m in range(0, WKV_M, 2):
+                sa0 += st[m] * buf[p, 0, tt, q + WKV_LANES * m]
+                sa1 += st[m + 1] * buf[p, 0, tt, q + WKV_LANES * (m + 1)]
+            sa = sa0 + sa1
+            sa += cuda.shfl_xor_sync(0xFFFFFFFF, sa, 1)
+            sa += cuda.shfl_xor_sync(0xFFFFFFFF, sa, 2)
+            acc0 = float32(0.0)
+            acc1 = float32(0.0)
+            for m in range(0, WKV_M, 2):
+                j = q + WKV_LANES * m
+                s0 = st[m] * buf[p, 2, tt, j] + sa * buf[p, 1, tt, j] + vi * buf[p, 3, tt, j]
+                s1 = st[m + 1] * buf[p, 2, tt, j + WKV_LANES] + sa * buf[p, 1, tt, j + WKV_LANES] \
+                    + vi * buf[p, 3, tt, j + WKV_LANES]
+                st[m] = s0
+                st[m + 1] = s1
+                acc0 += s0 * buf[p, 4, tt, j]
+                acc1 += s1 * buf[p, 4, tt, j + WKV_LANES]
+            acc = acc0 + acc1
+            acc += cuda.shfl_xor_sync(0xFFFFFFFF, acc, 1)
+            acc += cuda.shfl_xor_sync(0xFFFFFFFF, acc, 2)
+            if q == 0:
+                y[c0 + tt, o + i] = acc
         p = 1 - p
     for m in range(WKV_M):
         S[slot, h, i, q + WKV_LANES * m] = st[m]
@@ -892,6 +912,77 @@ if not SIM:
         """As ``tc_gemm32`` for IEEE-half weights given as their uint16 bits."""
         _tc_f16w(_dptr(x), x.strides[0] // 4, _dptr(W), W.strides[0] // 2, _dptr(out), ldo,
                  T, N, x.shape[1], kc, act, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
+
+    _tc_x2 = cuda.declare_device("tc_hgemm_x2", _nt.int32(_P16, _P16, _nt.int64, _P16, _nt.int64, _P32,
+                                                         *_tc_args[1:11]))
+    _tc_x2n = cuda.declare_device("tc_hgemm_x2n", _nt.int32(_P16, _P16, _nt.int64, _P16, _nt.int64, _P32,
+                                                           *_tc_args[1:11]))
+    _tc_x2w2 = cuda.declare_device("tc_hgemm_x2w2", _nt.int32(_P16, _P16, _nt.int64, _P16, _P16, _nt.int64, _P32,
+                                                             *_tc_args[1:11]))
+    _tc_hilo = cuda.declare_device("tc_hilo", _nt.uint32(_nt.float32))
+    _tc_split = cuda.declare_device("tc_split_x", _nt.int32(_P32, _nt.int64, _P16, _P16, _nt.int64, _nt.int32,
+                                                           _nt.int32, _nt.int32, _nt.int64))
+
+    @cuda.jit(link=[TC_CU])
+    def split_x(x, H, L, act):
+        """H, L (uint16 bits of halves, [T, >= K]) = act(x) split as hi + lo; x [T, K] float32,
+        K % 4 == 0; one thread per 4 values."""
+        _tc_split(_dptr(x), x.strides[0] // 4, _dptr(H), _dptr(L), H.strides[0] // 2, x.shape[0], x.shape[1],
+                  act, cuda.grid(1))
+
+    @cuda.jit(link=[TC_CU])
+    def tc_hgemm(Xh, Xl, W, out, ldo, T, N, K, kc, epi):
+        """out (epi)= x @ W.T with x given as its halves (``split_x``) and F16 W (uint16 bits):
+        cp.async-pipelined tensor-core tiles, the same products and order as ``tc_gemm16``.
+        grid (ceil(N/64), ceil(T/64), S), 128 threads; S > 1 as ``tc_gemm32``."""
+        _tc_x2(_dptr(Xh), _dptr(Xl), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(out), ldo,
+               T, N, K, kc, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
+
+    @cuda.jit(link=[TC_CU])
+    def tc_hgemm_n(Xh, Xl, W, out, ldo, T, N, K, kc, epi):
+        """``tc_hgemm`` on 64 x 128 tiles: grid (ceil(N/128), ceil(T/64), S), 256 threads."""
+        _tc_x2n(_dptr(Xh), _dptr(Xl), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(out), ldo,
+                T, N, K, kc, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
+
+    @cuda.jit(link=[TC_CU])
+    def tc_hgemm_w2(Xh, Xl, Wh, Wl, out, ldo, T, N, K, kc, epi):
+        """As ``tc_hgemm`` for weights given as hi/lo halves (``expand_q8r_hl``): the products and
+        order of ``tc_gemm32`` on the float32 expansion."""
+        _tc_x2w2(_dptr(Xh), _dptr(Xl), Xh.strides[0] // 2, _dptr(Wh), _dptr(Wl), Wh.strides[0] // 2, _dptr(out),
+                 ldo, T, N, K, kc, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
+
+    @cuda.jit(link=[TC_CU])
+    def expand_q8r_hl(Q8, D16, Wh, Wl):
+        """Repacked Q8_0 -> hi/lo halves of each weight (its float32 value, exact: 8 x 11 bits),
+        one thread per weight."""
+        i = cuda.grid(1)
+        cols = Q8.shape[1]
+        if i >= Q8.shape[0] * cols:
+            return
+        r = i // cols
+        c = i % cols
+        u = _tc_hilo(_h2f(int32(D16[r, c // 32])) * float32(Q8[r, c]))
+        Wh[r, c] = uint16(u & 0xFFFF)
+        Wl[r, c] = uint16(u >> 16)
+
+    WKV_CU = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wkv7.cu")
+    _wkv64c = cuda.declare_device("wkv7_64c", _nt.int32(_P32, _P32, _P32, _P32, _P32, _P32, _nt.int64, _nt.int32,
+                                                        _nt.int32, _P32, _nt.int64, _P32, _nt.int64, _nt.int32,
+                                                        _nt.int32))
+
+    @cuda.jit(link=[WKV_CU])
+    def wkv7_64c(r, w, k, v, a, b, seg_start, seg_len, seg_slot, S, y):
+        """As ``wkv7_64`` (same arguments) in CUDA C (rwkvcpu/kernels/wkv7.cu): 128-bit shared-memory
+        loads, and each head's 64 state rows split over WKVC_SPLIT blocks (rows are independent),
+        so a single sequence's prefill runs on H * WKVC_SPLIT SMs.  grid (sequences, heads,
+        WKVC_SPLIT), WKVC_THREADS threads.  r, w, k, v, a, b share one row stride; S is contiguous
+        [slots, H, 64, 64]."""
+        s = cuda.blockIdx.x
+        h = cuda.blockIdx.y
+        t0 = seg_start[s]
+        _wkv64c(_dptr(r), _dptr(w), _dptr(k), _dptr(v), _dptr(a), _dptr(b), r.strides[0] // 4, t0, t0 + seg_len[s],
+                _dptr(S), (seg_slot[s] * S.shape[1] + h) * (NMAX * NMAX), _dptr(y), y.strides[0] // 4, h * NMAX,
+                cuda.blockIdx.z * WKVC_ROWS)
 
     @cuda.jit(link=[TC_CU])
     def tc_gemm32_g(x0, x1, x2, x3, W0, W1, W2, W3, o0, o1, o2, o3, ks, kc, a0, a1, a2, a3, ldo, T, epi):

@@ -64,11 +64,15 @@ __device__ __forceinline__ void tc_mma(float* d, const unsigned* a, const unsign
 
 // Four 8x8 matrices of halves from shared memory (each lane gives one 16-byte row address); lane l
 // receives, of each matrix, row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1: the mma fragment layout.
-__device__ __forceinline__ void tc_ldsm4(unsigned* r, const h16* p) {
+__device__ __forceinline__ unsigned tc_smem(const void* p) {
     unsigned a;
     asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+__device__ __forceinline__ void tc_ldsm4(unsigned* r, const h16* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a) : "memory");
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(tc_smem(p)) : "memory");
 }
 
 template <bool W_HALF>
@@ -228,5 +232,201 @@ extern "C" __device__ int tc_gemm_f16w(int* ret, const float* X, long ldx, const
                                        int bx, int by, int bz, int nz) {
     tc_tile<true>(X, ldx, W, ldw, out, ldo, T, N, K, kc, act, epi, bx, by, bz, nz);
     *ret = 0;
+    return 0;
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Half-operand GEMM: the same 64 x 64 tile, 4 warps and MMA layout as tc_tile, but both operands
+// arrive as halves already split (x by tc_split_x, once per product; F16 weights as stored;
+// other weights expanded to hi/lo halves), so a tile is copied global -> shared with cp.async
+// (16 bytes per copy, no registers, no conversion) through a ring of HG_S stages: the copies of
+// the next stages are in flight while this stage's MMAs run.  The tile above spent most of its
+// time converting and staging float32 x (ncu, 1.5B prefill: 25% issue-slot use, 12% occupancy).
+//   A_LO: x has a low half (exact float32 products); B_LO: W has one (float32-exact weights).
+// Requires K % 8 == 0 and 16-byte aligned rows (ldx % 8 == 0, ldw % 8 == 0): the caller checks.
+
+#define HG_BK 32
+
+__device__ __forceinline__ void tc_cp16(h16* dst, const h16* src, bool ok) {
+    // src-size 0 zero-fills the 16 bytes (rows past T or N, k past the end) without reading
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
+                 :: "r"(tc_smem(dst)), "l"(src), "r"(ok ? 16 : 0) : "memory");
+}
+
+__device__ __forceinline__ void tc_cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void tc_cp_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
+template <bool A_LO, bool B_LO, int BN>
+__device__ __forceinline__ void hg_load(h16* sAh, h16* sAl, h16* sBh, h16* sBl,
+                                        const h16* Xh, const h16* Xl, long ldx, const h16* Wh, const h16* Wl,
+                                        long ldw, int T, int N, int kend, int m0, int n0, int k0) {
+    const int tid = threadIdx.x;
+    for (int f = tid; f < TC_BM * 4; f += 2 * BN) {      // x: 64 rows x 4 chunks of 8 halves
+        const int r = f >> 2, c = (f & 3) * 8, k = k0 + c;
+        const bool ok = m0 + r < T && k < kend;
+        const long ox = ok ? (long)(m0 + r) * ldx + k : 0;
+        tc_cp16(sAh + r * TC_LDS + c, Xh + ox, ok);
+        if (A_LO) tc_cp16(sAl + r * TC_LDS + c, Xl + ox, ok);
+    }
+    for (int f = tid; f < BN * 4; f += 2 * BN) {         // W: BN rows x 4 chunks
+        const int r = f >> 2, c = (f & 3) * 8, k = k0 + c;
+        const bool ok = n0 + r < N && k < kend;
+        const long ow = ok ? (long)(n0 + r) * ldw + k : 0;
+        tc_cp16(sBh + r * TC_LDS + c, Wh + ow, ok);
+        if (B_LO) tc_cp16(sBl + r * TC_LDS + c, Wl + ow, ok);
+    }
+}
+
+// BN = 64: 128 threads (2 x 2 warps); BN = 128: 256 threads (2 x 4 warps), each warp a 32 x 32
+// quarter as before.  The wide tile reads each x tile for twice the outputs: at 64 x 64 the 1.5B
+// prefill GEMMs ran at 71% of L2 bandwidth (ncu), x being re-read once per 64 outputs.
+template <bool A_LO, bool B_LO, int BN>
+__device__ void hg_tile(const h16* Xh, const h16* Xl, long ldx, const h16* Wh, const h16* Wl, long ldw,
+                        float* out, long ldo, int T, int N, int K, int kc, int epi, int bx, int by, int bz, int nz) {
+    // stages: what fits the 48 KB of static shared memory (3 x 15 KB, 2 x 20 KB, 2 x 20 KB)
+    constexpr int S = (BN == 128 || (A_LO && B_LO)) ? 2 : 3;
+    constexpr int TA = TC_BM * TC_LDS, TB = BN * TC_LDS;
+    __shared__ __align__(16) h16 sAh[S * TA];
+    __shared__ __align__(16) h16 sAl[A_LO ? S * TA : 8];
+    __shared__ __align__(16) h16 sBh[S * TB];
+    __shared__ __align__(16) h16 sBl[B_LO ? S * TB : 8];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, q = lane & 3;
+    constexpr int WN = BN / 32;                          // warps along n
+    const int wm = (warp / WN) * 32, wn = (warp % WN) * 32;
+    const int m0 = by * TC_BM, n0 = bx * BN;
+    const int kbeg = bz * kc, kend = min(K, kbeg + kc);
+    if (nz > 1) out += (long)bz * T * ldo;
+    const int nk = kend > kbeg ? (kend - kbeg + HG_BK - 1) / HG_BK : 0;
+
+    float acc[2][4][4];
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++)
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+
+    for (int st = 0; st < S - 1; st++) {
+        if (st < nk)
+            hg_load<A_LO, B_LO, BN>(sAh + st * TA, sAl + (A_LO ? st * TA : 0), sBh + st * TB,
+                                    sBl + (B_LO ? st * TB : 0), Xh, Xl, ldx, Wh, Wl, ldw, T, N, kend, m0, n0,
+                                    kbeg + st * HG_BK);
+        tc_cp_commit();
+    }
+    for (int it = 0; it < nk; it++) {
+        tc_cp_wait<S - 2>();         // stage `it` has landed (this thread's copies) ...
+        __syncthreads();             // ... everyone's; and stage it-1 is consumed by every warp
+        {
+            const int nx = it + S - 1, b = nx % S;
+            if (nx < nk)
+                hg_load<A_LO, B_LO, BN>(sAh + b * TA, sAl + (A_LO ? b * TA : 0), sBh + b * TB,
+                                        sBl + (B_LO ? b * TB : 0), Xh, Xl, ldx, Wh, Wl, ldw, T, N, kend, m0, n0,
+                                        kbeg + nx * HG_BK);
+            tc_cp_commit();
+        }
+        const int b = it % S;
+        const h16* Ah = sAh + b * TA;
+        const h16* Al = sAl + (A_LO ? b * TA : 0);
+        const h16* Bh = sBh + b * TB;
+        const h16* Bl = sBl + (B_LO ? b * TB : 0);
+        for (int kk = 0; kk < HG_BK; kk += 16) {
+            unsigned ah[2][4], al[2][4], bh[4][2], bl[4][2];
+            for (int i = 0; i < 2; i++) {
+                const int o = (wm + 16 * i + (lane & 15)) * TC_LDS + kk + (lane >> 4) * 8;
+                tc_ldsm4(ah[i], Ah + o);
+                if (A_LO) tc_ldsm4(al[i], Al + o);
+            }
+            for (int j = 0; j < 4; j += 2) {
+                const int o = (wn + 8 * j + (lane & 7) + ((lane >> 4) << 3)) * TC_LDS + kk + ((lane >> 3) & 1) * 8;
+                unsigned u[4];
+                tc_ldsm4(u, Bh + o);
+                bh[j][0] = u[0]; bh[j][1] = u[1]; bh[j + 1][0] = u[2]; bh[j + 1][1] = u[3];
+                if (B_LO) {
+                    tc_ldsm4(u, Bl + o);
+                    bl[j][0] = u[0]; bl[j][1] = u[1]; bl[j + 1][0] = u[2]; bl[j + 1][1] = u[3];
+                }
+            }
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 4; j++) {        // small terms first, as tc_tile
+                    if (B_LO) tc_mma(acc[i][j], ah[i], bl[j]);
+                    if (A_LO) tc_mma(acc[i][j], al[i], bh[j]);
+                    tc_mma(acc[i][j], ah[i], bh[j]);
+                }
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++)
+            for (int e = 0; e < 4; e++) {
+                const int t = m0 + wm + 16 * i + g + (e >> 1) * 8;
+                const int n = n0 + wn + 8 * j + 2 * q + (e & 1);
+                if (t < T && n < N) {
+                    float v = acc[i][j][e];
+                    float* o = out + (long)t * ldo + n;
+                    if (epi == 1) *o += v;
+                    else if (epi == 2) { v = fmaxf(v, 0.0f); *o = v * v; }
+                    else *o = v;
+                }
+            }
+}
+
+// x [T, K] float32 halves (hi, lo) x F16 W [N, K] (its bits): exact float32 products, 2 MMAs each
+extern "C" __device__ int tc_hgemm_x2(int* ret, const h16* Xh, const h16* Xl, long ldx, const h16* W, long ldw,
+                                      float* out, long ldo, int T, int N, int K, int kc, int epi,
+                                      int bx, int by, int bz, int nz) {
+    hg_tile<true, false, 64>(Xh, Xl, ldx, W, W, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
+    *ret = 0;
+    return 0;
+}
+
+// as tc_hgemm_x2 on 64 x 128 tiles (256 threads): for grids that still fill the GPU
+extern "C" __device__ int tc_hgemm_x2n(int* ret, const h16* Xh, const h16* Xl, long ldx, const h16* W, long ldw,
+                                       float* out, long ldo, int T, int N, int K, int kc, int epi,
+                                       int bx, int by, int bz, int nz) {
+    hg_tile<true, false, 128>(Xh, Xl, ldx, W, W, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
+    *ret = 0;
+    return 0;
+}
+
+// x halves (hi, lo) x W halves (hi, lo): float32 weights (or dequantized blocks) split once, 3 MMAs
+extern "C" __device__ int tc_hgemm_x2w2(int* ret, const h16* Xh, const h16* Xl, long ldx, const h16* Wh,
+                                        const h16* Wl, long ldw, float* out, long ldo, int T, int N, int K, int kc,
+                                        int epi, int bx, int by, int bz, int nz) {
+    hg_tile<true, true, 64>(Xh, Xl, ldx, Wh, Wl, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
+    *ret = 0;
+    return 0;
+}
+
+// v -> (hi, lo) halves packed in one word (hi in the low 16 bits): v = hi + lo to ~22 bits
+extern "C" __device__ int tc_hilo(unsigned* ret, float v) {
+    const h16 h = tc_f2h(v);
+    *ret = tc_pack(h, tc_f2h(v - tc_h2f(h)));
+    return 0;
+}
+
+// 4 consecutive k of one row of act(X) -> hi and lo halves; thread idx of T * K / 4 (K % 4 == 0)
+extern "C" __device__ int tc_split_x(int* ret, const float* X, long ldx, h16* H, h16* L, long ldh,
+                                     int T, int K, int act, long idx) {
+    *ret = 0;
+    const long per = K >> 2;
+    const long t = idx / per;
+    if (t >= T) return 0;
+    const int k = (int)(idx - t * per) * 4;
+    const float* x = X + t * ldx + k;
+    float v[4];
+    if ((((unsigned long)x) & 15) == 0) {
+        const float4 f = *reinterpret_cast<const float4*>(x);
+        v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
+    } else {
+        for (int u = 0; u < 4; u++) v[u] = x[u];
+    }
+    h16 hi[4], lo[4];
+    for (int u = 0; u < 4; u++) {
+        const float a = tc_act(v[u], act);
+        hi[u] = tc_f2h(a);
+        lo[u] = tc_f2h(a - tc_h2f(hi[u]));
+    }
+    *reinterpret_cast<uint2*>(H + t * ldh + k) = tc_u2(tc_pack(hi[0], hi[1]), tc_pack(hi[2], hi[3]));
+    *reinterpret_cast<uint2*>(L + t * ldh + k) = tc_u2(tc_pack(lo[0], lo[1]), tc_pack(lo[2], lo[3]));
     return 0;
 }
