@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 
+import numba
 import numpy as np
 
+from rwkvcpu.kernels import blas
 from rwkvcpu.kernels import cpu as K
 from rwkvcpu.kernels import dequant as dq
 from rwkvcpu.kernels import fused as F
@@ -31,6 +33,7 @@ FUSED_T = 16             # up to this many rows per layer call: the fused decode
 PREFILL_FUSED = True     # longer prompts: BLAS projections and low-rank products, then fused.tmix_wkv and
                          # fused.cmix_in (fewer T x C temporaries); False: the all-NumPy reference body
 PREFILL_CHUNK = 512      # tokens per forward call on long prompts (bounds activation memory)
+LORA_SGEMM = True        # batches (T > 1) at decode: the low-rank products through sgemm in tmix_in
 
 
 def _sigmoid(x):
@@ -68,6 +71,10 @@ class Model:
                                     for k in lr_keys], dtype=np.int64) for il in range(hp.n_layer)]
         # The six time-mix lerps of each layer stacked once: one kernel call per layer.
         self._mixes = [np.stack([L.x_r, L.x_w, L.x_k, L.x_v, L.x_a, L.x_g]) for L in self.weights.layers]
+        # low-rank products of batches through OpenBLAS sgemm inside tmix_in (0, 0: per-row dots)
+        self._lr_gemm = [(blas.SGEMM, blas.SET_LOCAL) if blas.AVAILABLE and LORA_SGEMM and all(
+            m is None or (m.dtype == np.float32 and m.flags.c_contiguous)
+            for m in (L.w1, L.w2, L.a1, L.a2, L.v1, L.v2, L.g1, L.g2)) else (0, 0) for L in self.weights.layers]
         self._tokenizer = None
         self.n_vocab = hp.vocab_size
 
@@ -410,7 +417,7 @@ class Model:
         v1, v2, v0 = (L.v1, L.v2, L.v0) if has_v else (z, z.reshape(C, 1), L.w0)
         F.tmix_in(x, L.ln1_w, L.ln1_b, eps, seg_start, seg_len, seg_slot, cr[il], self._mixes[il],
                   L.w1, L.w2, L.w0, L.a1, L.a2, L.a0, v1, v2, v0, L.g1, L.g2, has_v, self._lr_round[il],
-                  xr, xk, xv, w, a, vg, g)
+                  xr, xk, xv, w, a, vg, g, *self._lr_gemm[il], numba.get_num_threads())
         r = self._mm(xr, L.receptance)
         k = self._mm(xk, L.key)
         v = self._mm(xv, L.value)

@@ -209,8 +209,13 @@ def test_fused_decode_path_matches_unfused(name, monkeypatch):
         batch = m.forward_batch([toks[:5], toks[5:6], toks[6:14]], cache, [2, 0, 1], all_logits=True)
         return per_tok, st, np.concatenate(batch), cache
     fused = run()
+    # the batch's low-rank products: per-thread sgemm (T > 1), or the per-row dots of T = 1
+    assert any(fp != (0, 0) for fp in m._lr_gemm) or not M.blas.AVAILABLE
+    monkeypatch.setattr(m, "_lr_gemm", [(0, 0)] * len(m._lr_gemm))
+    dots = run()
     monkeypatch.setattr(M, "FUSED_T", 0)
     monkeypatch.setattr(M, "PREFILL_FUSED", False)
     plain = run()
     # the same float32 arithmetic in another summation order (vector lanes vs BLAS)
     _assert_runs_agree(fused, plain)
+    _assert_runs_agree(dots, plain)
