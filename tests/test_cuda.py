@@ -403,20 +403,11 @@ def test_repacked_q8_0_kernels_match_numpy(cols):
     DevMatrix): the T = 1 and T <= 8 matvecs and the GEMM's expansion, against float64 NumPy,
     with each input transform (act) and output epilogue (epi)."""
     from numba import cuda
-    from rwkvcpu.gpu import DevMatrix
     from rwkvcpu.kernels import cuda as CK
-    from rwkvcpu.loaders.checkpoint import QTensor
-    from rwkvcpu.kernels import dequant as dq
     rng = np.random.default_rng(cols)
-    rows, nb = 37, cols // 32
-    d = (rng.uniform(0.001, 0.05, (rows, nb)) * rng.choice([-1, 1], (rows, nb))).astype(np.float16)
-    q = rng.integers(-128, 128, (rows, nb, 32)).astype(np.int8)
-    raw = np.empty((rows, nb, 34), np.uint8)
-    raw[:, :, :2] = d.view(np.uint8).reshape(rows, nb, 2)
-    raw[:, :, 2:] = q.view(np.uint8)
-    M = DevMatrix(QTensor("w", dq.Q8_0, (rows, cols), raw.reshape(rows, nb * 34)))
-    assert M.kind == "q8r" and M.nbytes == raw.nbytes and (M.wkind == 3) == (cols <= CK.MV1_XMAX)
-    W = (d.astype(np.float64)[:, :, None] * q).reshape(rows, cols)
+    rows = 37
+    M, W = _q8r_matrix(rng, rows, cols)
+    assert M.kind == "q8r" and M.nbytes == rows * cols // 32 * 34 and (M.wkind == 3) == (cols <= CK.MV1_XMAX)
     Wf = cuda.device_array((rows, cols), np.float32)
     CK.expand_q8r[(rows * cols + 255) // 256, 256](M.arr, M.d16, Wf)
     assert np.array_equal(Wf.copy_to_host(), W.astype(np.float32))

@@ -75,6 +75,25 @@ __device__ __forceinline__ void tc_ldsm4(unsigned* r, const h16* p) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(tc_smem(p)) : "memory");
 }
 
+// A warp's 32 x 32 accumulators to out rows t0.., columns n0.. (epi: 0 store, 1 add, 2 relu^2 store)
+__device__ __forceinline__ void tc_store(float (&acc)[2][4][4], float* out, long ldo, int T, int N, int t0, int n0,
+                                         int epi) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++)
+            for (int e = 0; e < 4; e++) {
+                const int t = t0 + 16 * i + g + (e >> 1) * 8;
+                const int n = n0 + 8 * j + 2 * q + (e & 1);
+                if (t < T && n < N) {
+                    float v = acc[i][j][e];
+                    float* o = out + (long)t * ldo + n;
+                    if (epi == 1) *o += v;
+                    else if (epi == 2) { v = fmaxf(v, 0.0f); *o = v * v; }
+                    else *o = v;
+                }
+            }
+}
+
 template <bool W_HALF>
 struct TcStage {                // one thread's share of a 64 x 32 X tile and W tile, held in registers
     float x[16];
@@ -128,7 +147,6 @@ __device__ void tc_tile(const float* X, long ldx, const void* Wv, long ldw, floa
     __shared__ __align__(16) h16 Bh[TC_BN * TC_LDS];
     __shared__ __align__(16) h16 Bl[TC_BN * TC_LDS];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, q = lane & 3;
     const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
     const int m0 = by * TC_BM, n0 = bx * TC_BN;
     // split K: slice bz of nz sums k in [bz kc, (bz+1) kc) into its own slice of out (the caller's partials)
@@ -201,19 +219,7 @@ __device__ void tc_tile(const float* X, long ldx, const void* Wv, long ldw, floa
         }
         __syncthreads();
     }
-    for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 4; j++)
-            for (int e = 0; e < 4; e++) {
-                const int t = m0 + wm + 16 * i + g + (e >> 1) * 8;
-                const int n = n0 + wn + 8 * j + 2 * q + (e & 1);
-                if (t < T && n < N) {
-                    float v = acc[i][j][e];
-                    float* o = out + (long)t * ldo + n;
-                    if (epi == 1) *o += v;
-                    else if (epi == 2) { v = fmaxf(v, 0.0f); *o = v * v; }
-                    else *o = v;
-                }
-            }
+    tc_store(acc, out, ldo, T, N, m0 + wm, n0 + wn, epi);
 }
 
 // (bx, by): the 64 x 64 output tile; kc: the K range of split-K slice bz of nz (nz > 1: out is
@@ -294,7 +300,6 @@ __device__ void hg_tile(const h16* Xh, const h16* Xl, long ldx, const h16* Wh, c
     __shared__ __align__(16) h16 sBh[S * TB];
     __shared__ __align__(16) h16 sBl[B_LO ? S * TB : 8];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int g = lane >> 2, q = lane & 3;
     constexpr int WN = BN / 32;                          // warps along n
     const int wm = (warp / WN) * 32, wn = (warp % WN) * 32;
     const int m0 = by * TC_BM, n0 = bx * BN;
@@ -355,19 +360,7 @@ __device__ void hg_tile(const h16* Xh, const h16* Xl, long ldx, const h16* Wh, c
                 }
         }
     }
-    for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 4; j++)
-            for (int e = 0; e < 4; e++) {
-                const int t = m0 + wm + 16 * i + g + (e >> 1) * 8;
-                const int n = n0 + wn + 8 * j + 2 * q + (e & 1);
-                if (t < T && n < N) {
-                    float v = acc[i][j][e];
-                    float* o = out + (long)t * ldo + n;
-                    if (epi == 1) *o += v;
-                    else if (epi == 2) { v = fmaxf(v, 0.0f); *o = v * v; }
-                    else *o = v;
-                }
-            }
+    tc_store(acc, out, ldo, T, N, m0 + wm, n0 + wn, epi);
 }
 
 // x [T, K] float32 halves (hi, lo) x F16 W [N, K] (its bits): exact float32 products, 2 MMAs each
