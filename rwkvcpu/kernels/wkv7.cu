@@ -9,16 +9,16 @@
 // everywhere in rwkvcpu) at the 16 columns 16 m + 4 q + c (m, c in 0..3), in registers.  Per token:
 //   sa = S a;  S = S diag(w) + sa b^T + v k^T;  y = S r
 // The four threads of a row combine their partial dot products by warp shuffles.  Inputs arrive
-// in chunks of WKV_CH tokens (a, b, w, k, r, v; 12 float4 per thread per chunk), double-buffered
-// in shared memory with one barrier per chunk, the next chunk's loads in flight while this one is
-// computed.  The numba kernel it replaces read shared memory one float at a time: 80 load
+// in chunks of WKV_CH tokens (a, b, w, k, r, v; 12 16-byte cp.async copies per thread per chunk),
+// double-buffered in shared memory with one barrier per chunk, the next chunk's copies in flight
+// while this one is computed.  The numba kernel it replaces read shared memory one float at a time: 80 load
 // instructions per thread per token, which the shared-memory pipe serialised (~0.5 us a token);
 // here 20 float4 loads, and the 4 threads of a row read 64 consecutive bytes (no bank conflicts).
 
 #define WKV_CH 8
 #define WKV_ROWS 16
 #define WKV_THREADS (4 * WKV_ROWS)
-#define WKV_STAGE (6 * WKV_CH * 16 / WKV_THREADS)      // float4 staged per thread per chunk
+#define WKV_STAGE (6 * WKV_CH * 16 / WKV_THREADS)      // 16-byte copies per thread per chunk
 
 // inline PTX and hand-made vectors only: NVRTC then needs no headers (as tc_gemm.cu)
 __device__ __forceinline__ float wkv_xor(float v, int lanes) {
@@ -33,44 +33,49 @@ __device__ __forceinline__ float4 wkv_f4(float x, float y, float z, float w) {
     return f;
 }
 
-struct WkvIn {
-    const float* p[6];          // a, b, w, k, r, v: [T, C] rows of stride ld
-};
+__device__ __forceinline__ unsigned wkv_smem(const void* p) {
+    unsigned a;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
 
-__device__ __forceinline__ void wkv_fetch(float4* stg, const WkvIn& in, long ld, int o, int c0, int t1) {
+// One chunk of the six inputs, global -> shared by cp.async (no registers: the copies cannot be
+// sunk to their use by the compiler, as register-staged loads were, leaving each chunk waiting on
+// memory).  Copy u of this thread: input u / 2, token ((u % 2) 64 + tid) / 16, float4 tid % 16.
+// Tokens past t1 are zero-filled (src-size 0) without a read.
+__device__ __forceinline__ void wkv_fetch(float (*dst)[WKV_CH][64], const float* const* in, long ld, int o,
+                                          int c0, int t1) {
     const int tid = threadIdx.x;
     for (int u = 0; u < WKV_STAGE; u++) {
-        const int f = tid + WKV_THREADS * u, src = f >> 7, rem = f & 127, tt = rem >> 4, c4 = rem & 15;
-        const int t = c0 + tt;
-        stg[u] = t < t1 ? *reinterpret_cast<const float4*>(in.p[src] + (long)t * ld + o + 4 * c4)
-                        : wkv_f4(0.0f, 0.0f, 0.0f, 0.0f);
+        const int src = u >> 1, tt = (((u & 1) << 6) + tid) >> 4, c4 = tid & 15;
+        const bool ok = c0 + tt < t1;
+        const float* g = in[src] + (ok ? (long)(c0 + tt) * ld + o + 4 * c4 : 0);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
+                     :: "r"(wkv_smem(&dst[src][tt][4 * c4])), "l"(g), "r"(ok ? 16 : 0) : "memory");
     }
+    asm volatile("cp.async.commit_group;" ::: "memory");
 }
 
 extern "C" __device__ int wkv7_64c(int* ret, const float* r, const float* w, const float* k, const float* v,
                                    const float* a, const float* b, long ld, int t0, int t1, float* S, long soff,
                                    float* y, long ldy, int o, int row0) {
+    static_assert(WKV_THREADS == 64 && WKV_STAGE == 12, "wkv_fetch's copy layout");
     __shared__ __align__(16) float buf[2][6][WKV_CH][64];
     *ret = 0;
     const int tid = threadIdx.x, i = row0 + (tid >> 2), q = tid & 3;
-    WkvIn in;
-    in.p[0] = a; in.p[1] = b; in.p[2] = w; in.p[3] = k; in.p[4] = r; in.p[5] = v;
+    const float* in[6] = {a, b, w, k, r, v};
     float* Srow = S + soff + (long)i * 64;
     float st[16];
     for (int m = 0; m < 4; m++) {
         const float4 s4 = *reinterpret_cast<const float4*>(Srow + 16 * m + 4 * q);
         st[4 * m] = s4.x; st[4 * m + 1] = s4.y; st[4 * m + 2] = s4.z; st[4 * m + 3] = s4.w;
     }
-    float4 stg[WKV_STAGE];
-    if (t0 < t1) wkv_fetch(stg, in, ld, o, t0, t1);
+    if (t0 < t1) wkv_fetch(buf[0], in, ld, o, t0, t1);
     int p = 0;
     for (int c0 = t0; c0 < t1; c0 += WKV_CH) {
-        for (int u = 0; u < WKV_STAGE; u++) {
-            const int f = tid + WKV_THREADS * u, src = f >> 7, rem = f & 127, tt = rem >> 4, c4 = rem & 15;
-            *reinterpret_cast<float4*>(&buf[p][src][tt][4 * c4]) = stg[u];
-        }
-        __syncthreads();
-        if (c0 + WKV_CH < t1) wkv_fetch(stg, in, ld, o, c0 + WKV_CH, t1);
+        asm volatile("cp.async.wait_group 0;" ::: "memory");    // this thread's copies of chunk c0 ...
+        __syncthreads();             // ... and everyone's; the other buffer's last chunk is consumed
+        if (c0 + WKV_CH < t1) wkv_fetch(buf[p ^ 1], in, ld, o, c0 + WKV_CH, t1);
         const int n = min(WKV_CH, t1 - c0);
         for (int tt = 0; tt < n; tt++) {
             const float vi = buf[p][5][tt][i];
