@@ -536,8 +536,10 @@ class CudaLayers:
         if b is None:
             if len(self._bufs) >= 4:
                 old = self._bufs.pop(next(iter(self._bufs)))
-                # a plan writes into the buffers it was made on: drop the plans of evicted buffers
+                # a plan writes into the buffers it was made on: drop the plans of evicted buffers,
+                # and the views into them (a view keeps its buffer's device memory alive)
                 self._plans = {k: p for k, p in self._plans.items() if p.bufs is not old}
+                self._views = {k: v for k, v in self._views.items() if k[:2] != ("xhl", id(old["xhl"]))}
             hp = self.hp
             C, F = hp.n_embd, hp.n_ffn
             D1 = max([d["d1"] for d in self.layers] + [1])

@@ -260,14 +260,18 @@ def test_state_slots_are_lent_between_caches_without_loss_and_graphs_are_reused(
 @needs_gpu
 def test_plans_follow_buffer_eviction():
     """Step buffers are cached for 4 shapes; a plan made on evicted buffers must not be replayed
-    into the new ones (it would return the old buffers' logits)."""
+    into the new ones (it would return the old buffers' logits), and no cached view may keep an
+    evicted buffer's device memory alive (prompts of many lengths would grow it without bound)."""
     cpu = fixture_model("tiny-rwkv7-q8_0.gguf")
     gpu = gpu_model("tiny-rwkv7-q8_0.gguf", "cuda")
     toks = (np.arange(40) * 29) % 4096
-    for n in (1, 2, 3, 4, 5, 6, 1, 2):           # 6 shapes evict the first ones, then come back to them
+    runner = gpu._segments[-1][1]
+    for n in (1, 2, 3, 4, 5, 6, 1, 2, 12, 20, 33, 12, 9, 17, 40):   # evictions at matvec and GEMM sizes
         lc, _ = cpu.forward(toks[:n], all_logits=True)
         lg, _ = gpu.forward(toks[:n], all_logits=True)
         assert _close(lg, lc, np.abs(lc).max()), n
+        live = {id(b["xhl"]) for b in runner._bufs.values()}
+        assert all(k[1] in live for k in runner._views if k[0] == "xhl"), "views kept an evicted buffer alive"
 
 
 @needs_gpu
