@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rwkvcpu.kernels import dequant as dq
+from rwkvcpu.kernels.actquant import R_F16, rounding_mode
 from rwkvcpu.kernels.reference import DECAY_SCALE, GROUP_NORM_EPS, L2_EPS
 
 assert abs(DECAY_SCALE - 0.606531) < 1e-12   # the constant written in kernels/cuda.pre_wkv
@@ -173,7 +174,8 @@ def _dummy_u16():
 class DevMatrix:
     """A weight matrix on the device: kind 'q' (ggml blocks), 'q8r' (Q8_0 repacked: int8 values
     [rows, cols] in ``arr``, block scales as f16 bits [rows, cols/32] in ``d16``; the same bytes),
-    'f' (float32/16) or 'bf16'."""
+    'f' (float32/16) or 'bf16'.  ``rmode``: how llama numerics round its input (0: not at all)."""
+    rmode = 0
 
     def __init__(self, Q):
         from numba import cuda
@@ -226,8 +228,9 @@ class _Dense:
     """A float32 device matrix (a view of a stacked weight) that ``CudaLayers.matmul`` takes at T > MV_T."""
     kind, qt, half16, words, wkind, words64, q64, d16 = "f", dq.F32, None, None, -1, None, None, None
 
-    def __init__(self, arr):
+    def __init__(self, arr, rmode: int = 0):
         self.arr = arr
+        self.rmode = rmode
         self.rows, self.cols = arr.shape
 
 
@@ -381,6 +384,15 @@ class CudaLayers:
         self._views = {}
         self._cur = None
         self.weight_bytes = 0
+        # llama numerics: every product's input rounded as llama.cpp's CPU backend rounds it for
+        # the weight's file type (then the exact product), as the CPU forward does in that mode
+        self.llama = getattr(model, "numerics", "exact") == "llama"
+        if self.llama and CK.SIM:
+            raise StrategyError("numerics='llama' on the GPU needs the CUDA C kernels (not the simulator)")
+        lr_type = getattr(model, "_lr_type", {})
+
+        def rmode(qtype):
+            return rounding_mode(qtype) if self.llama else 0
         W = model.weights
         C = hp.n_embd
         with self.ctx():
@@ -427,19 +439,48 @@ class CudaLayers:
                 # the same products as plain float32 matrices for prefill/batches (T > MV_T): there
                 # lowrank1/2 (a warp per output, a loop over T) took half of a 1.5B prefill
                 lr1 = d["lr1"]
-                d["lr1_gemm"] = [(src, int(o), n, _Dense(lr1[int(o):int(o) + n]))
+                names1 = {1: "w1", 4: "a1", 3: "v1", 5: "g1"}
+                d["lr1_gemm"] = [(src, int(o), n, _Dense(lr1[int(o):int(o) + n],
+                                                         rmode(lr_type.get((il, names1[src]), dq.F32))))
                                  for (_, src), o, n in zip(firsts, offs, dims)]
+                names2 = ("w2", "a2", "v2", "g2")
                 d["lr2_gemm"] = [(si, int(in_off[si]), seg_d[si], acts[si],
-                                  _Dense(d["lr2"][seg_w[si]:seg_w[si] + C * seg_d[si]].reshape(C, seg_d[si])))
+                                  _Dense(d["lr2"][seg_w[si]:seg_w[si] + C * seg_d[si]].reshape(C, seg_d[si]),
+                                         rmode(lr_type.get((il, names2[si]), dq.F32))))
                                  for si in range(4) if seg_d[si]]
+                # llama numerics with rounded low-rank inputs (F16/BF16 files): rounded copies of
+                # the inputs, the activations applied while rounding (then none in the product)
+                d["lr_round"] = any(M.rmode for *_, M in d["lr1_gemm"] + d["lr2_gemm"])
+                d["lr2_act0"] = dev(np.zeros(4, np.int64))
                 for k in ("receptance", "key", "value", "output", "ffn_key", "ffn_value"):
                     d[k] = DevMatrix(getattr(L, k))
+                    d[k].rmode = rmode(getattr(L, k).qtype)
                     self.weight_bytes += d[k].nbytes
                 self.layers.append(d)
+            # the embedding lookup and ln0 on the device when this runner starts the model: per
+            # step only token ids go up (the host lookup, ln0 and a [T, C] upload were ~1.5 ms of
+            # a 1.5B prefill-512); file types the kernel decodes exactly, else the host does it
+            self.embeds = start == 0 and W.emb.qtype in (dq.F32, dq.F16, dq.BF16, dq.Q8_0)
+            if self.embeds:
+                E = DevMatrix(W.emb)
+                self.weight_bytes += E.nbytes
+                dummy32 = dev(np.zeros((1, 1), np.float32))
+                dummy8 = dev(np.zeros((1, 1), np.int8))
+                if E.kind == "q8r":
+                    self.emb_args = (dummy32, E.d16, E.arr, E.d16, 3)
+                elif E.kind == "bf16":
+                    self.emb_args = (dummy32, E.arr, dummy8, E.d16, 2)
+                elif E.half16 is not None:
+                    self.emb_args = (dummy32, E.half16, dummy8, E.d16, 1)
+                else:
+                    self.emb_args = (E.arr, E.d16, dummy8, E.d16, 0)
+                self.ln0_w = dev(np.ascontiguousarray(W.ln0_w, dtype=np.float32))
+                self.ln0_b = dev(np.ascontiguousarray(W.ln0_b, dtype=np.float32))
             if with_head:
                 self.ln_out_w = dev(np.ascontiguousarray(W.ln_out_w, dtype=np.float32))
                 self.ln_out_b = dev(np.ascontiguousarray(W.ln_out_b, dtype=np.float32))
                 self.head = DevMatrix(W.head)
+                self.head.rmode = rmode(W.head.qtype)
                 self.weight_bytes += self.head.nbytes
             mats = [d[k] for d in self.layers for k in ("receptance", "key", "value", "output",
                                                          "ffn_key", "ffn_value")]
@@ -539,7 +580,8 @@ class CudaLayers:
                 # a plan writes into the buffers it was made on: drop the plans of evicted buffers,
                 # and the views into them (a view keeps its buffer's device memory alive)
                 self._plans = {k: p for k, p in self._plans.items() if p.bufs is not old}
-                self._views = {k: v for k, v in self._views.items() if k[:2] != ("xhl", id(old["xhl"]))}
+                self._views = {k: v for k, v in self._views.items()
+                               if not (k[0] in ("xhl", "xr") and k[1] == id(old[k[0]]))}
             hp = self.hp
             C, F = hp.n_embd, hp.n_ffn
             D1 = max([d["d1"] for d in self.layers] + [1])
@@ -548,8 +590,12 @@ class CudaLayers:
                      h1=e(T, D1), h2=e(T, 4 * C), w=e(T, C), A=e(T, C), B=e(T, C), y=e(T, C),
                      z=e(T, C), vfirst=e(T, C), xf=e(1, T, C), hid=e(T, F),
                      segs=cuda.device_array((3, T), dtype=np.int64), rows=cuda.device_array(T, dtype=np.int64),
+                     tok=cuda.device_array(T, dtype=np.int64),
                      xo=e(T, C), xn=e(T, C),
-                     xhl=cuda.device_array(2 * T * max(C, F), dtype=np.uint16))   # x as hi/lo halves
+                     xhl=cuda.device_array(2 * T * max(C, F), dtype=np.uint16),   # x as hi/lo halves
+                     xr=e(T * max(C, F) if self.llama else 1))    # x rounded (llama numerics)
+            if self.llama and any(d["lr_round"] for d in self.layers):
+                b["mixr"], b["h1r"] = e(6, T, C), e(T, D1)
             if self.with_head:
                 b["logits"] = e(T, hp.vocab_size)
             self._bufs[T] = b
@@ -558,6 +604,17 @@ class CudaLayers:
     # --- one matrix product ------------------------------------------------------------------
     def matmul(self, M: DevMatrix, x, T: int, out, act: int = 0, epi: int = 0) -> None:
         K = self.K
+        if M.rmode:          # llama numerics: x rounded for this weight's type, then the exact product
+            if M.rmode == R_F16 and T > K.MV_T and self.hg and M.half16 is not None and M.cols % 8 == 0:
+                # split_x rounds x to f16 as it splits it (act bits 4-7), the tile takes its hi
+                # halves alone: one MMA per product
+                self._hgemm(M, x, T, out, epi, act | (R_F16 << 4), f16_x=True)
+                return
+            else:
+                xr = self._cur["xr"]
+                xr = self._view(("xr", id(xr), T, M.cols), lambda: xr[:T * M.cols].reshape(T, M.cols))
+                self.round_x(x, act, M.rmode, xr)
+                x, act = xr, 0
         if T <= K.MV_T:
             grid, block = (_grid_rows(M.rows, K.MV_WARPS),), (32, K.MV_WARPS)
             if M.kind == "q8r" and (T > 1 or M.cols > K.MV1_XMAX):
@@ -574,8 +631,8 @@ class CudaLayers:
             return
         # repacked Q8_0 only for prompts (T > 64): at batch 64 (split K, short K slices) its 3-MMA
         # half tiles measured slower than expanding to float32 for the register-staged tiles
-        if self.hg and act == 0 and M.cols % 8 == 0 and (M.half16 is not None or (M.kind == "q8r" and T > 64)):
-            self._hgemm(M, x, T, out, epi)
+        if self.hg and M.cols % 8 == 0 and (M.half16 is not None or (M.kind == "q8r" and T > 64)):
+            self._hgemm(M, x, T, out, epi, act)
             return
         Wf = M.arr
         if M.kind != "f":
@@ -606,6 +663,36 @@ class CudaLayers:
         else:
             self._go(K.gemm, (gx, gy, 1), 256, x, Wf, T, out, act, epi, self._nopart, cols)
 
+    def matmul3(self, Ms, xs, outs, T: int) -> None:
+        """Three products of one shape (a layer's r, k, v): in one launch of the 64 x 128 half
+        tiles when the three grids together fill the GPU without split K (F16 weights, T > MV_T),
+        else one by one."""
+        K = self.K
+        M0 = Ms[0]
+        rows, cols = M0.rows, M0.cols
+        ok = (self.hg and T > K.MV_T and cols % 8 == 0 and M0.rmode in (0, R_F16)
+              and 6 * T * cols <= self._cur["xhl"].size
+              and all(M.half16 is not None and (M.rows, M.cols, M.rmode) == (rows, cols, M0.rmode) for M in Ms))
+        if ok:
+            gx, gy = _grid_rows(rows, 2 * K.GEMM_BN), _grid_rows(T, K.GEMM_BM)
+            ok = 3 * gx * gy >= K.GEMM_WIDE and self._split_k(3 * gx * gy, cols, T * rows, 32)[0] == 1
+        if not ok:
+            for M, x, o in zip(Ms, xs, outs):
+                self.matmul(M, x, T, o)
+            return
+        f16_x = M0.rmode == R_F16
+        hl = self._cur["xhl"]            # room for 8 [T, C] halves (sized for [T, F], F = 4C)
+        halves = self._view(("xhl", id(hl), "x3", T, cols),
+                            lambda: [hl[i * T * cols:(i + 1) * T * cols].reshape(T, cols) for i in range(6)])
+        for i, x in enumerate(xs):
+            self._go(K.split_x, _grid_rows(T * cols // 4, 256), 256, x, halves[2 * i], halves[2 * i + 1],
+                     (R_F16 << 4 | 256) if f16_x else 0)
+        ws = [M.half16 for M in Ms]
+        if f16_x:
+            self._go(K.tc_hgemm_hn3, (gx, gy, 3), 256, *halves[0::2], *ws, *outs, T, rows, cols, 0)
+        else:
+            self._go(K.tc_hgemm_n3, (gx, gy, 3), 256, *halves, *ws, *outs, T, rows, cols, 0)
+
     def _split_k(self, blocks: int, cols: int, outs: int, step: int) -> tuple:
         """(slices, columns per slice): split K only while the grid is less than a wave."""
         K = self.K
@@ -623,16 +710,25 @@ class CudaLayers:
             v = self._views[key] = make()
         return v
 
-    def _hgemm(self, M: DevMatrix, x, T: int, out, epi: int) -> None:
+    def round_x(self, x, act, mode, y) -> None:
+        """y = act(x) rounded for a weight type (llama numerics; ``actquant.rounding_mode`` codes)."""
+        T, n = x.shape
+        blk = {1: 32, 2: 256}.get(mode, 4)
+        units = T * (n // blk if n % blk == 0 else n)
+        self._go(self.K.round_x, _grid_rows(units, 256), 256, x, act, mode, y)
+
+    def _hgemm(self, M: DevMatrix, x, T: int, out, epi: int, act: int = 0, f16_x: bool = False) -> None:
         """x @ W.T on pipelined half tiles: x split once into hi/lo halves (``split_x``), F16
         weights as they are, repacked Q8_0 expanded to hi/lo halves; the same float32-exact
-        products as ``tc_gemm16`` / ``tc_gemm32``."""
+        products as ``tc_gemm16`` / ``tc_gemm32``.  ``f16_x`` (llama numerics, F16 weights): x
+        rounded to f16, its hi half alone, one MMA per product (what llama.cpp's CUDA backend and
+        rwkv pip's fp16 kernels compute)."""
         K = self.K
         rows, cols = M.rows, M.cols
         hl = self._cur["xhl"]
         xh, xl = self._view(("xhl", id(hl), T, cols), lambda: (hl[:T * cols].reshape(T, cols),
                                                                hl[T * cols:2 * T * cols].reshape(T, cols)))
-        self._go(K.split_x, _grid_rows(T * cols // 4, 256), 256, x, xh, xl, 0)
+        self._go(K.split_x, _grid_rows(T * cols // 4, 256), 256, x, xh, xl, act | (256 if f16_x else 0))
         if M.kind == "q8r":
             sc = self._view(("sc16",), lambda: self.scratch.view(np.uint16))
             Wh, Wl = self._view(("whl", rows, cols), lambda: (sc[:rows * cols].reshape(rows, cols),
@@ -641,19 +737,30 @@ class CudaLayers:
             kern, w = K.tc_hgemm_w2, (Wh, Wl)
         else:
             kern, w = K.tc_hgemm, (M.half16,)
+        xs = (xh, xl)
+        if f16_x:
+            kern, xs = K.tc_hgemm_h, (xh,)
         gx, gy = _grid_rows(rows, K.GEMM_BN), _grid_rows(T, K.GEMM_BM)
         threads = 128
-        if kern is K.tc_hgemm and _grid_rows(rows, 2 * K.GEMM_BN) * gy >= K.GEMM_WIDE:
-            kern, gx, threads = K.tc_hgemm_n, _grid_rows(rows, 2 * K.GEMM_BN), 256    # wide tiles still fill a wave
+        if kern in (K.tc_hgemm, K.tc_hgemm_h) and _grid_rows(rows, 2 * K.GEMM_BN) * gy >= K.GEMM_WIDE:
+            kern = K.tc_hgemm_n if kern is K.tc_hgemm else K.tc_hgemm_hn     # wide tiles still fill a wave
+            gx, threads = _grid_rows(rows, 2 * K.GEMM_BN), 256
         ks, kc = self._split_k(gx * gy, cols, T * rows, 32)
         if ks > 1:
             part = self._part_view(ks, T, rows)
-            self._go(kern, (gx, gy, ks), threads, xh, xl, *w, part, rows, T, rows, cols, kc, 0)
+            self._go(kern, (gx, gy, ks), threads, *xs, *w, part, rows, T, rows, cols, kc, 0)
             self._go(K.gemm_reduce, _grid_rows(T * rows, 256), 256, part, T, out, epi)
         else:
-            self._go(kern, (gx, gy, 1), threads, xh, xl, *w, out, out.strides[0] // 4, T, rows, cols, cols, epi)
+            self._go(kern, (gx, gy, 1), threads, *xs, *w, out, out.strides[0] // 4, T, rows, cols, cols, epi)
 
-    def _lowrank_grouped(self, d, b, T, views, view) -> None:
+    def _round_h1(self, d, view, all_: bool = True) -> None:
+        """h1r = the second-stage inputs, activation applied and rounded (llama numerics; unless
+        ``all_``, only those that are rounded)."""
+        for si, o, n, act, M2 in d["lr2_gemm"]:
+            if M2.rmode or all_:
+                self.round_x(view("h1", 0, o, n), act, M2.rmode, view("h1r", 0, o, n))
+
+    def _lowrank_grouped(self, d, b, T, views, view, rnd=False) -> None:
         """A layer's low-rank products at T > MV_T in two tensor-core launches (plus one split-K
         reduction) instead of up to eight GEMMs and their reductions: the first stage of w/a/v/g
         (inputs: four lerped rows, outputs: columns of h1), then the second (inputs: those
@@ -677,7 +784,7 @@ class CudaLayers:
                 outs.append(views[key])
         else:
             outs = [view("h1", 0, o, n) for _, o, n, _ in downs]
-        xs = [view("mixed", src) for src, _, _, _ in downs]
+        xs = [view("mixr" if rnd and M1.rmode else "mixed", src) for src, _, _, M1 in downs]
         ws = [M1.arr for _, _, _, M1 in downs]
         pad = 4 - len(downs)
         self._go(K.tc_gemm32_g, (gx, gy, len(downs) * ks), 128, *(xs + xs[:1] * pad), *(ws + ws[:1] * pad),
@@ -685,10 +792,12 @@ class CudaLayers:
         if ks > 1:
             self._go(K.gemm_reduce, _grid_rows(T * D, 256), 256, part, T, h1, 0)
         ups = d["lr2_gemm"]
-        xs = [view("h1", 0, o, n) for _, o, n, _, _ in ups]
+        if rnd:
+            self._round_h1(d, view, all_=False)
+        xs = [view("h1r" if rnd and M2.rmode else "h1", 0, o, n) for _, o, n, _, M2 in ups]
         ws = [M2.arr for _, _, _, _, M2 in ups]
         outs = [view("h2", 0, si * C, C) for si, _, _, _, _ in ups]
-        acts = [act for _, _, _, act, _ in ups]
+        acts = [0 if rnd and M2.rmode else act for _, _, _, act, M2 in ups]
         pad = 4 - len(ups)
         self._go(K.tc_gemm32_g, (_grid_rows(C, K.GEMM_BN), gy, len(ups)), 128, *(xs + xs[:1] * pad),
                  *(ws + ws[:1] * pad), *(outs + outs[:1] * pad), 1, 0, *(acts + acts[:1] * pad),
@@ -752,15 +861,18 @@ class CudaLayers:
 
     def run(self, x_host, v_first, seg_start, seg_len, seg_slot, cache, out_rows):
         """x_host [T, C] float32 (this segment's input; v_first: layer 0's value when this
-        segment starts later) -> (x, v_first) on the host, or the logits
-        [len(out_rows), V] when this segment holds the head."""
+        segment starts later), or the token ids [T] when ``self.embeds`` -> (x, v_first) on the
+        host, or the logits [len(out_rows), V] when this segment holds the head."""
         T = x_host.shape[0]
         nseg = len(seg_start)
         rows = np.asarray(out_rows if out_rows is not None else [], np.int64)
         with self.ctx():
             m = self.attach(cache)
             b = self._buffers(T)
-            b["x"].copy_to_device(np.ascontiguousarray(x_host, dtype=np.float32))
+            if self.embeds:
+                b["tok"].copy_to_device(np.ascontiguousarray(x_host, dtype=np.int64))
+            else:
+                b["x"].copy_to_device(np.ascontiguousarray(x_host, dtype=np.float32))
             if self.layer_ids[0] > 0:
                 b["vfirst"].copy_to_device(np.ascontiguousarray(v_first, dtype=np.float32))
             segs = np.zeros((3, T), np.int64)
@@ -834,6 +946,9 @@ class CudaLayers:
         shift = (_grid_rows(C, 128), nseg, _grid_rows(T - nseg + 1, K.SHIFT_T)), 128   # longest possible segment
         one_each = T == nseg            # every sequence one token (decode): norm + shift in one launch
         lnshift = (_grid_rows(C, K.NORM_THREADS), nseg), K.NORM_THREADS
+        if self.embeds:
+            go(K.embed_rows, (_grid_rows(T, 4), _grid_rows(C, 64)), (4, 64), *self.emb_args, b["tok"], x)
+            go(K.layer_norm, T, K.NORM_THREADS, x, self.ln0_w, self.ln0_b, eps, x)     # (in place: safe)
         for il, d in zip(self.layer_ids, self.layers):
             R, S = m.R[il], m.S[il]
             mixed = b["mixed"]
@@ -842,28 +957,38 @@ class CudaLayers:
             else:
                 go(K.layer_norm, T, K.NORM_THREADS, x, d["ln1_w"], d["ln1_b"], eps, b["xa"])
                 go(K.shift_mix, *shift, b["xa"], ss, sl, so, R, 0, d["mix6"], mixed)
-            self.matmul(d["receptance"], mixed[0], T, b["r"])
-            self.matmul(d["key"], mixed[2], T, b["k"])
-            self.matmul(d["value"], mixed[3], T, b["v"])
-            if T > K.MV_T:
-                views = b.setdefault("views", {})      # device-array views cost ~10s of us each: make once
+            self.matmul3([d["receptance"], d["key"], d["value"]], [mixed[0], mixed[2], mixed[3]],
+                         [b["r"], b["k"], b["v"]], T)
+            views = b.setdefault("views", {})      # device-array views cost ~10s of us each: make once
 
-                def view(name, i, o=0, n=0):
-                    key = (name, i, o, n)
-                    if key not in views:
-                        views[key] = b[name][i] if name == "mixed" else b[name][:, o:o + n]
-                    return views[key]
+            def view(name, i, o=0, n=0):
+                key = (name, i, o, n)
+                if key not in views:
+                    views[key] = b[name][i] if name in ("mixed", "mixr") else b[name][:, o:o + n]
+                return views[key]
+            # llama numerics, F16/BF16 files: the low-rank inputs rounded into copies (activations
+            # applied there), for the fused kernels and the grouped GEMMs alike (without tensor
+            # cores matmul rounds each input itself)
+            rnd = self.llama and d["lr_round"] and (T <= K.MV_T or self.tc)
+            if rnd:
+                for src, o, n, M1 in d["lr1_gemm"]:
+                    if M1.rmode or T <= K.MV_T:     # (the grouped GEMMs read float32 inputs in place)
+                        self.round_x(view("mixed", src), 0, M1.rmode, view("mixr", src))
+            if T > K.MV_T:
                 if self.tc:
-                    self._lowrank_grouped(d, b, T, views, view)
-                else:
+                    self._lowrank_grouped(d, b, T, views, view, rnd)
+                else:              # (llama numerics: matmul rounds each input itself)
                     for src, o, n, M1 in d["lr1_gemm"]:
                         self.matmul(M1, view("mixed", src), T, view("h1", 0, o, n))
                     for si, o, n, act, M2 in d["lr2_gemm"]:
                         self.matmul(M2, view("h1", 0, o, n), T, view("h2", 0, si * C, C), act)
             else:
                 go(K.lowrank1, (_grid_rows(d["d1"], K.MV_WARPS),), (32, K.MV_WARPS),
-                   d["lr1"], d["lr1_src"], mixed, T, b["h1"])
-                go(K.lowrank2, *lr, d["lr2"], d["lr2_w"], d["lr2_in"], d["lr2_d"], d["lr2_act"], b["h1"], T, C, b["h2"])
+                   d["lr1"], d["lr1_src"], b["mixr" if rnd else "mixed"], T, b["h1"])
+                if rnd:
+                    self._round_h1(d, view)
+                go(K.lowrank2, *lr, d["lr2"], d["lr2_w"], d["lr2_in"], d["lr2_d"], d["lr2_act0" if rnd else "lr2_act"],
+                   b["h1r" if rnd else "h1"], T, C, b["h2"])
             go(K.pre_wkv, (T, H), N, b["k"], b["v"], b["h2"], d["w0"], d["a0"], d["v0"], d["k_k"], d["k_a"],
                b["vfirst"], il == 0, N, np.float32(L2_EPS), b["w"], b["A"], b["B"])
             if N == K.NMAX and self.wkvc:

@@ -53,9 +53,6 @@ class Model:
         if numerics not in NUMERICS:
             raise ValueError(f"numerics must be one of {', '.join(NUMERICS)}; got {numerics!r}")
         self.numerics = numerics
-        self._segments = self._place(device)
-        if numerics != "exact" and self.on_gpu:
-            raise ValueError("numerics='llama' (llama.cpp's activation rounding) runs on the CPU only")
         # file types of the low-rank matrices (the loader widens them to float32; llama.cpp
         # rounds the activation to the file type before multiplying)
         names = {"w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2"}
@@ -71,6 +68,7 @@ class Model:
                                     for k in lr_keys], dtype=np.int64) for il in range(hp.n_layer)]
         # The six time-mix lerps of each layer stacked once: one kernel call per layer.
         self._mixes = [np.stack([L.x_r, L.x_w, L.x_k, L.x_v, L.x_a, L.x_g]) for L in self.weights.layers]
+        self._segments = self._place(device)     # (after _lr_type: the GPU rounds by those types too)
         # low-rank products of batches through OpenBLAS sgemm inside tmix_in (0, 0: per-row dots)
         self._lr_gemm = [(blas.SGEMM, blas.SET_LOCAL) if blas.AVAILABLE and LORA_SGEMM and all(
             m is None or (m.dtype == np.float32 and m.flags.c_contiguous)
@@ -235,13 +233,17 @@ class Model:
         seg_slot = np.asarray(seg_slot, dtype=np.int64)
         T = len(tokens)
 
-        x = W.emb.rows(tokens)                                   # embd
-        if rec:
-            if self.on_gpu:
-                raise ValueError("recording intermediates (dump/compare) runs on the CPU; "
-                                 "load the model with device='cpu'")
-            rec("embd", x)
-        x = self._ln(x, W.ln0_w, W.ln0_b)
+        if rec and self.on_gpu:
+            raise ValueError("recording intermediates (dump/compare) runs on the CPU; "
+                             "load the model with device='cpu'")
+        first = self._segments[0][1]
+        if first is not None and first.embeds:       # the GPU looks the tokens up itself
+            x = np.asarray(tokens, dtype=np.int64)
+        else:
+            x = W.emb.rows(tokens)                                   # embd
+            if rec:
+                rec("embd", x)
+            x = self._ln(x, W.ln0_w, W.ln0_b)
         v_first = None          # layer 0's value, used by every later layer (value residual)
         for n, (sg, runner) in enumerate(self._segments):
             final = n == len(self._segments) - 1

@@ -70,7 +70,7 @@ def test_llama_mode_reproduces_llama_cpp_logits_until_a_rounding_flip(typ):
     assert np.abs(ll - L).max() <= np.abs(le - L).max()
 
 
-def test_llama_numerics_refused_on_gpu_and_unknown_mode(fx):
+def test_unknown_numerics_mode_is_refused(fx):
     with pytest.raises(ValueError, match="numerics"):
         Model.load(str(fx / "tiny-rwkv7-q8_0.gguf"), numerics="fast")
 

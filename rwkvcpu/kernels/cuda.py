@@ -615,6 +615,26 @@ def _row_stats(x, t, eps, red):
 
 
 @cuda.jit(cache=True)
+def embed_rows(W32, W16, Q8, D16, kind, toks, out):
+    """out[t] = row toks[t] of the embedding as float32, exactly as the CPU decodes it: kind 0
+    float32 (W32), 1 f16 bits (W16), 2 bf16 bits (W16), 3 repacked Q8_0 (Q8, D16); grid 2-D over
+    (T, C)."""
+    t, c = cuda.grid(2)
+    if t >= out.shape[0] or c >= out.shape[1]:
+        return
+    r = toks[t]
+    if kind == 0:
+        v = W32[r, c]
+    elif kind == 1:
+        v = _h2f(int32(W16[r, c]))
+    elif kind == 2:
+        v = bits_f32(int32(W16[r, c]) << 16)
+    else:
+        v = _h2f(int32(D16[r, c // 32])) * float32(Q8[r, c])
+    out[t, c] = v
+
+
+@cuda.jit(cache=True)
 def layer_norm(x, w, b, eps, out):
     """One block per row."""
     t = cuda.blockIdx.x
@@ -950,6 +970,61 @@ if not SIM:
         order of ``tc_gemm32`` on the float32 expansion."""
         _tc_x2w2(_dptr(Xh), _dptr(Xl), Xh.strides[0] // 2, _dptr(Wh), _dptr(Wl), Wh.strides[0] // 2, _dptr(out),
                  ldo, T, N, K, kc, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
+
+    _tc_h1 = cuda.declare_device("tc_hgemm_h1", _nt.int32(_P16, _nt.int64, _P16, _nt.int64, _P32, *_tc_args[1:11]))
+    _tc_h1n = cuda.declare_device("tc_hgemm_h1n", _nt.int32(_P16, _nt.int64, _P16, _nt.int64, _P32, *_tc_args[1:11]))
+
+    @cuda.jit(link=[TC_CU])
+    def tc_hgemm_h(Xh, W, out, ldo, T, N, K, kc, epi):
+        """out (epi)= x @ W.T, x given as f16 (the hi halves of ``split_x``: llama numerics round x
+        to f16 against F16 weights) and F16 W: one MMA per product; grid and split K as ``tc_hgemm``."""
+        _tc_h1(_dptr(Xh), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(out), ldo,
+               T, N, K, kc, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
+
+    @cuda.jit(link=[TC_CU])
+    def tc_hgemm_hn(Xh, W, out, ldo, T, N, K, kc, epi):
+        """``tc_hgemm_h`` on 64 x 128 tiles (256 threads)."""
+        _tc_h1n(_dptr(Xh), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(out), ldo,
+                T, N, K, kc, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
+
+    @cuda.jit(link=[TC_CU])
+    def tc_hgemm_n3(Xh0, Xl0, Xh1, Xl1, Xh2, Xl2, W0, W1, W2, o0, o1, o2, T, N, K, epi):
+        """Three ``tc_hgemm_n`` products of one shape in one launch (a layer's r, k, v), group
+        blockIdx.z, K whole: 3x the blocks of one product, so the grid fills the GPU without
+        split K (at 1.5B prefill each product alone split K in two, then a reduction)."""
+        g = cuda.blockIdx.z
+        if g == 0:
+            Xh, Xl, W, o = Xh0, Xl0, W0, o0
+        elif g == 1:
+            Xh, Xl, W, o = Xh1, Xl1, W1, o1
+        else:
+            Xh, Xl, W, o = Xh2, Xl2, W2, o2
+        _tc_x2n(_dptr(Xh), _dptr(Xl), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(o), o.strides[0] // 4,
+                T, N, K, K, epi, cuda.blockIdx.x, cuda.blockIdx.y, 0, 1)
+
+    @cuda.jit(link=[TC_CU])
+    def tc_hgemm_hn3(Xh0, Xh1, Xh2, W0, W1, W2, o0, o1, o2, T, N, K, epi):
+        """``tc_hgemm_n3`` for f16 x (``tc_hgemm_hn``: llama numerics, one MMA per product)."""
+        g = cuda.blockIdx.z
+        if g == 0:
+            Xh, W, o = Xh0, W0, o0
+        elif g == 1:
+            Xh, W, o = Xh1, W1, o1
+        else:
+            Xh, W, o = Xh2, W2, o2
+        _tc_h1n(_dptr(Xh), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(o), o.strides[0] // 4,
+                T, N, K, K, epi, cuda.blockIdx.x, cuda.blockIdx.y, 0, 1)
+
+    _tc_round = cuda.declare_device("tc_round_x", _nt.int32(_P32, _nt.int64, _P32, _nt.int64, _nt.int32, _nt.int32,
+                                                           _nt.int32, _nt.int32, _nt.int64))
+
+    @cuda.jit(link=[TC_CU])
+    def round_x(x, act, mode, y):
+        """y = act(x) rounded as llama.cpp rounds an activation for a weight type (``mode``: the
+        codes of ``actquant.rounding_mode``); x, y [T, K] float32 (row strides may differ); one
+        thread per block of a row (``round_x_threads``)."""
+        _tc_round(_dptr(x), x.strides[0] // 4, _dptr(y), y.strides[0] // 4, x.shape[0], x.shape[1], act, mode,
+                  cuda.grid(1))
 
     @cuda.jit(link=[TC_CU])
     def expand_q8r_hl(Q8, D16, Wh, Wl):

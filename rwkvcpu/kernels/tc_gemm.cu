@@ -45,9 +45,26 @@ __device__ __forceinline__ uint2 tc_u2(unsigned a, unsigned b) {
     return u;
 }
 
+__device__ __forceinline__ float tc_bf16(float v) {        // round to bfloat16, nearest even
+    unsigned b = __float_as_uint(v);
+    b = (b + 0x7FFFu + ((b >> 16) & 1u)) & 0xFFFF0000u;
+    return __uint_as_float(b);
+}
+
 __device__ __forceinline__ float tc_act(float v, int act) {
     if (act == 1) return tanhf(v);
     if (act == 2) return 1.0f / (1.0f + expf(-v));
+    return v;
+}
+
+// act as above in bits 0-3; bits 4-7 a rounding of its result for llama numerics (3: to f16, 4: to
+// bf16; actquant.R_F16 / R_BF16).  Only split_x and round_x take these: in the register-staged
+// tile's loads the extra code made the low-rank GEMMs 1.5-2x slower (ncu, 1.5B prefill).
+__device__ __forceinline__ float tc_act_r(float v, int act) {
+    v = tc_act(v, act & 15);
+    const int r = (act >> 4) & 15;
+    if (r == 3) v = tc_h2f(tc_f2h(v));
+    else if (r == 4) v = tc_bf16(v);
     return v;
 }
 
@@ -292,8 +309,9 @@ __device__ __forceinline__ void hg_load(h16* sAh, h16* sAl, h16* sBh, h16* sBl,
 template <bool A_LO, bool B_LO, int BN>
 __device__ void hg_tile(const h16* Xh, const h16* Xl, long ldx, const h16* Wh, const h16* Wl, long ldw,
                         float* out, long ldo, int T, int N, int K, int kc, int epi, int bx, int by, int bz, int nz) {
-    // stages: what fits the 48 KB of static shared memory (3 x 15 KB, 2 x 20 KB, 2 x 20 KB)
-    constexpr int S = (BN == 128 || (A_LO && B_LO)) ? 2 : 3;
+    // stages: what fits the 48 KB of static shared memory (3 x 15 KB, 2 x 20 KB, 2 x 20 KB; one-half
+    // operands: 3 x 10 KB, 3 x 15 KB)
+    constexpr int S = ((BN == 128 && A_LO) || (A_LO && B_LO)) ? 2 : 3;
     constexpr int TA = TC_BM * TC_LDS, TB = BN * TC_LDS;
     __shared__ __align__(16) h16 sAh[S * TA];
     __shared__ __align__(16) h16 sAl[A_LO ? S * TA : 8];
@@ -381,6 +399,24 @@ extern "C" __device__ int tc_hgemm_x2n(int* ret, const h16* Xh, const h16* Xl, l
     return 0;
 }
 
+// x as f16 (its hi halves only; llama numerics, where x is rounded to f16 before the product as
+// llama.cpp does against F16 weights) x F16 W: one MMA per product, exact products in float32
+extern "C" __device__ int tc_hgemm_h1(int* ret, const h16* Xh, long ldx, const h16* W, long ldw,
+                                      float* out, long ldo, int T, int N, int K, int kc, int epi,
+                                      int bx, int by, int bz, int nz) {
+    hg_tile<false, false, 64>(Xh, Xh, ldx, W, W, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
+    *ret = 0;
+    return 0;
+}
+
+extern "C" __device__ int tc_hgemm_h1n(int* ret, const h16* Xh, long ldx, const h16* W, long ldw,
+                                       float* out, long ldo, int T, int N, int K, int kc, int epi,
+                                       int bx, int by, int bz, int nz) {
+    hg_tile<false, false, 128>(Xh, Xh, ldx, W, W, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
+    *ret = 0;
+    return 0;
+}
+
 // x halves (hi, lo) x W halves (hi, lo): float32 weights (or dequantized blocks) split once, 3 MMAs
 extern "C" __device__ int tc_hgemm_x2w2(int* ret, const h16* Xh, const h16* Xl, long ldx, const h16* Wh,
                                         const h16* Wl, long ldw, float* out, long ldo, int T, int N, int K, int kc,
@@ -415,11 +451,76 @@ extern "C" __device__ int tc_split_x(int* ret, const float* X, long ldx, h16* H,
     }
     h16 hi[4], lo[4];
     for (int u = 0; u < 4; u++) {
-        const float a = tc_act(v[u], act);
+        const float a = tc_act_r(v[u], act);
         hi[u] = tc_f2h(a);
         lo[u] = tc_f2h(a - tc_h2f(hi[u]));
     }
     *reinterpret_cast<uint2*>(H + t * ldh + k) = tc_u2(tc_pack(hi[0], hi[1]), tc_pack(hi[2], hi[3]));
-    *reinterpret_cast<uint2*>(L + t * ldh + k) = tc_u2(tc_pack(lo[0], lo[1]), tc_pack(lo[2], lo[3]));
+    if (!(act & 256))                   // bit 8: the hi halves alone (x already in f16: one-MMA tiles)
+        *reinterpret_cast<uint2*>(L + t * ldh + k) = tc_u2(tc_pack(lo[0], lo[1]), tc_pack(lo[2], lo[3]));
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// llama numerics: Y = round(act(X)) as llama.cpp's CPU backend rounds an activation row before
+// its dot products with a weight (rwkvcpu/kernels/actquant.py has the table and the CPU twin).
+// mode: 0 none, 1 Q8_0 (per 32), 2 Q8_K (per 256), 3 F16, 4 BF16; thread idx owns one block of
+// a row (one value for modes 0, 3, 4).  Row lengths the block does not divide are left as they are.
+
+__device__ __forceinline__ float tc_rint(float v) {
+    float r;
+    asm("cvt.rni.f32.f32 %0, %1;" : "=f"(r) : "f"(v));
+    return r;
+}
+
+__device__ __forceinline__ float tc_div(float a, float b) {     // IEEE division, whatever the flags
+    float r;
+    asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
+
+__device__ __forceinline__ float tc_mul(float a, float b) {     // never contracted into an FMA
+    float r;
+    asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
+
+extern "C" __device__ int tc_round_x(int* ret, const float* X, long ldx, float* Y, long ldy, int T, int K,
+                                     int act, int mode, long idx) {
+    *ret = 0;
+    const int blk = mode == 1 ? 32 : (mode == 2 ? 256 : 4);
+    const int whole = (K % blk == 0);
+    const long per = whole ? K / blk : K;
+    const long t = idx / per;
+    if (t >= T) return 0;
+    const int n = whole ? blk : 1;
+    const int k0 = (int)(idx - t * per) * n;
+    const float* x = X + t * ldx + k0;
+    float* y = Y + t * ldy + k0;
+    if (!whole) {
+        y[0] = mode > 2 ? tc_act_r(x[0], act | (mode << 4)) : tc_act(x[0], act);
+        return 0;
+    }
+    if (mode == 0 || mode > 2) {        // element-wise: 4 values
+        for (int i = 0; i < 4; i++) y[i] = tc_act_r(x[i], act | (mode << 4));
+        return 0;
+    }
+    float amax = 0.0f, mx = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const float v = tc_act(x[i], act), a = fabsf(v);
+        if (a > amax) { amax = a; mx = v; }
+    }
+    if (mode == 1) {                    // Q8_0: d = f16(amax / 127), q = rint(x * 127 / amax)
+        const float d = tc_h2f(tc_f2h(tc_div(amax, 127.0f)));
+        const float id = amax > 0.0f ? tc_div(127.0f, amax) : 0.0f;
+        for (int i = 0; i < n; i++) y[i] = tc_mul(d, tc_rint(tc_mul(tc_act(x[i], act), id)));
+        return 0;
+    }
+    if (amax == 0.0f) {                 // Q8_K: iscale = -127 / max (signed), d = 1 / iscale
+        for (int i = 0; i < n; i++) y[i] = 0.0f;
+        return 0;
+    }
+    const float is = tc_div(-127.0f, mx), d = tc_div(1.0f, is);
+    for (int i = 0; i < n; i++) y[i] = tc_mul(d, fminf(127.0f, tc_rint(tc_mul(is, tc_act(x[i], act)))));
     return 0;
 }

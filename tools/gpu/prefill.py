@@ -2,7 +2,10 @@
 user's new prompt), and one more call between cuda.profile_start/stop for
 ``ncu --profile-from-start off`` (e.g. ``--metrics gpu__time_duration.sum --print-summary per-kernel``).
 
-    python tools/gpu/prefill.py r-1.5b-f16.gguf [T=512] [n=8]
+    python tools/gpu/prefill.py r-1.5b-f16.gguf [T=512] [n=8] [--llama]
+
+``--llama``: numerics='llama' (activations rounded as llama.cpp rounds them; F16 weights: f16 x,
+one MMA per product).
 """
 import sys
 import time
@@ -14,7 +17,9 @@ from rwkvcpu.model import Model
 
 
 def main(argv):
-    m = Model.load(argv[0], device="cuda")
+    llama = "--llama" in argv
+    argv = [a for a in argv if a != "--llama"]
+    m = Model.load(argv[0], device="cuda", numerics="llama" if llama else "exact")
     T = int(argv[1]) if len(argv) > 1 else 512
     n = int(argv[2]) if len(argv) > 2 else 8
     toks = [int(t) for t in np.random.default_rng(0).integers(1, m.n_vocab, T)]
