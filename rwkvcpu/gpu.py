@@ -491,8 +491,6 @@ class CudaLayers:
             self._nopart = cuda.device_array((1, 1, 1), dtype=np.float32)   # gemm without split K
             self.tc, self.tc_error = self._probe_tensor_cores()
             self.hg, self.hg_error = self._probe_hgemm() if self.tc else (False, "no tensor cores")
-            # 128 x 128 one-MMA tiles for long prompts in llama numerics (RWKVCPU_NO_BIGTILE=1: not)
-            self.big = not os.environ.get("RWKVCPU_NO_BIGTILE")
             self.wkvc, self.wkvc_error = self._probe_wkvc() if self.tc else (False, "no NVRTC")
 
     def ctx(self):
@@ -675,15 +673,14 @@ class CudaLayers:
         ok = (self.hg and T > K.MV_T and cols % 8 == 0 and M0.rmode in (0, R_F16)
               and 6 * T * cols <= self._cur["xhl"].size
               and all(M.half16 is not None and (M.rows, M.cols, M.rmode) == (rows, cols, M0.rmode) for M in Ms))
-        f16_x = M0.rmode == R_F16
-        big = f16_x and self.big and T >= K.GEMM_BIG_T
         if ok:
-            gx, gy = _grid_rows(rows, 128), _grid_rows(T, 128 if big else K.GEMM_BM)
-            ok = 3 * gx * gy >= (1 if big else K.GEMM_WIDE) and self._split_k(3 * gx * gy, cols, T * rows, 32)[0] == 1
+            gx, gy = _grid_rows(rows, 2 * K.GEMM_BN), _grid_rows(T, K.GEMM_BM)
+            ok = 3 * gx * gy >= K.GEMM_WIDE and self._split_k(3 * gx * gy, cols, T * rows, 32)[0] == 1
         if not ok:
             for M, x, o in zip(Ms, xs, outs):
                 self.matmul(M, x, T, o)
             return
+        f16_x = M0.rmode == R_F16
         hl = self._cur["xhl"]            # room for 8 [T, C] halves (sized for [T, F], F = 4C)
         halves = self._view(("xhl", id(hl), "x3", T, cols),
                             lambda: [hl[i * T * cols:(i + 1) * T * cols].reshape(T, cols) for i in range(6)])
@@ -692,8 +689,7 @@ class CudaLayers:
                      (R_F16 << 4 | 256) if f16_x else 0)
         ws = [M.half16 for M in Ms]
         if f16_x:
-            self._go(K.tc_hgemm_hw3 if big else K.tc_hgemm_hn3, (gx, gy, 3), 256, *halves[0::2], *ws, *outs,
-                     T, rows, cols, 0)
+            self._go(K.tc_hgemm_hn3, (gx, gy, 3), 256, *halves[0::2], *ws, *outs, T, rows, cols, 0)
         else:
             self._go(K.tc_hgemm_n3, (gx, gy, 3), 256, *halves, *ws, *outs, T, rows, cols, 0)
 
@@ -744,13 +740,11 @@ class CudaLayers:
         xs = (xh, xl)
         if f16_x:
             kern, xs = K.tc_hgemm_h, (xh,)
-        bm, bn, threads = K.GEMM_BM, K.GEMM_BN, 128
-        if f16_x and self.big and T >= K.GEMM_BIG_T:
-            kern, bm, bn, threads = K.tc_hgemm_hw, 128, 128, 256
-        elif kern in (K.tc_hgemm, K.tc_hgemm_h) and _grid_rows(rows, 2 * bn) * _grid_rows(T, bm) >= K.GEMM_WIDE:
+        gx, gy = _grid_rows(rows, K.GEMM_BN), _grid_rows(T, K.GEMM_BM)
+        threads = 128
+        if kern in (K.tc_hgemm, K.tc_hgemm_h) and _grid_rows(rows, 2 * K.GEMM_BN) * gy >= K.GEMM_WIDE:
             kern = K.tc_hgemm_n if kern is K.tc_hgemm else K.tc_hgemm_hn     # wide tiles still fill a wave
-            bn, threads = 2 * bn, 256
-        gx, gy = _grid_rows(rows, bn), _grid_rows(T, bm)
+            gx, threads = _grid_rows(rows, 2 * K.GEMM_BN), 256
         ks, kc = self._split_k(gx * gy, cols, T * rows, 32)
         if ks > 1:
             part = self._part_view(ks, T, rows)

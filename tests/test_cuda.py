@@ -679,8 +679,7 @@ def test_round_x_kernel_equals_numpy_rounding_bit_for_bit(qtype_name):
 @needs_gpu
 @pytest.mark.parametrize("T,N,K", [(70, 130, 96), (130, 64, 256), (200, 300, 2080)])
 def test_f16_activation_gemm_equals_exact_gemm_on_rounded_x(T, N, K):
-    """tc_hgemm_h / tc_hgemm_hn / tc_hgemm_hw (x's hi halves alone, one MMA per product; 64 x 64,
-    64 x 128 and 128 x 128 tiles) equal, bit for bit,
+    """tc_hgemm_h / tc_hgemm_hn (x's hi halves alone, one MMA per product) equal, bit for bit,
     the exact two-MMA tile run on x rounded to f16 beforehand (whose low halves are then 0):
     llama numerics on F16 weights change the rounding of x and nothing else."""
     from numba import cuda
@@ -702,12 +701,10 @@ def test_f16_activation_gemm_equals_exact_gemm_on_rounded_x(T, N, K):
         n_split = -(-K // kc)
         for epi in (0, 1, 2):
             outs = []
-            for kern, xs, bm, bn, th in ((CK.tc_hgemm, (hl16[0], hl16[1]), 64, 64, 128),
-                                         (CK.tc_hgemm_h, (hl[0],), 64, 64, 128),
-                                         (CK.tc_hgemm_hn, (hl[0],), 64, 128, 256),
-                                         (CK.tc_hgemm_hw, (hl[0],), 128, 128, 256)):
+            for kern, xs, bn, th in ((CK.tc_hgemm, (hl16[0], hl16[1]), 64, 128), (CK.tc_hgemm_h, (hl[0],), 64, 128),
+                                     (CK.tc_hgemm_hn, (hl[0],), 128, 256)):
                 out = cuda.to_device(base.copy())
-                gx, gy = (N + bn - 1) // bn, (T + bm - 1) // bm
+                gx, gy = (N + bn - 1) // bn, (T + 63) // 64
                 if n_split > 1:
                     part = cuda.device_array((n_split, T, N), dtype=np.float32)
                     kern[(gx, gy, n_split), th](*xs, W, part, N, T, N, K, kc, 0)
@@ -804,7 +801,7 @@ def test_split_x_rounds_x_as_it_splits_it(rmode):
 
 
 @needs_gpu
-@pytest.mark.parametrize("f16_x", [False, True, "big"])
+@pytest.mark.parametrize("f16_x", [False, True])
 def test_grouped_rkv_gemm_equals_three_products(f16_x):
     """tc_hgemm_n3 / tc_hgemm_hn3 (a layer's r, k, v in one launch) give, bit for bit, what
     tc_hgemm_n / tc_hgemm_hn give for each product alone."""
@@ -819,21 +816,17 @@ def test_grouped_rkv_gemm_equals_three_products(f16_x):
         h = cuda.device_array((2, T, K), np.uint16)
         CK.split_x[(T * K // 4 + 255) // 256, 256](x, h[0], h[1], (3 << 4 | 256) if f16_x else 0)
         halves.append(h)
-    grid = ((N + 127) // 128, (T + (127 if f16_x == "big" else 63)) // (128 if f16_x == "big" else 64))
+    grid = ((N + 127) // 128, (T + 63) // 64)
     alone = []
     for h, w in zip(halves, ws):
         o = cuda.device_array((T, N), np.float32)
-        if f16_x == "big":
-            CK.tc_hgemm_hw[(*grid, 1), 256](h[0], w, o, N, T, N, K, K, 0)
-        elif f16_x:
+        if f16_x:
             CK.tc_hgemm_hn[(*grid, 1), 256](h[0], w, o, N, T, N, K, K, 0)
         else:
             CK.tc_hgemm_n[(*grid, 1), 256](h[0], h[1], w, o, N, T, N, K, K, 0)
         alone.append(o.copy_to_host())
     outs = [cuda.device_array((T, N), np.float32) for _ in range(3)]
-    if f16_x == "big":
-        CK.tc_hgemm_hw3[(*grid, 3), 256](*(h[0] for h in halves), *ws, *outs, T, N, K, 0)
-    elif f16_x:
+    if f16_x:
         CK.tc_hgemm_hn3[(*grid, 3), 256](*(h[0] for h in halves), *ws, *outs, T, N, K, 0)
     else:
         CK.tc_hgemm_n3[(*grid, 3), 256](*(z for h in halves for z in (h[0], h[1])), *ws, *outs, T, N, K, 0)
@@ -864,33 +857,3 @@ def test_gpu_model_grouped_rkv_gives_the_same_bits(numerics, monkeypatch):
     got = m.forward(toks, all_logits=True)
     assert (CK.tc_hgemm_hn3 if numerics == "llama" else CK.tc_hgemm_n3) in calls
     assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1].s, ref[1].s)
-
-
-@needs_gpu
-def test_gpu_model_big_one_mma_tiles_agree(monkeypatch):
-    """A 300-token llama-numerics prefill of the F16 model takes the 128 x 128 one-MMA tiles
-    (tc_hgemm_hw, and tc_hgemm_hw3 for r/k/v); the same prefill without them (RWKVCPU_NO_BIGTILE's
-    switch) agrees to the GPU-vs-CPU tolerance (the tiles give the same bits; split-K choices may
-    differ with the grid)."""
-    from rwkvcpu.kernels import cuda as CK
-    from rwkvcpu.model import Model
-    path = str(require_fixtures() / "tiny-rwkv7-f16.gguf")
-    toks = (np.arange(300) * 53) % 4096
-    m = Model.load(path, device="cuda", numerics="llama")
-    run = m._segments[0][1]
-    calls = []
-    orig = run._go
-
-    def spy(kern, *a):
-        calls.append(kern)
-        return orig(kern, *a)
-    monkeypatch.setattr(run, "_go", spy)
-    lb, sb = m.forward(toks)
-    assert CK.tc_hgemm_hw in calls and CK.tc_hgemm_hw3 in calls
-    run.big = False
-    run._plans.clear()
-    n0 = len(calls)
-    ls, ss = m.forward(toks)
-    assert CK.tc_hgemm_hw not in calls[n0:] and CK.tc_hgemm_hn in calls[n0:]
-    scale = np.abs(ls).max()
-    assert np.abs(lb - ls).max() <= REL_TOL * scale and np.abs(sb.s - ss.s).max() <= 1e-4 * np.abs(ss.s).max()

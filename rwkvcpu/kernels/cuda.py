@@ -53,7 +53,6 @@ GEMM_BN = 64
 GEMM_BK = 16
 GEMM_FILL = 264           # blocks wanted per gemm (2 per SM on an H100): fewer -> split K
 GEMM_PART = 2 * GEMM_FILL * 64 * 64    # floats of split-K scratch (at most ~2 * GEMM_FILL blocks)
-GEMM_BIG_T = 256          # f16-x products (llama numerics) of at least this many rows: 128 x 128 tiles
 GEMM_WIDE = 120           # 64 x 128 tiles (tc_hgemm_n) once they make this many blocks (~0.9 of an H100
 #                           wave of 256-thread blocks); 1.5B prefill: 20% faster than 64 x 64 tiles
 GEMM_LD = GEMM_BM + 4     # padded shared-tile row (fewer bank conflicts on the transposed store)
@@ -987,28 +986,6 @@ if not SIM:
         """``tc_hgemm_h`` on 64 x 128 tiles (256 threads)."""
         _tc_h1n(_dptr(Xh), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(out), ldo,
                 T, N, K, kc, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
-
-    _tc_h1w = cuda.declare_device("tc_hgemm_h1w", _nt.int32(_P16, _nt.int64, _P16, _nt.int64, _P32, *_tc_args[1:11]))
-
-    @cuda.jit(link=[TC_CU])
-    def tc_hgemm_hw(Xh, W, out, ldo, T, N, K, kc, epi):
-        """``tc_hgemm_h`` on 128 x 128 tiles (256 threads, each warp 64 x 32): grid (ceil(N/128),
-        ceil(T/128), S)."""
-        _tc_h1w(_dptr(Xh), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(out), ldo,
-                T, N, K, kc, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
-
-    @cuda.jit(link=[TC_CU])
-    def tc_hgemm_hw3(Xh0, Xh1, Xh2, W0, W1, W2, o0, o1, o2, T, N, K, epi):
-        """``tc_hgemm_hn3`` on the 128 x 128 tiles of ``tc_hgemm_hw``."""
-        g = cuda.blockIdx.z
-        if g == 0:
-            Xh, W, o = Xh0, W0, o0
-        elif g == 1:
-            Xh, W, o = Xh1, W1, o1
-        else:
-            Xh, W, o = Xh2, W2, o2
-        _tc_h1w(_dptr(Xh), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(o), o.strides[0] // 4,
-                T, N, K, K, epi, cuda.blockIdx.x, cuda.blockIdx.y, 0, 1)
 
     @cuda.jit(link=[TC_CU])
     def tc_hgemm_n3(Xh0, Xl0, Xh1, Xl1, Xh2, Xl2, W0, W1, W2, o0, o1, o2, T, N, K, epi):

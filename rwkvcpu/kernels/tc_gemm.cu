@@ -92,12 +92,11 @@ __device__ __forceinline__ void tc_ldsm4(unsigned* r, const h16* p) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(tc_smem(p)) : "memory");
 }
 
-// A warp's 16 MI x 32 accumulators to out rows t0.., columns n0.. (epi: 0 store, 1 add, 2 relu^2 store)
-template <int MI>
-__device__ __forceinline__ void tc_store(float (&acc)[MI][4][4], float* out, long ldo, int T, int N, int t0, int n0,
+// A warp's 32 x 32 accumulators to out rows t0.., columns n0.. (epi: 0 store, 1 add, 2 relu^2 store)
+__device__ __forceinline__ void tc_store(float (&acc)[2][4][4], float* out, long ldo, int T, int N, int t0, int n0,
                                          int epi) {
     const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-    for (int i = 0; i < MI; i++)
+    for (int i = 0; i < 2; i++)
         for (int j = 0; j < 4; j++)
             for (int e = 0; e < 4; e++) {
                 const int t = t0 + 16 * i + g + (e >> 1) * 8;
@@ -283,12 +282,12 @@ __device__ __forceinline__ void tc_cp_commit() { asm volatile("cp.async.commit_g
 template <int N>
 __device__ __forceinline__ void tc_cp_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 
-template <bool A_LO, bool B_LO, int BN, int BM>
+template <bool A_LO, bool B_LO, int BN>
 __device__ __forceinline__ void hg_load(h16* sAh, h16* sAl, h16* sBh, h16* sBl,
                                         const h16* Xh, const h16* Xl, long ldx, const h16* Wh, const h16* Wl,
                                         long ldw, int T, int N, int kend, int m0, int n0, int k0) {
     const int tid = threadIdx.x;
-    for (int f = tid; f < BM * 4; f += 2 * BN) {         // x: BM rows x 4 chunks of 8 halves
+    for (int f = tid; f < TC_BM * 4; f += 2 * BN) {      // x: 64 rows x 4 chunks of 8 halves
         const int r = f >> 2, c = (f & 3) * 8, k = k0 + c;
         const bool ok = m0 + r < T && k < kend;
         const long ox = ok ? (long)(m0 + r) * ldx + k : 0;
@@ -305,40 +304,35 @@ __device__ __forceinline__ void hg_load(h16* sAh, h16* sAl, h16* sBh, h16* sBl,
 }
 
 // BN = 64: 128 threads (2 x 2 warps); BN = 128: 256 threads (2 x 4 warps), each warp a 32 x 32
-// quarter as before (MI = 2: two m16 fragments).  The wide tile reads each x tile for twice the
-// outputs: at 64 x 64 the 1.5B prefill GEMMs ran at 71% of L2 bandwidth (ncu), x being re-read once
-// per 64 outputs.  MI = 4 (one-half operands only): 128 x BN tiles, each warp 64 x 32, 6 fragment
-// loads per 16 MMAs instead of 4 per 8.  The order of the products of each output is the same in
-// every variant, so all give the same bits.
-template <bool A_LO, bool B_LO, int BN, int MI = 2>
+// quarter as before.  The wide tile reads each x tile for twice the outputs: at 64 x 64 the 1.5B
+// prefill GEMMs ran at 71% of L2 bandwidth (ncu), x being re-read once per 64 outputs.
+template <bool A_LO, bool B_LO, int BN>
 __device__ void hg_tile(const h16* Xh, const h16* Xl, long ldx, const h16* Wh, const h16* Wl, long ldw,
                         float* out, long ldo, int T, int N, int K, int kc, int epi, int bx, int by, int bz, int nz) {
-    constexpr int BM = 32 * MI;
-    // stages: as many (up to 3) as fit the 48 KB of static shared memory
-    constexpr int STAGE = (BM * (A_LO ? 2 : 1) + BN * (B_LO ? 2 : 1)) * TC_LDS * 2;
-    constexpr int S = (49152 - 64) / STAGE >= 3 ? 3 : 2;
-    static_assert(S * STAGE <= 49152 - 64, "tile stages exceed 48 KB of static shared memory");
-    constexpr int TA = BM * TC_LDS, TB = BN * TC_LDS;
+    // stages: what fits the 48 KB of static shared memory (3 x 15 KB, 2 x 20 KB, 2 x 20 KB; one-half
+    // operands: 3 x 10 KB, 3 x 15 KB)
+    constexpr int S = ((BN == 128 && A_LO) || (A_LO && B_LO)) ? 2 : 3;
+    constexpr int TA = TC_BM * TC_LDS, TB = BN * TC_LDS;
     __shared__ __align__(16) h16 sAh[S * TA];
     __shared__ __align__(16) h16 sAl[A_LO ? S * TA : 8];
     __shared__ __align__(16) h16 sBh[S * TB];
     __shared__ __align__(16) h16 sBl[B_LO ? S * TB : 8];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     constexpr int WN = BN / 32;                          // warps along n
-    const int wm = (warp / WN) * (16 * MI), wn = (warp % WN) * 32;
-    const int m0 = by * BM, n0 = bx * BN;
+    const int wm = (warp / WN) * 32, wn = (warp % WN) * 32;
+    const int m0 = by * TC_BM, n0 = bx * BN;
     const int kbeg = bz * kc, kend = min(K, kbeg + kc);
     if (nz > 1) out += (long)bz * T * ldo;
     const int nk = kend > kbeg ? (kend - kbeg + HG_BK - 1) / HG_BK : 0;
 
-    float acc[MI][4][4];
-    for (int i = 0; i < MI; i++)
+    float acc[2][4][4];
+    for (int i = 0; i < 2; i++)
         for (int j = 0; j < 4; j++)
             for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
 
     for (int st = 0; st < S - 1; st++) {
         if (st < nk)
-            hg_load<A_LO, B_LO, BN, BM>(sAh + st * TA, sAl + (A_LO ? st * TA : 0), sBh + st * TB,
+            hg_load<A_LO, B_LO, BN>(sAh + st * TA, sAl + (A_LO ? st * TA : 0), sBh + st * TB,
                                     sBl + (B_LO ? st * TB : 0), Xh, Xl, ldx, Wh, Wl, ldw, T, N, kend, m0, n0,
                                     kbeg + st * HG_BK);
         tc_cp_commit();
@@ -349,7 +343,7 @@ __device__ void hg_tile(const h16* Xh, const h16* Xl, long ldx, const h16* Wh, c
         {
             const int nx = it + S - 1, b = nx % S;
             if (nx < nk)
-                hg_load<A_LO, B_LO, BN, BM>(sAh + b * TA, sAl + (A_LO ? b * TA : 0), sBh + b * TB,
+                hg_load<A_LO, B_LO, BN>(sAh + b * TA, sAl + (A_LO ? b * TA : 0), sBh + b * TB,
                                         sBl + (B_LO ? b * TB : 0), Xh, Xl, ldx, Wh, Wl, ldw, T, N, kend, m0, n0,
                                         kbeg + nx * HG_BK);
             tc_cp_commit();
@@ -360,8 +354,8 @@ __device__ void hg_tile(const h16* Xh, const h16* Xl, long ldx, const h16* Wh, c
         const h16* Bh = sBh + b * TB;
         const h16* Bl = sBl + (B_LO ? b * TB : 0);
         for (int kk = 0; kk < HG_BK; kk += 16) {
-            unsigned ah[MI][4], al[MI][4], bh[4][2], bl[4][2];
-            for (int i = 0; i < MI; i++) {
+            unsigned ah[2][4], al[2][4], bh[4][2], bl[4][2];
+            for (int i = 0; i < 2; i++) {
                 const int o = (wm + 16 * i + (lane & 15)) * TC_LDS + kk + (lane >> 4) * 8;
                 tc_ldsm4(ah[i], Ah + o);
                 if (A_LO) tc_ldsm4(al[i], Al + o);
@@ -376,7 +370,7 @@ __device__ void hg_tile(const h16* Xh, const h16* Xl, long ldx, const h16* Wh, c
                     bl[j][0] = u[0]; bl[j][1] = u[1]; bl[j + 1][0] = u[2]; bl[j + 1][1] = u[3];
                 }
             }
-            for (int i = 0; i < MI; i++)
+            for (int i = 0; i < 2; i++)
                 for (int j = 0; j < 4; j++) {        // small terms first, as tc_tile
                     if (B_LO) tc_mma(acc[i][j], ah[i], bl[j]);
                     if (A_LO) tc_mma(acc[i][j], al[i], bh[j]);
@@ -411,15 +405,6 @@ extern "C" __device__ int tc_hgemm_h1(int* ret, const h16* Xh, long ldx, const h
                                       float* out, long ldo, int T, int N, int K, int kc, int epi,
                                       int bx, int by, int bz, int nz) {
     hg_tile<false, false, 64>(Xh, Xh, ldx, W, W, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
-    *ret = 0;
-    return 0;
-}
-
-// tc_hgemm_h1 on 128 x 128 tiles (256 threads, each warp 64 x 32)
-extern "C" __device__ int tc_hgemm_h1w(int* ret, const h16* Xh, long ldx, const h16* W, long ldw,
-                                       float* out, long ldo, int T, int N, int K, int kc, int epi,
-                                       int bx, int by, int bz, int nz) {
-    hg_tile<false, false, 128, 4>(Xh, Xh, ldx, W, W, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
     *ret = 0;
     return 0;
 }
