@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rwkvcpu.kernels import dequant as dq
-from rwkvcpu.kernels.actquant import R_F16, rounding_mode
+from rwkvcpu.kernels.actquant import R_BF16, R_F16, rounding_mode
 from rwkvcpu.kernels.reference import DECAY_SCALE, GROUP_NORM_EPS, L2_EPS
 
 assert abs(DECAY_SCALE - 0.606531) < 1e-12   # the constant written in kernels/cuda.pre_wkv
@@ -225,12 +225,23 @@ class DevMatrix:
 
 
 class _Dense:
-    """A float32 device matrix (a view of a stacked weight) that ``CudaLayers.matmul`` takes at T > MV_T."""
+    """A float32 device matrix (a view of a stacked weight) that ``CudaLayers.matmul`` takes at
+    T > MV_T; ``wh``, ``wl``: its hi/lo halves (for the pipelined tiles), when given."""
     kind, qt, half16, words, wkind, words64, q64, d16 = "f", dq.F32, None, None, -1, None, None, None
 
-    def __init__(self, arr, rmode: int = 0):
+    def __init__(self, arr, rmode: int = 0, wh=None, wl=None):
         self.arr = arr
         self.rmode = rmode
+        self.wh, self.wl = wh, wl
+
+
+def _hilo(a: np.ndarray) -> np.ndarray:
+    """float32 -> [2, ...] uint16: the hi and lo halves (hi = f16(a), lo = f16(a - hi), round to
+    nearest even as the tiles' cvt.rn), as tc_gemm.cu splits float32 weights in its tiles."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    hi = a.astype(np.float16)
+    lo = (a - hi.astype(np.float32)).astype(np.float16)
+    return np.stack([hi, lo]).view(np.uint16)
         self.rows, self.cols = arr.shape
 
 
@@ -439,14 +450,20 @@ class CudaLayers:
                 # the same products as plain float32 matrices for prefill/batches (T > MV_T): there
                 # lowrank1/2 (a warp per output, a loop over T) took half of a 1.5B prefill
                 lr1 = d["lr1"]
+                # and as hi/lo halves for the pipelined tiles (tc_hgemm_w2g): the same bytes again
+                hl1 = dev(_hilo(np.concatenate([m for m, _ in firsts])))
+                hl2 = dev(_hilo(np.concatenate(flat)))
                 names1 = {1: "w1", 4: "a1", 3: "v1", 5: "g1"}
                 d["lr1_gemm"] = [(src, int(o), n, _Dense(lr1[int(o):int(o) + n],
-                                                         rmode(lr_type.get((il, names1[src]), dq.F32))))
+                                                         rmode(lr_type.get((il, names1[src]), dq.F32)),
+                                                         hl1[0, int(o):int(o) + n], hl1[1, int(o):int(o) + n]))
                                  for (_, src), o, n in zip(firsts, offs, dims)]
                 names2 = ("w2", "a2", "v2", "g2")
+                sl2 = [slice(seg_w[si], seg_w[si] + C * seg_d[si]) for si in range(4)]
                 d["lr2_gemm"] = [(si, int(in_off[si]), seg_d[si], acts[si],
-                                  _Dense(d["lr2"][seg_w[si]:seg_w[si] + C * seg_d[si]].reshape(C, seg_d[si]),
-                                         rmode(lr_type.get((il, names2[si]), dq.F32))))
+                                  _Dense(d["lr2"][sl2[si]].reshape(C, seg_d[si]),
+                                         rmode(lr_type.get((il, names2[si]), dq.F32)),
+                                         hl2[0, sl2[si]].reshape(C, seg_d[si]), hl2[1, sl2[si]].reshape(C, seg_d[si])))
                                  for si in range(4) if seg_d[si]]
                 # llama numerics with rounded low-rank inputs (F16/BF16 files): rounded copies of
                 # the inputs, the activations applied while rounding (then none in the product)
@@ -581,7 +598,7 @@ class CudaLayers:
                 # and the views into them (a view keeps its buffer's device memory alive)
                 self._plans = {k: p for k, p in self._plans.items() if p.bufs is not old}
                 self._views = {k: v for k, v in self._views.items()
-                               if not (k[0] in ("xhl", "xr") and k[1] == id(old[k[0]]))}
+                               if not (k[0] in ("xhl", "xr", "lrhl") and k[1] == id(old[k[0]]))}
             hp = self.hp
             C, F = hp.n_embd, hp.n_ffn
             D1 = max([d["d1"] for d in self.layers] + [1])
@@ -593,7 +610,8 @@ class CudaLayers:
                      tok=cuda.device_array(T, dtype=np.int64),
                      xo=e(T, C), xn=e(T, C),
                      xhl=cuda.device_array(2 * T * max(C, F), dtype=np.uint16),   # x as hi/lo halves
-                     xr=e(T * max(C, F) if self.llama else 1))    # x rounded (llama numerics)
+                     xr=e(T * max(C, F) if self.llama else 1),    # x rounded (llama numerics)
+                     lrhl=cuda.device_array(max(8 * T * C, 2 * T * D1), dtype=np.uint16))  # low-rank x halves
             if self.llama and any(d["lr_round"] for d in self.layers):
                 b["mixr"], b["h1r"] = e(6, T, C), e(T, D1)
             if self.with_head:
@@ -760,6 +778,15 @@ class CudaLayers:
             if M2.rmode or all_:
                 self.round_x(view("h1", 0, o, n), act, M2.rmode, view("h1r", 0, o, n))
 
+    def _lr_halves(self, d) -> bool:
+        """Whether a layer's grouped low-rank products run on the pipelined half tiles (x split by
+        split_x, which also applies the activation and, in llama numerics, the f16/bf16
+        rounding; W split at upload): the products and bits of the register-staged tile, faster.
+        They need 16-byte rows, and llama's 8-bit roundings are left to round_x."""
+        C = self.hp.n_embd
+        return self.hg and C % 8 == 0 and all(n % 8 == 0 for _, _, n, _, _ in d["lr2_gemm"]) and all(
+            M.rmode in (0, R_F16, R_BF16) for *_, M in d["lr1_gemm"] + d["lr2_gemm"])
+
     def _lowrank_grouped(self, d, b, T, views, view, rnd=False) -> None:
         """A layer's low-rank products at T > MV_T in two tensor-core launches (plus one split-K
         reduction) instead of up to eight GEMMs and their reductions: the first stage of w/a/v/g
@@ -784,21 +811,46 @@ class CudaLayers:
                 outs.append(views[key])
         else:
             outs = [view("h1", 0, o, n) for _, o, n, _ in downs]
-        xs = [view("mixr" if rnd and M1.rmode else "mixed", src) for src, _, _, M1 in downs]
-        ws = [M1.arr for _, _, _, M1 in downs]
-        pad = 4 - len(downs)
-        self._go(K.tc_gemm32_g, (gx, gy, len(downs) * ks), 128, *(xs + xs[:1] * pad), *(ws + ws[:1] * pad),
-                 *(outs + outs[:1] * pad), ks, kc, 0, 0, 0, 0, D, T, 0)
+        ups = d["lr2_gemm"]
+        halves = self._lr_halves(d)
+        if halves:
+            hl = b["lrhl"]
+
+            def split(xsrc, off, rows, cols, act):
+                """xsrc split into halves at lrhl[off:off + 2 * rows * cols] (stream order makes
+                the second stage's reuse of the first stage's space safe)."""
+                n = rows * cols
+                H, L = self._view(("lrhl", id(hl), off, rows, cols), lambda: (
+                    hl[off:off + n].reshape(rows, cols), hl[off + n:off + 2 * n].reshape(rows, cols)))
+                self._go(K.split_x, _grid_rows(n // 4, 256), 256, xsrc, H, L, act)
+                return H, L
+            xs = [z for i, (src, _, _, M1) in enumerate(downs)
+                  for z in split(view("mixed", src), 2 * i * T * C, T, C, M1.rmode << 4)]
+            ws = [z for _, _, _, M1 in downs for z in (M1.wh, M1.wl)]
+            pad = 4 - len(downs)
+            self._go(K.tc_hgemm_w2g, (gx, gy, len(downs) * ks), 128, *(xs + xs[:2] * pad), *(ws + ws[:2] * pad),
+                     *(outs + outs[:1] * pad), ks, kc, D, T, 0)
+        else:
+            xs = [view("mixr" if rnd and M1.rmode else "mixed", src) for src, _, _, M1 in downs]
+            ws = [M1.arr for _, _, _, M1 in downs]
+            pad = 4 - len(downs)
+            self._go(K.tc_gemm32_g, (gx, gy, len(downs) * ks), 128, *(xs + xs[:1] * pad), *(ws + ws[:1] * pad),
+                     *(outs + outs[:1] * pad), ks, kc, 0, 0, 0, 0, D, T, 0)
         if ks > 1:
             self._go(K.gemm_reduce, _grid_rows(T * D, 256), 256, part, T, h1, 0)
-        ups = d["lr2_gemm"]
+        outs = [view("h2", 0, si * C, C) for si, _, _, _, _ in ups]
+        pad = 4 - len(ups)
+        if halves:
+            xs = [z for _, o, n, act, M2 in ups for z in split(view("h1", 0, o, n), 2 * T * o, T, n, act | (M2.rmode << 4))]
+            ws = [z for *_, M2 in ups for z in (M2.wh, M2.wl)]
+            self._go(K.tc_hgemm_w2g, (_grid_rows(C, K.GEMM_BN), gy, len(ups)), 128, *(xs + xs[:2] * pad),
+                     *(ws + ws[:2] * pad), *(outs + outs[:1] * pad), 1, 0, b["h2"].shape[1], T, 0)
+            return
         if rnd:
             self._round_h1(d, view, all_=False)
         xs = [view("h1r" if rnd and M2.rmode else "h1", 0, o, n) for _, o, n, _, M2 in ups]
         ws = [M2.arr for _, _, _, _, M2 in ups]
-        outs = [view("h2", 0, si * C, C) for si, _, _, _, _ in ups]
         acts = [0 if rnd and M2.rmode else act for _, _, _, act, M2 in ups]
-        pad = 4 - len(ups)
         self._go(K.tc_gemm32_g, (_grid_rows(C, K.GEMM_BN), gy, len(ups)), 128, *(xs + xs[:1] * pad),
                  *(ws + ws[:1] * pad), *(outs + outs[:1] * pad), 1, 0, *(acts + acts[:1] * pad),
                  b["h2"].shape[1], T, 0)
@@ -969,14 +1021,14 @@ class CudaLayers:
             # llama numerics, F16/BF16 files: the low-rank inputs rounded into copies (activations
             # applied there), for the fused kernels and the grouped GEMMs alike (without tensor
             # cores matmul rounds each input itself)
-            rnd = self.llama and d["lr_round"] and (T <= K.MV_T or self.tc)
+            rnd = self.llama and d["lr_round"] and (T <= K.MV_T or (self.tc and not self._lr_halves(d)))
             if rnd:
                 for src, o, n, M1 in d["lr1_gemm"]:
                     if M1.rmode or T <= K.MV_T:     # (the grouped GEMMs read float32 inputs in place)
                         self.round_x(view("mixed", src), 0, M1.rmode, view("mixr", src))
             if T > K.MV_T:
                 if self.tc:
-                    self._lowrank_grouped(d, b, T, views, view, rnd)
+                    self._lowrank_grouped(d, b, T, views, view, rnd)      # (half tiles: they round)
                 else:              # (llama numerics: matmul rounds each input itself)
                     for src, o, n, M1 in d["lr1_gemm"]:
                         self.matmul(M1, view("mixed", src), T, view("h1", 0, o, n))

@@ -621,14 +621,16 @@ def test_pipelined_half_gemm_equals_register_staged_tiles(wtype, T, N, K):
 @needs_gpu
 @pytest.mark.parametrize("name", ["tiny-rwkv7-f16.gguf", "tiny-rwkv7-q8_0.gguf"])
 def test_gpu_model_pipelined_gemm_gives_the_same_bits(name, monkeypatch):
-    """A prefill through the pipelined half-tile GEMM equals, bit for bit, the same prefill with
-    RWKVCPU_NO_HGEMM=1 (the register-staged tiles): logits and state."""
+    """A prefill through the pipelined half-tile GEMMs (the projections and the grouped low-rank
+    products) equals, bit for bit, the same prefill with RWKVCPU_NO_HGEMM=1 (the register-staged
+    tiles): logits and state."""
     from rwkvcpu.model import Model
     toks = (np.arange(80) * 41) % 4096
     new = gpu_model(name, "cuda")
     assert new._segments[0][1].hg, new._segments[0][1].hg_error
     assert new._segments[0][1].wkvc, new._segments[0][1].wkvc_error
     assert new._segments[0][1].embeds           # the embedding lookup and ln0 on the device too
+    assert new._segments[0][1]._lr_halves(new._segments[0][1].layers[1])     # low-rank on half tiles too
     ln, sn = new.forward(toks, all_logits=True)
     monkeypatch.setenv("RWKVCPU_NO_HGEMM", "1")
     old = Model.load(str(require_fixtures() / name), device="cuda")

@@ -988,6 +988,28 @@ if not SIM:
                 T, N, K, kc, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
 
     @cuda.jit(link=[TC_CU])
+    def tc_hgemm_w2g(Xh0, Xl0, Xh1, Xl1, Xh2, Xl2, Xh3, Xl3, Wh0, Wl0, Wh1, Wl1, Wh2, Wl2, Wh3, Wl3,
+                     o0, o1, o2, o3, ks, kc, ldo, T, epi):
+        """Up to four ``tc_hgemm_w2`` products in one launch (a layer's low-rank products on the
+        pipelined tiles; the products and order of ``tc_gemm32_g``): group g = blockIdx.z // ks,
+        x and W given as hi/lo halves; grid, split K and outputs as ``tc_gemm32_g``."""
+        g = cuda.blockIdx.z // ks
+        if g == 0:
+            Xh, Xl, Wh, Wl, o = Xh0, Xl0, Wh0, Wl0, o0
+        elif g == 1:
+            Xh, Xl, Wh, Wl, o = Xh1, Xl1, Wh1, Wl1, o1
+        elif g == 2:
+            Xh, Xl, Wh, Wl, o = Xh2, Xl2, Wh2, Wl2, o2
+        else:
+            Xh, Xl, Wh, Wl, o = Xh3, Xl3, Wh3, Wl3, o3
+        N = Wh.shape[0]
+        if cuda.blockIdx.x * 64 >= N:           # a narrower group than the grid: nothing to do
+            return
+        K = Xh.shape[1]
+        _tc_x2w2(_dptr(Xh), _dptr(Xl), Xh.strides[0] // 2, _dptr(Wh), _dptr(Wl), Wh.strides[0] // 2, _dptr(o), ldo,
+                 T, N, K, kc if ks > 1 else K, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z % ks, ks)
+
+    @cuda.jit(link=[TC_CU])
     def tc_hgemm_n3(Xh0, Xl0, Xh1, Xl1, Xh2, Xl2, W0, W1, W2, o0, o1, o2, T, N, K, epi):
         """Three ``tc_hgemm_n`` products of one shape in one launch (a layer's r, k, v), group
         blockIdx.z, K whole: 3x the blocks of one product, so the grid fills the GPU without
