@@ -233,6 +233,7 @@ class _Dense:
         self.arr = arr
         self.rmode = rmode
         self.wh, self.wl = wh, wl
+        self.rows, self.cols = arr.shape
 
 
 def _hilo(a: np.ndarray) -> np.ndarray:
@@ -242,7 +243,6 @@ def _hilo(a: np.ndarray) -> np.ndarray:
     hi = a.astype(np.float16)
     lo = (a - hi.astype(np.float32)).astype(np.float16)
     return np.stack([hi, lo]).view(np.uint16)
-        self.rows, self.cols = arr.shape
 
 
 def _grid_rows(n: int, per: int) -> int:
