@@ -612,6 +612,9 @@ class CudaLayers:
                      xhl=cuda.device_array(2 * T * max(C, F), dtype=np.uint16),   # x as hi/lo halves
                      xr=e(T * max(C, F) if self.llama else 1),    # x rounded (llama numerics)
                      lrhl=cuda.device_array(max(8 * T * C, 2 * T * D1), dtype=np.uint16))  # low-rank x halves
+            if self._pre_halves(T):          # the lerped rows as hi/lo halves (shift_mix_hl), and zero lo halves
+                b["mixhl"] = cuda.device_array((2, 6, T, C), dtype=np.uint16)
+                b["zhl"] = cuda.to_device(np.zeros((T, C), np.uint16))
             if self.llama and any(d["lr_round"] for d in self.layers):
                 b["mixr"], b["h1r"] = e(6, T, C), e(T, D1)
             if self.with_head:
@@ -681,7 +684,11 @@ class CudaLayers:
         else:
             self._go(K.gemm, (gx, gy, 1), 256, x, Wf, T, out, act, epi, self._nopart, cols)
 
-    def matmul3(self, Ms, xs, outs, T: int) -> None:
+    def _pre_halves(self, T: int) -> bool:
+        """Whether prompt steps of T rows lerp into hi/lo halves too (shift_mix_hl)."""
+        return self.hg and T > self.K.MV_T and self.hp.n_embd % 8 == 0
+
+    def matmul3(self, Ms, xs, outs, T: int, pre=None) -> None:
         """Three products of one shape (a layer's r, k, v): in one launch of the 64 x 128 half
         tiles when the three grids together fill the GPU without split K (F16 weights, T > MV_T),
         else one by one."""
@@ -689,7 +696,7 @@ class CudaLayers:
         M0 = Ms[0]
         rows, cols = M0.rows, M0.cols
         ok = (self.hg and T > K.MV_T and cols % 8 == 0 and M0.rmode in (0, R_F16)
-              and 6 * T * cols <= self._cur["xhl"].size
+              and (pre is not None or 6 * T * cols <= self._cur["xhl"].size)
               and all(M.half16 is not None and (M.rows, M.cols, M.rmode) == (rows, cols, M0.rmode) for M in Ms))
         if ok:
             gx, gy = _grid_rows(rows, 2 * K.GEMM_BN), _grid_rows(T, K.GEMM_BM)
@@ -699,12 +706,15 @@ class CudaLayers:
                 self.matmul(M, x, T, o)
             return
         f16_x = M0.rmode == R_F16
-        hl = self._cur["xhl"]            # room for 8 [T, C] halves (sized for [T, F], F = 4C)
-        halves = self._view(("xhl", id(hl), "x3", T, cols),
-                            lambda: [hl[i * T * cols:(i + 1) * T * cols].reshape(T, cols) for i in range(6)])
-        for i, x in enumerate(xs):
-            self._go(K.split_x, _grid_rows(T * cols // 4, 256), 256, x, halves[2 * i], halves[2 * i + 1],
-                     (R_F16 << 4 | 256) if f16_x else 0)
+        if pre is not None:              # split by shift_mix_hl already (hi = f16(x): llama's rounding too)
+            halves = [z for hl in pre for z in hl]
+        else:
+            hl = self._cur["xhl"]        # room for 8 [T, C] halves (sized for [T, F], F = 4C)
+            halves = self._view(("xhl", id(hl), "x3", T, cols),
+                                lambda: [hl[i * T * cols:(i + 1) * T * cols].reshape(T, cols) for i in range(6)])
+            for i, x in enumerate(xs):
+                self._go(K.split_x, _grid_rows(T * cols // 4, 256), 256, x, halves[2 * i], halves[2 * i + 1],
+                         (R_F16 << 4 | 256) if f16_x else 0)
         ws = [M.half16 for M in Ms]
         if f16_x:
             self._go(K.tc_hgemm_hn3, (gx, gy, 3), 256, *halves[0::2], *ws, *outs, T, rows, cols, 0)
@@ -787,7 +797,7 @@ class CudaLayers:
         return self.hg and C % 8 == 0 and all(n % 8 == 0 for _, _, n, _, _ in d["lr2_gemm"]) and all(
             M.rmode in (0, R_F16, R_BF16) for *_, M in d["lr1_gemm"] + d["lr2_gemm"])
 
-    def _lowrank_grouped(self, d, b, T, views, view, rnd=False) -> None:
+    def _lowrank_grouped(self, d, b, T, views, view, rnd=False, pre=False) -> None:
         """A layer's low-rank products at T > MV_T in two tensor-core launches (plus one split-K
         reduction) instead of up to eight GEMMs and their reductions: the first stage of w/a/v/g
         (inputs: four lerped rows, outputs: columns of h1), then the second (inputs: those
@@ -824,8 +834,13 @@ class CudaLayers:
                     hl[off:off + n].reshape(rows, cols), hl[off + n:off + 2 * n].reshape(rows, cols)))
                 self._go(K.split_x, _grid_rows(n // 4, 256), 256, xsrc, H, L, act)
                 return H, L
-            xs = [z for i, (src, _, _, M1) in enumerate(downs)
-                  for z in split(view("mixed", src), 2 * i * T * C, T, C, M1.rmode << 4)]
+
+            def stage1(i, src, M1):
+                if pre and M1.rmode in (0, R_F16):
+                    h, lo = view("mixhl", src)          # split by shift_mix_hl
+                    return (h, b["zhl"] if M1.rmode == R_F16 else lo)    # llama f16: x = hi exactly
+                return split(view("mixed", src), 2 * i * T * C, T, C, M1.rmode << 4)
+            xs = [z for i, (src, _, _, M1) in enumerate(downs) for z in stage1(i, src, M1)]
             ws = [z for _, _, _, M1 in downs for z in (M1.wh, M1.wl)]
             pad = 4 - len(downs)
             self._go(K.tc_hgemm_w2g, (gx, gy, len(downs) * ks), 128, *(xs + xs[:2] * pad), *(ws + ws[:2] * pad),
@@ -998,6 +1013,7 @@ class CudaLayers:
         shift = (_grid_rows(C, 128), nseg, _grid_rows(T - nseg + 1, K.SHIFT_T)), 128   # longest possible segment
         one_each = T == nseg            # every sequence one token (decode): norm + shift in one launch
         lnshift = (_grid_rows(C, K.NORM_THREADS), nseg), K.NORM_THREADS
+        pre = not one_each and self._pre_halves(T)      # lerped rows also as hi/lo halves
         if self.embeds:
             go(K.embed_rows, (_grid_rows(T, 4), _grid_rows(C, 64)), (4, 64), *self.emb_args, b["tok"], x)
             go(K.layer_norm, T, K.NORM_THREADS, x, self.ln0_w, self.ln0_b, eps, x)     # (in place: safe)
@@ -1008,16 +1024,23 @@ class CudaLayers:
                 go(K.ln_shift_mix, *lnshift, x, d["ln1_w"], d["ln1_b"], eps, ss, so, R, 0, d["mix6"], mixed)
             else:
                 go(K.layer_norm, T, K.NORM_THREADS, x, d["ln1_w"], d["ln1_b"], eps, b["xa"])
-                go(K.shift_mix, *shift, b["xa"], ss, sl, so, R, 0, d["mix6"], mixed)
-            self.matmul3([d["receptance"], d["key"], d["value"]], [mixed[0], mixed[2], mixed[3]],
-                         [b["r"], b["k"], b["v"]], T)
+                if pre:
+                    go(K.shift_mix_hl, *shift, b["xa"], ss, sl, so, R, 0, d["mix6"], mixed, b["mixhl"][0],
+                       b["mixhl"][1])
+                else:
+                    go(K.shift_mix, *shift, b["xa"], ss, sl, so, R, 0, d["mix6"], mixed)
             views = b.setdefault("views", {})      # device-array views cost ~10s of us each: make once
 
             def view(name, i, o=0, n=0):
                 key = (name, i, o, n)
                 if key not in views:
-                    views[key] = b[name][i] if name in ("mixed", "mixr") else b[name][:, o:o + n]
+                    if name == "mixhl":              # (hi, lo) halves of lerped row i
+                        views[key] = (b[name][0][i], b[name][1][i])
+                    else:
+                        views[key] = b[name][i] if name in ("mixed", "mixr") else b[name][:, o:o + n]
                 return views[key]
+            self.matmul3([d["receptance"], d["key"], d["value"]], [mixed[0], mixed[2], mixed[3]],
+                         [b["r"], b["k"], b["v"]], T, [view("mixhl", i) for i in (0, 2, 3)] if pre else None)
             # llama numerics, F16/BF16 files: the low-rank inputs rounded into copies (activations
             # applied there), for the fused kernels and the grouped GEMMs alike (without tensor
             # cores matmul rounds each input itself)
@@ -1028,7 +1051,7 @@ class CudaLayers:
                         self.round_x(view("mixed", src), 0, M1.rmode, view("mixr", src))
             if T > K.MV_T:
                 if self.tc:
-                    self._lowrank_grouped(d, b, T, views, view, rnd)      # (half tiles: they round)
+                    self._lowrank_grouped(d, b, T, views, view, rnd, pre)      # (half tiles: they round)
                 else:              # (llama numerics: matmul rounds each input itself)
                     for src, o, n, M1 in d["lr1_gemm"]:
                         self.matmul(M1, view("mixed", src), T, view("h1", 0, o, n))

@@ -861,3 +861,28 @@ def test_gpu_model_grouped_rkv_gives_the_same_bits(numerics, monkeypatch):
     got = m.forward(toks, all_logits=True)
     assert (CK.tc_hgemm_hn3 if numerics == "llama" else CK.tc_hgemm_n3) in calls
     assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1].s, ref[1].s)
+
+
+@needs_gpu
+def test_shift_mix_hl_equals_shift_mix_then_split_x():
+    """shift_mix_hl: the outputs of shift_mix (and the same state-row update), plus hi/lo halves
+    equal bit for bit to split_x of those outputs."""
+    from numba import cuda
+    from rwkvcpu.kernels import cuda as CK
+    rng = np.random.default_rng(5)
+    T, C, slots = 40, 96, 3
+    x = cuda.to_device(rng.standard_normal((T, C)).astype(np.float32))
+    mixes = cuda.to_device(rng.uniform(0, 1, (6, C)).astype(np.float32))
+    segs = [cuda.to_device(np.array(v, np.int64)) for v in ([0, 17], [17, 23], [2, 0])]
+    R0 = rng.standard_normal((slots, 2 * C)).astype(np.float32)
+    grid = ((C + 127) // 128, 2, (23 + CK.SHIFT_T - 1) // CK.SHIFT_T)
+    Ra, Rb = cuda.to_device(R0), cuda.to_device(R0)
+    a, b = cuda.device_array((6, T, C), np.float32), cuda.device_array((6, T, C), np.float32)
+    H, L = cuda.device_array((6, T, C), np.uint16), cuda.device_array((6, T, C), np.uint16)
+    CK.shift_mix[grid, 128](x, *segs, Ra, C, mixes, a)
+    CK.shift_mix_hl[grid, 128](x, *segs, Rb, C, mixes, b, H, L)
+    assert np.array_equal(a.copy_to_host(), b.copy_to_host()) and np.array_equal(Ra.copy_to_host(), Rb.copy_to_host())
+    for m in range(6):
+        h, lo = cuda.device_array((T, C), np.uint16), cuda.device_array((T, C), np.uint16)
+        CK.split_x[(T * C // 4 + 255) // 256, 256](b[m], h, lo, 0)
+        assert np.array_equal(h.copy_to_host(), H.copy_to_host()[m]) and np.array_equal(lo.copy_to_host(), L.copy_to_host()[m])

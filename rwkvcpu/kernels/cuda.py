@@ -951,6 +951,36 @@ if not SIM:
                   act, cuda.grid(1))
 
     @cuda.jit(link=[TC_CU])
+    def shift_mix_hl(x, seg_start, seg_len, seg_slot, R, off, mixes, out, H, L):
+        """``shift_mix`` that also stores each output as its hi/lo halves (H, L: uint16 bits, the
+        shape of out), as ``split_x`` would split it: the products that read the lerped rows
+        (r/k/v, the first low-rank stage) then need no split launches of their own."""
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        s = cuda.blockIdx.y
+        lo = cuda.blockIdx.z * SHIFT_T
+        C = x.shape[1]
+        n = seg_len[s]
+        if j >= C or lo >= n:
+            return
+        t0 = seg_start[s]
+        if lo == 0:
+            slot = seg_slot[s]
+            prev = R[slot, off + j]
+            R[slot, off + j] = x[t0 + n - 1, j]
+        else:
+            prev = x[t0 + lo - 1, j]
+        for t in range(t0 + lo, t0 + min(n, lo + SHIFT_T)):
+            xv = x[t, j]
+            d = prev - xv
+            for m in range(mixes.shape[0]):
+                v = xv + d * mixes[m, j]
+                out[m, t, j] = v
+                u = _tc_hilo(v)
+                H[m, t, j] = uint16(u & 0xFFFF)
+                L[m, t, j] = uint16(u >> 16)
+            prev = xv
+
+    @cuda.jit(link=[TC_CU])
     def tc_hgemm(Xh, Xl, W, out, ldo, T, N, K, kc, epi):
         """out (epi)= x @ W.T with x given as its halves (``split_x``) and F16 W (uint16 bits):
         cp.async-pipelined tensor-core tiles, the same products and order as ``tc_gemm16``.
