@@ -294,7 +294,7 @@ class _Launches:
         self.entries = []
         self.keep = []
 
-    def launch_and_record(self, kern, grid, block, args) -> None:
+    def launch_and_record(self, kern, grid, block, args, smem: int = 0) -> None:
         from numba import cuda
         for a in args:
             if isinstance(a, np.ndarray) and not cuda.is_cuda_array(a):
@@ -308,7 +308,7 @@ class _Launches:
             return orig(*a, **k)
         setattr(mod, name, spy)
         try:
-            kern[grid, block](*args)
+            kern[grid, block, 0, smem](*args)
         finally:
             setattr(mod, name, orig)
         if len(seen) != 1:
@@ -509,6 +509,7 @@ class CudaLayers:
             self.tc, self.tc_error = self._probe_tensor_cores()
             self.hg, self.hg_error = self._probe_hgemm() if self.tc else (False, "no tensor cores")
             self.wkvc, self.wkvc_error = self._probe_wkvc() if self.tc else (False, "no NVRTC")
+            self.big, self.big_error = None, None       # 128 x 128 tiles: probed on first use (_big)
 
     def ctx(self):
         from numba import cuda
@@ -559,6 +560,56 @@ class CudaLayers:
         except Exception as e:          # noqa: BLE001
             return False, f"{type(e).__name__}: {str(e)[:200]}"
         return True, None
+
+    def _probe_big(self):
+        """(use the 128 x 128 tiles, why not): they need over 48 KB of dynamic shared memory, which
+        a kernel must be opted in to through the driver (cuda-python); checked bit for bit against
+        the 64 x 64 tile on a ragged product.  RWKVCPU_NO_BIG=1 keeps the smaller tiles."""
+        from numba import cuda
+        K = self.K
+        if os.environ.get("RWKVCPU_NO_BIG"):
+            return False, "disabled"
+        try:
+            rng = np.random.default_rng(3)
+            T, N, C = 130, 136, 72
+            x = rng.standard_normal((T, C)).astype(np.float32)
+            w = cuda.to_device(rng.standard_normal((N, C)).astype(np.float16).view(np.uint16))
+            hl = cuda.device_array((2, T, C), dtype=np.uint16)
+            K.split_x[_grid_rows(T * C // 4, 256), 256](cuda.to_device(x), hl[0], hl[1], 0)
+            got = []
+            for kern, grid, block, smem in ((K.tc_hgemm, (3, 3, 1), 128, 0),
+                                            (K.tc_hgemm_b, (2, 2, 1), 128, K.BIG_SMEM_X)):
+                out = cuda.device_array((T, N), dtype=np.float32)
+                args = (hl[0], hl[1], w, out, N, T, N, C, C, 0)
+                if smem:
+                    K.allow_smem(kern, args, smem)
+                kern[grid, block, 0, smem](*args)
+                got.append(out.copy_to_host())
+            if not np.array_equal(*got):
+                return False, f"self-check failed (max difference {np.abs(got[0] - got[1]).max():.3g})"
+        except Exception as e:          # noqa: BLE001 (no cuda-python, a driver that refuses...)
+            return False, f"{type(e).__name__}: {str(e)[:200]}"
+        return True, None
+
+    def _big(self, rows: int, cols: int, T: int, groups: int = 1):
+        """(slices, columns per slice) for ``groups`` products of x [T, cols] and F16 W [rows, cols]
+        on the 128 x 128 tiles, or None where those would not fill the GPU (then the 64-row
+        tiles).  K is split (``groups`` 1 only) into slices of BIG_KMIN columns at least, up to a
+        wave of GEMM_FILL blocks.  1.5B prefill-512, each product timed alone (H100, graphs):
+        ffn_key 114 -> 79 us, ffn_value 120 -> 91 us (4 slices), r/k/v 91 -> 75 us (f16 x)."""
+        K = self.K
+        if not self.hg or T <= K.MV_T or cols % 8:
+            return None
+        nb = groups * _grid_rows(rows, K.BIG) * _grid_rows(T, K.BIG)
+        ks = 1 if groups > 1 else max(1, min(K.GEMM_FILL // nb, cols // K.BIG_KMIN, K.GEMM_PART // (T * rows)))
+        if nb * ks < K.BIG_FILL:
+            return None
+        if self.big is None:
+            self.big, self.big_error = self._probe_big()
+        if not self.big:
+            return None
+        kc = _grid_rows(_grid_rows(cols, ks), 32) * 32
+        return _grid_rows(cols, kc), kc
 
     def _probe_wkvc(self):
         """(use the CUDA C wkv7_64c, why not): checked against the numba wkv7_64 on a few tokens;
@@ -698,7 +749,8 @@ class CudaLayers:
         ok = (self.hg and T > K.MV_T and cols % 8 == 0 and M0.rmode in (0, R_F16)
               and (pre is not None or 6 * T * cols <= self._cur["xhl"].size)
               and all(M.half16 is not None and (M.rows, M.cols, M.rmode) == (rows, cols, M0.rmode) for M in Ms))
-        if ok:
+        big = self._big(rows, cols, T, groups=3) if ok else None
+        if ok and not big:
             gx, gy = _grid_rows(rows, 2 * K.GEMM_BN), _grid_rows(T, K.GEMM_BM)
             ok = 3 * gx * gy >= K.GEMM_WIDE and self._split_k(3 * gx * gy, cols, T * rows, 32)[0] == 1
         if not ok:
@@ -716,6 +768,13 @@ class CudaLayers:
                 self._go(K.split_x, _grid_rows(T * cols // 4, 256), 256, x, halves[2 * i], halves[2 * i + 1],
                          (R_F16 << 4 | 256) if f16_x else 0)
         ws = [M.half16 for M in Ms]
+        if big:
+            grid = (_grid_rows(rows, K.BIG), _grid_rows(T, K.BIG), 3)
+            if f16_x:
+                self._go_big(K.tc_hgemm_hb3, K.BIG_SMEM_H, grid, *halves[0::2], *ws, *outs, T, rows, cols, 0)
+            else:
+                self._go_big(K.tc_hgemm_b3, K.BIG_SMEM_X, grid, *halves, *ws, *outs, T, rows, cols, 0)
+            return
         if f16_x:
             self._go(K.tc_hgemm_hn3, (gx, gy, 3), 256, *halves[0::2], *ws, *outs, T, rows, cols, 0)
         else:
@@ -768,6 +827,18 @@ class CudaLayers:
         xs = (xh, xl)
         if f16_x:
             kern, xs = K.tc_hgemm_h, (xh,)
+        big = self._big(rows, cols, T) if kern in (K.tc_hgemm, K.tc_hgemm_h) else None
+        if big:
+            ks, kc = big
+            bk, sm = (K.tc_hgemm_hb, K.BIG_SMEM_H) if f16_x else (K.tc_hgemm_b, K.BIG_SMEM_X)
+            grid = (_grid_rows(rows, K.BIG), _grid_rows(T, K.BIG), ks)
+            if ks > 1:
+                part = self._part_view(ks, T, rows)
+                self._go_big(bk, sm, grid, *xs, *w, part, rows, T, rows, cols, kc, 0)
+                self._go(K.gemm_reduce, _grid_rows(T * rows, 256), 256, part, T, out, epi)
+            else:
+                self._go_big(bk, sm, grid, *xs, *w, out, out.strides[0] // 4, T, rows, cols, cols, epi)
+            return
         gx, gy = _grid_rows(rows, K.GEMM_BN), _grid_rows(T, K.GEMM_BM)
         threads = 128
         if kern in (K.tc_hgemm, K.tc_hgemm_h) and _grid_rows(rows, 2 * K.GEMM_BN) * gy >= K.GEMM_WIDE:
@@ -885,21 +956,27 @@ class CudaLayers:
             self._partbuf = cuda.device_array(self.K.GEMM_PART, dtype=np.float32)
         return self._partbuf
 
-    def _go(self, kern, grid, block, *args) -> None:
+    def _go(self, kern, grid, block, *args, smem: int = 0) -> None:
         if self._stream is not None:
-            kern[grid, block, self._stream](*args)
+            kern[grid, block, self._stream, smem](*args)
             return
         if self._rec is None:
-            kern[grid, block](*args)
+            kern[grid, block, 0, smem](*args)
             return
         try:
-            self._rec.launch_and_record(kern, grid, block, args)
+            self._rec.launch_and_record(kern, grid, block, args, smem)
         except _NotRecorded as e:       # numba-cuda not as expected: plain launches from now on
             self.fast_launch = False
             self.fast_launch_error = str(e)
             self._rec = None
             if not e.launched:
-                kern[grid, block](*args)
+                kern[grid, block, 0, smem](*args)
+
+    def _go_big(self, kern, smem, grid, *args) -> None:
+        """A launch of the 128 x 128 tiles (128 threads, ``smem`` bytes of dynamic shared memory,
+        which the kernel is opted in to first for these argument types)."""
+        self.K.allow_smem(kern, args, smem)
+        self._go(kern, grid, 128, *args, smem=smem)
 
     # --- the layers ---------------------------------------------------------------------------
     MIRRORS = 2          # device state pools kept per slot count (each holds n_slots states)

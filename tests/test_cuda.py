@@ -854,13 +854,99 @@ def test_gpu_model_grouped_rkv_gives_the_same_bits(numerics, monkeypatch):
     run = m._segments[0][1]
     orig = run._go
 
-    def spy(kern, *a):
+    def spy(kern, *a, **k):
         calls.append(kern)
-        return orig(kern, *a)
+        return orig(kern, *a, **k)
     monkeypatch.setattr(run, "_go", spy)
     got = m.forward(toks, all_logits=True)
     assert (CK.tc_hgemm_hn3 if numerics == "llama" else CK.tc_hgemm_n3) in calls
     assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1].s, ref[1].s)
+
+
+@needs_gpu
+@pytest.mark.parametrize("f16_x", [False, True])
+@pytest.mark.parametrize("T,N,K", [(130, 300, 256), (200, 136, 2080), (9, 129, 64)])
+def test_big_tiles_equal_the_64_row_tiles(f16_x, T, N, K):
+    """The 128 x 128 tiles (tc_hgemm_b / tc_hgemm_hb, stages in over 48 KB of dynamic shared
+    memory) accumulate every output over k in the order of the 64 x 64 tiles (tc_hgemm /
+    tc_hgemm_h): bit-identical outputs on ragged shapes, whole and split along K, every
+    epilogue; and the grouped launches (tc_hgemm_b3 / tc_hgemm_hb3) equal three alone."""
+    from numba import cuda
+    from rwkvcpu.kernels import cuda as CK
+    rng = np.random.default_rng(T + N + K + f16_x)
+    x = cuda.to_device(rng.standard_normal((T, K)).astype(np.float32))
+    W = cuda.to_device((rng.standard_normal((N, K)) * 0.1).astype(np.float16).view(np.uint16))
+    hl = cuda.device_array((2, T, K), np.uint16)
+    CK.split_x[(T * K // 4 + 255) // 256, 256](x, hl[0], hl[1], (3 << 4 | 256) if f16_x else 0)
+    xs = (hl[0],) if f16_x else (hl[0], hl[1])
+    small, big, smem = ((CK.tc_hgemm_h, CK.tc_hgemm_hb, CK.BIG_SMEM_H) if f16_x
+                        else (CK.tc_hgemm, CK.tc_hgemm_b, CK.BIG_SMEM_X))
+    base = rng.standard_normal((T, N)).astype(np.float32)
+    for ks in (1, 3):
+        kc = -(-(-(-K // ks)) // 32) * 32
+        n_split = -(-K // kc)
+        for epi in (0, 1, 2):
+            outs = []
+            for kern, tile, threads, sm in ((small, 64, 128, 0), (big, 128, 128, smem)):
+                out = cuda.to_device(base.copy())
+                grid = ((N + tile - 1) // tile, (T + tile - 1) // tile)
+                if n_split > 1:
+                    part = cuda.device_array((n_split, T, N), dtype=np.float32)
+                    args = (*xs, W, part, N, T, N, K, kc, 0)
+                else:
+                    args = (*xs, W, out, N, T, N, K, K, epi)
+                if sm:
+                    CK.allow_smem(kern, args, sm)
+                kern[(*grid, n_split), threads, 0, sm](*args)
+                if n_split > 1:
+                    CK.gemm_reduce[(T * N + 255) // 256, 256](part, T, out, epi)
+                outs.append(out.copy_to_host())
+            assert np.array_equal(outs[0], outs[1]), (ks, epi, np.abs(outs[0] - outs[1]).max())
+    ws = [W] + [cuda.to_device((rng.standard_normal((N, K)) * 0.1).astype(np.float16).view(np.uint16))
+                for _ in range(2)]
+    alone = []
+    for w in ws:
+        o = cuda.device_array((T, N), np.float32)
+        small[((N + 63) // 64, (T + 63) // 64, 1), 128](*xs, w, o, N, T, N, K, K, 0)
+        alone.append(o.copy_to_host())
+    outs = [cuda.device_array((T, N), np.float32) for _ in range(3)]
+    g3 = CK.tc_hgemm_hb3 if f16_x else CK.tc_hgemm_b3
+    args = (*(xs * 3 if f16_x else (xs[0], xs[1]) * 3), *ws, *outs, T, N, K, 0)
+    CK.allow_smem(g3, args, smem)
+    g3[((N + 127) // 128, (T + 127) // 128, 3), 128, 0, smem](*args)
+    for a, o in zip(alone, outs):
+        assert np.array_equal(a, o.copy_to_host())
+
+
+@needs_gpu
+@pytest.mark.parametrize("numerics", ["exact", "llama"])
+def test_gpu_model_big_tiles_give_the_same_bits(numerics, monkeypatch):
+    """With BIG_FILL lowered so that the tiny model's F16 products take the 128 x 128 tiles (at
+    1.5B prefill ffn_key, ffn_value and r/k/v take them by themselves), and BIG_KMIN at 256 so
+    that K is sliced as the default path slices it, a prefill equals the default path's bit for
+    bit: logits of every position and the state."""
+    from rwkvcpu.kernels import cuda as CK
+    from rwkvcpu.model import Model
+    path = str(require_fixtures() / "tiny-rwkv7-f16.gguf")
+    toks = (np.arange(80) * 41) % 4096
+    ref = Model.load(path, device="cuda", numerics=numerics).forward(toks, all_logits=True)
+    monkeypatch.setattr(CK, "BIG_FILL", 1)
+    monkeypatch.setattr(CK, "BIG_KMIN", 256)
+    m = Model.load(path, device="cuda", numerics=numerics)
+    run = m._segments[0][1]
+    calls = []
+    orig = run._go
+
+    def spy(kern, *a, **k):
+        calls.append(kern)
+        return orig(kern, *a, **k)
+    monkeypatch.setattr(run, "_go", spy)
+    got = m.forward(toks, all_logits=True)
+    assert run.big, run.big_error
+    big = (CK.tc_hgemm_hb, CK.tc_hgemm_hb3) if numerics == "llama" else (CK.tc_hgemm_b, CK.tc_hgemm_b3)
+    assert all(k in calls for k in big), [k.__name__ for k in calls]
+    assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1].s, ref[1].s) \
+        and np.array_equal(got[1].r, ref[1].r)
 
 
 @needs_gpu

@@ -52,10 +52,15 @@ GEMM_BM = 64
 GEMM_BN = 64
 GEMM_BK = 16
 GEMM_FILL = 264           # blocks wanted per gemm (2 per SM on an H100): fewer -> split K
-GEMM_PART = 2 * GEMM_FILL * 64 * 64    # floats of split-K scratch (at most ~2 * GEMM_FILL blocks)
+GEMM_PART = 4 * GEMM_FILL * 64 * 64    # floats of split-K scratch (1.5B ffn_value prefill-512: 4 slices)
 GEMM_WIDE = 120           # 64 x 128 tiles (tc_hgemm_n) once they make this many blocks (~0.9 of an H100
 #                           wave of 256-thread blocks); 1.5B prefill: 20% faster than 64 x 64 tiles
 GEMM_LD = GEMM_BM + 4     # padded shared-tile row (fewer bank conflicts on the transposed store)
+BIG = 128                 # the 128 x 128 half tiles (tc_hgemm_b, tc_hgemm_hb; 128 threads)
+BIG_SMEM_H = 4 * (2 * BIG * 40) * 2         # their dynamic shared memory: 4 stages of one-half x and W ...
+BIG_SMEM_X = 3 * (3 * BIG * 40) * 2         # ... 3 stages with x's lo halves (tc_gemm.cu HgSmem)
+BIG_FILL = 192            # ... used when a product makes this many of their blocks (with split K) ...
+BIG_KMIN = 2048           # ... splitting K into slices this long at least (1.5B: o no, ffn_value in 4)
 CMAX = 8192      # widest row the layer norm kernel holds in shared memory
 
 # Types decoded inside the kernels; the rest are widened at upload.
@@ -1017,6 +1022,50 @@ if not SIM:
         _tc_h1n(_dptr(Xh), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(out), ldo,
                 T, N, K, kc, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
 
+    _tc_hb = cuda.declare_device("tc_hgemm_h1b4", _nt.int32(_P16, _P16, _nt.int64, _P16, _nt.int64, _P32,
+                                                           *_tc_args[1:11]))
+    _tc_xb = cuda.declare_device("tc_hgemm_x2b3", _nt.int32(_P16, _P16, _nt.int64, _P16, _nt.int64, _P32,
+                                                           *_tc_args[1:11]))
+
+    @cuda.jit(link=[TC_CU])
+    def tc_hgemm_b(Xh, Xl, W, out, ldo, T, N, K, kc, epi):
+        """``tc_hgemm`` on 128 x 128 tiles, 128 threads, BIG_SMEM_X bytes of dynamic shared memory
+        (``big_smem``): grid (ceil(N/128), ceil(T/128), S)."""
+        _tc_xb(_dptr(Xh), _dptr(Xl), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(out), ldo,
+               T, N, K, kc, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
+
+    @cuda.jit(link=[TC_CU])
+    def tc_hgemm_hb(Xh, W, out, ldo, T, N, K, kc, epi):
+        """``tc_hgemm_h`` on 128 x 128 tiles, BIG_SMEM_H bytes of dynamic shared memory."""
+        _tc_hb(_dptr(Xh), _dptr(Xh), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(out), ldo,
+               T, N, K, kc, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
+
+    @cuda.jit(link=[TC_CU])
+    def tc_hgemm_b3(Xh0, Xl0, Xh1, Xl1, Xh2, Xl2, W0, W1, W2, o0, o1, o2, T, N, K, epi):
+        """``tc_hgemm_n3`` on 128 x 128 tiles (``tc_hgemm_b``)."""
+        g = cuda.blockIdx.z
+        if g == 0:
+            Xh, Xl, W, o = Xh0, Xl0, W0, o0
+        elif g == 1:
+            Xh, Xl, W, o = Xh1, Xl1, W1, o1
+        else:
+            Xh, Xl, W, o = Xh2, Xl2, W2, o2
+        _tc_xb(_dptr(Xh), _dptr(Xl), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(o), o.strides[0] // 4,
+               T, N, K, K, epi, cuda.blockIdx.x, cuda.blockIdx.y, 0, 1)
+
+    @cuda.jit(link=[TC_CU])
+    def tc_hgemm_hb3(Xh0, Xh1, Xh2, W0, W1, W2, o0, o1, o2, T, N, K, epi):
+        """``tc_hgemm_hn3`` on 128 x 128 tiles (``tc_hgemm_hb``)."""
+        g = cuda.blockIdx.z
+        if g == 0:
+            Xh, W, o = Xh0, W0, o0
+        elif g == 1:
+            Xh, W, o = Xh1, W1, o1
+        else:
+            Xh, W, o = Xh2, W2, o2
+        _tc_hb(_dptr(Xh), _dptr(Xh), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(o), o.strides[0] // 4,
+               T, N, K, K, epi, cuda.blockIdx.x, cuda.blockIdx.y, 0, 1)
+
     @cuda.jit(link=[TC_CU])
     def tc_hgemm_w2g(Xh0, Xl0, Xh1, Xl1, Xh2, Xl2, Xh3, Xl3, Wh0, Wl0, Wh1, Wl1, Wh2, Wl2, Wh3, Wl3,
                      o0, o1, o2, o3, ks, kc, ldo, T, epi):
@@ -1091,6 +1140,35 @@ if not SIM:
         u = _tc_hilo(_h2f(int32(D16[r, c // 32])) * float32(Q8[r, c]))
         Wh[r, c] = uint16(u & 0xFFFF)
         Wl[r, c] = uint16(u >> 16)
+
+    _SMEM_SET = {}
+
+    def allow_smem(kern, args, nbytes: int) -> None:
+        """Opt ``kern``, specialised for ``args``, in to ``nbytes`` of dynamic shared memory (the
+        driver refuses launches over 48 KB otherwise); once per kernel and signature."""
+        sig = tuple(kern.typeof_pyval(a) for a in args)
+        key = (id(kern), sig)
+        if _SMEM_SET.get(key, 0) >= nbytes:
+            return
+        k = kern.compile(sig)
+        if not hasattr(k, "_codelibrary"):
+            k = kern.overloads[sig]
+        h = k._codelibrary.get_cufunc().handle
+        try:
+            from cuda.bindings import driver as cu
+        except ImportError:
+            from cuda import cuda as cu
+        attr = cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        if hasattr(cu, "CUkernel") and isinstance(h, cu.CUkernel):
+            res = cu.cuKernelSetAttribute(attr, nbytes, h, cu.CUdevice(cuda.get_current_device().id))
+        else:
+            if not isinstance(h, cu.CUfunction):
+                h = cu.CUfunction(int(getattr(h, "value", h) or 0))
+            res = cu.cuFuncSetAttribute(h, attr, nbytes)
+        err = res[0] if isinstance(res, tuple) else res
+        if int(err) != 0:
+            raise RuntimeError(f"{kern.__name__}: {nbytes} bytes of dynamic shared memory refused: {err!r}")
+        _SMEM_SET[key] = nbytes
 
     WKV_CU = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wkv7.cu")
     _wkv64c = cuda.declare_device("wkv7_64c", _nt.int32(_P32, _P32, _P32, _P32, _P32, _P32, _nt.int64, _nt.int32,

@@ -96,8 +96,11 @@ __device__ __forceinline__ void tc_ldsm4(unsigned* r, const h16* p) {
 __device__ __forceinline__ void tc_store(float (&acc)[2][4][4], float* out, long ldo, int T, int N, int t0, int n0,
                                          int epi) {
     const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+#pragma unroll
     for (int i = 0; i < 2; i++)
+#pragma unroll
         for (int j = 0; j < 4; j++)
+#pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int t = t0 + 16 * i + g + (e >> 1) * 8;
                 const int n = n0 + 8 * j + 2 * q + (e & 1);
@@ -282,19 +285,19 @@ __device__ __forceinline__ void tc_cp_commit() { asm volatile("cp.async.commit_g
 template <int N>
 __device__ __forceinline__ void tc_cp_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 
-template <bool A_LO, bool B_LO, int BN>
+template <bool A_LO, bool B_LO, int BM, int BN, int NT>
 __device__ __forceinline__ void hg_load(h16* sAh, h16* sAl, h16* sBh, h16* sBl,
                                         const h16* Xh, const h16* Xl, long ldx, const h16* Wh, const h16* Wl,
                                         long ldw, int T, int N, int kend, int m0, int n0, int k0) {
     const int tid = threadIdx.x;
-    for (int f = tid; f < TC_BM * 4; f += 2 * BN) {      // x: 64 rows x 4 chunks of 8 halves
+    for (int f = tid; f < BM * 4; f += NT) {             // x: BM rows x 4 chunks of 8 halves
         const int r = f >> 2, c = (f & 3) * 8, k = k0 + c;
         const bool ok = m0 + r < T && k < kend;
         const long ox = ok ? (long)(m0 + r) * ldx + k : 0;
         tc_cp16(sAh + r * TC_LDS + c, Xh + ox, ok);
         if (A_LO) tc_cp16(sAl + r * TC_LDS + c, Xl + ox, ok);
     }
-    for (int f = tid; f < BN * 4; f += 2 * BN) {         // W: BN rows x 4 chunks
+    for (int f = tid; f < BN * 4; f += NT) {             // W: BN rows x 4 chunks
         const int r = f >> 2, c = (f & 3) * 8, k = k0 + c;
         const bool ok = n0 + r < N && k < kend;
         const long ow = ok ? (long)(n0 + r) * ldw + k : 0;
@@ -303,38 +306,58 @@ __device__ __forceinline__ void hg_load(h16* sAh, h16* sAl, h16* sBh, h16* sBl,
     }
 }
 
-// BN = 64: 128 threads (2 x 2 warps); BN = 128: 256 threads (2 x 4 warps), each warp a 32 x 32
-// quarter as before.  The wide tile reads each x tile for twice the outputs: at 64 x 64 the 1.5B
-// prefill GEMMs ran at 71% of L2 bandwidth (ncu), x being re-read once per 64 outputs.
-template <bool A_LO, bool B_LO, int BN>
+// Shared memory of a BM x BN tile's S stages (bytes): hi (and lo) halves of x and of W per stage
+template <bool A_LO, bool B_LO, int BM, int BN, int S>
+struct HgSmem {
+    static constexpr int TA = BM * TC_LDS, TB = BN * TC_LDS;
+    static constexpr int halves = S * (TA * (A_LO ? 2 : 1) + TB * (B_LO ? 2 : 1));
+    static constexpr int bytes = 2 * halves;
+};
+
+extern __shared__ __align__(16) h16 hg_dyn[];          // the big tiles' stages (dynamic: over 48 KB)
+
+// A BM x BN tile, warps of F x F quarters of 32 x 32 (each quarter 2 x 4 MMAs per 16 of k), NT
+// threads = 32 (BM / 32F) (BN / 32F), S stages, in static shared memory or (DYN) in the launch's
+// dynamic shared memory (HgSmem bytes; the kernel opted in to over 48 KB).  Every output is
+// accumulated over k in the same order, MMA after MMA, whatever the tile shape: same bits.
+//   64 x 64, F 1: 128 threads.  64 x 128, F 1: 256 threads; each x tile serves twice the outputs
+//   (at 64 x 64 the 1.5B prefill GEMMs ran at 71% of L2 bandwidth, ncu, x re-read per 64 outputs).
+//   128 x 128, F 2: 128 threads, 64 x 64 per warp (ldmatrix per MMA halved), 4 stages dynamic.
+template <bool A_LO, bool B_LO, int BM, int BN, int F, int S, bool DYN>
 __device__ void hg_tile(const h16* Xh, const h16* Xl, long ldx, const h16* Wh, const h16* Wl, long ldw,
                         float* out, long ldo, int T, int N, int K, int kc, int epi, int bx, int by, int bz, int nz) {
-    // stages: what fits the 48 KB of static shared memory (3 x 15 KB, 2 x 20 KB, 2 x 20 KB; one-half
-    // operands: 3 x 10 KB, 3 x 15 KB)
-    constexpr int S = ((BN == 128 && A_LO) || (A_LO && B_LO)) ? 2 : 3;
-    constexpr int TA = TC_BM * TC_LDS, TB = BN * TC_LDS;
-    __shared__ __align__(16) h16 sAh[S * TA];
-    __shared__ __align__(16) h16 sAl[A_LO ? S * TA : 8];
-    __shared__ __align__(16) h16 sBh[S * TB];
-    __shared__ __align__(16) h16 sBl[B_LO ? S * TB : 8];
+    typedef HgSmem<A_LO, B_LO, BM, BN, S> Sm;
+    constexpr int TA = Sm::TA, TB = Sm::TB;
+    constexpr int WN = BN / (32 * F), NT = 32 * WN * (BM / (32 * F));
+    static_assert(DYN || Sm::bytes <= 48 * 1024, "static shared memory is 48 KB at most");
+    __shared__ __align__(16) h16 s_st[DYN ? 8 : Sm::halves];
+    h16* const sAh = DYN ? hg_dyn : s_st;
+    h16* const sAl = sAh + S * TA;                       // (unused unless A_LO)
+    h16* const sBh = sAl + (A_LO ? S * TA : 0);
+    h16* const sBl = sBh + S * TB;                       // (unused unless B_LO)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    constexpr int WN = BN / 32;                          // warps along n
-    const int wm = (warp / WN) * 32, wn = (warp % WN) * 32;
-    const int m0 = by * TC_BM, n0 = bx * BN;
+    const int wm = (warp / WN) * 32 * F, wn = (warp % WN) * 32 * F;
+    const int m0 = by * BM, n0 = bx * BN;
     const int kbeg = bz * kc, kend = min(K, kbeg + kc);
     if (nz > 1) out += (long)bz * T * ldo;
     const int nk = kend > kbeg ? (kend - kbeg + HG_BK - 1) / HG_BK : 0;
 
-    float acc[2][4][4];
-    for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 4; j++)
-            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+    float acc[F][F][2][4][4];
+    #pragma unroll
+    for (int fi = 0; fi < F; fi++)
+        #pragma unroll
+        for (int fj = 0; fj < F; fj++)
+            #pragma unroll
+            for (int i = 0; i < 2; i++)
+                #pragma unroll
+                for (int j = 0; j < 4; j++)
+                    #pragma unroll
+                    for (int e = 0; e < 4; e++) acc[fi][fj][i][j][e] = 0.0f;
 
     for (int st = 0; st < S - 1; st++) {
         if (st < nk)
-            hg_load<A_LO, B_LO, BN>(sAh + st * TA, sAl + (A_LO ? st * TA : 0), sBh + st * TB,
-                                    sBl + (B_LO ? st * TB : 0), Xh, Xl, ldx, Wh, Wl, ldw, T, N, kend, m0, n0,
-                                    kbeg + st * HG_BK);
+            hg_load<A_LO, B_LO, BM, BN, NT>(sAh + st * TA, sAl + st * TA, sBh + st * TB, sBl + st * TB,
+                                            Xh, Xl, ldx, Wh, Wl, ldw, T, N, kend, m0, n0, kbeg + st * HG_BK);
         tc_cp_commit();
     }
     for (int it = 0; it < nk; it++) {
@@ -343,49 +366,76 @@ __device__ void hg_tile(const h16* Xh, const h16* Xl, long ldx, const h16* Wh, c
         {
             const int nx = it + S - 1, b = nx % S;
             if (nx < nk)
-                hg_load<A_LO, B_LO, BN>(sAh + b * TA, sAl + (A_LO ? b * TA : 0), sBh + b * TB,
-                                        sBl + (B_LO ? b * TB : 0), Xh, Xl, ldx, Wh, Wl, ldw, T, N, kend, m0, n0,
-                                        kbeg + nx * HG_BK);
+                hg_load<A_LO, B_LO, BM, BN, NT>(sAh + b * TA, sAl + b * TA, sBh + b * TB, sBl + b * TB,
+                                                Xh, Xl, ldx, Wh, Wl, ldw, T, N, kend, m0, n0, kbeg + nx * HG_BK);
             tc_cp_commit();
         }
         const int b = it % S;
         const h16* Ah = sAh + b * TA;
-        const h16* Al = sAl + (A_LO ? b * TA : 0);
+        const h16* Al = sAl + b * TA;
         const h16* Bh = sBh + b * TB;
-        const h16* Bl = sBl + (B_LO ? b * TB : 0);
+        const h16* Bl = sBl + b * TB;
+        #pragma unroll
         for (int kk = 0; kk < HG_BK; kk += 16) {
-            unsigned ah[2][4], al[2][4], bh[4][2], bl[4][2];
-            for (int i = 0; i < 2; i++) {
-                const int o = (wm + 16 * i + (lane & 15)) * TC_LDS + kk + (lane >> 4) * 8;
-                tc_ldsm4(ah[i], Ah + o);
-                if (A_LO) tc_ldsm4(al[i], Al + o);
-            }
-            for (int j = 0; j < 4; j += 2) {
-                const int o = (wn + 8 * j + (lane & 7) + ((lane >> 4) << 3)) * TC_LDS + kk + ((lane >> 3) & 1) * 8;
-                unsigned u[4];
-                tc_ldsm4(u, Bh + o);
-                bh[j][0] = u[0]; bh[j][1] = u[1]; bh[j + 1][0] = u[2]; bh[j + 1][1] = u[3];
-                if (B_LO) {
-                    tc_ldsm4(u, Bl + o);
-                    bl[j][0] = u[0]; bl[j][1] = u[1]; bl[j + 1][0] = u[2]; bl[j + 1][1] = u[3];
+            unsigned ah[F][2][4], al[F][2][4], bh[F][4][2], bl[F][4][2];
+            #pragma unroll
+            for (int fi = 0; fi < F; fi++)
+                #pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    const int o = (wm + 32 * fi + 16 * i + (lane & 15)) * TC_LDS + kk + (lane >> 4) * 8;
+                    tc_ldsm4(ah[fi][i], Ah + o);
+                    if (A_LO) tc_ldsm4(al[fi][i], Al + o);
                 }
-            }
-            for (int i = 0; i < 2; i++)
-                for (int j = 0; j < 4; j++) {        // small terms first, as tc_tile
-                    if (B_LO) tc_mma(acc[i][j], ah[i], bl[j]);
-                    if (A_LO) tc_mma(acc[i][j], al[i], bh[j]);
-                    tc_mma(acc[i][j], ah[i], bh[j]);
+            #pragma unroll
+            for (int fj = 0; fj < F; fj++)
+                #pragma unroll
+                for (int j = 0; j < 4; j += 2) {
+                    const int o = (wn + 32 * fj + 8 * j + (lane & 7) + ((lane >> 4) << 3)) * TC_LDS + kk
+                                  + ((lane >> 3) & 1) * 8;
+                    unsigned u[4];
+                    tc_ldsm4(u, Bh + o);
+                    bh[fj][j][0] = u[0]; bh[fj][j][1] = u[1]; bh[fj][j + 1][0] = u[2]; bh[fj][j + 1][1] = u[3];
+                    if (B_LO) {
+                        tc_ldsm4(u, Bl + o);
+                        bl[fj][j][0] = u[0]; bl[fj][j][1] = u[1]; bl[fj][j + 1][0] = u[2]; bl[fj][j + 1][1] = u[3];
+                    }
                 }
+            #pragma unroll
+            for (int fi = 0; fi < F; fi++)
+                #pragma unroll
+                for (int fj = 0; fj < F; fj++)
+                    #pragma unroll
+                    for (int i = 0; i < 2; i++)
+                        #pragma unroll
+                        for (int j = 0; j < 4; j++) {        // small terms first, as tc_tile
+                            if (B_LO) tc_mma(acc[fi][fj][i][j], ah[fi][i], bl[fj][j]);
+                            if (A_LO) tc_mma(acc[fi][fj][i][j], al[fi][i], bh[fj][j]);
+                            tc_mma(acc[fi][fj][i][j], ah[fi][i], bh[fj][j]);
+                        }
         }
     }
-    tc_store(acc, out, ldo, T, N, m0 + wm, n0 + wn, epi);
+    #pragma unroll
+    for (int fi = 0; fi < F; fi++)
+        #pragma unroll
+        for (int fj = 0; fj < F; fj++)
+            tc_store(acc[fi][fj], out, ldo, T, N, m0 + wm + 32 * fi, n0 + wn + 32 * fj, epi);
+}
+
+// The stage counts of the static tiles: what fits 48 KB (64 x 64: 3 x 15 KB, or 2 x 20 KB with both
+// lo halves; 64 x 128: 2 x 20 KB with x's lo halves; one-half operands 3 x 10 KB, 3 x 15 KB)
+template <bool A_LO, bool B_LO, int BN>
+__device__ __forceinline__ void hg_tile64(const h16* Xh, const h16* Xl, long ldx, const h16* Wh, const h16* Wl,
+                                          long ldw, float* out, long ldo, int T, int N, int K, int kc, int epi,
+                                          int bx, int by, int bz, int nz) {
+    constexpr int S = ((BN == 128 && A_LO) || (A_LO && B_LO)) ? 2 : 3;
+    hg_tile<A_LO, B_LO, 64, BN, 1, S, false>(Xh, Xl, ldx, Wh, Wl, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
 }
 
 // x [T, K] float32 halves (hi, lo) x F16 W [N, K] (its bits): exact float32 products, 2 MMAs each
 extern "C" __device__ int tc_hgemm_x2(int* ret, const h16* Xh, const h16* Xl, long ldx, const h16* W, long ldw,
                                       float* out, long ldo, int T, int N, int K, int kc, int epi,
                                       int bx, int by, int bz, int nz) {
-    hg_tile<true, false, 64>(Xh, Xl, ldx, W, W, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
+    hg_tile64<true, false, 64>(Xh, Xl, ldx, W, W, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
     *ret = 0;
     return 0;
 }
@@ -394,7 +444,7 @@ extern "C" __device__ int tc_hgemm_x2(int* ret, const h16* Xh, const h16* Xl, lo
 extern "C" __device__ int tc_hgemm_x2n(int* ret, const h16* Xh, const h16* Xl, long ldx, const h16* W, long ldw,
                                        float* out, long ldo, int T, int N, int K, int kc, int epi,
                                        int bx, int by, int bz, int nz) {
-    hg_tile<true, false, 128>(Xh, Xl, ldx, W, W, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
+    hg_tile64<true, false, 128>(Xh, Xl, ldx, W, W, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
     *ret = 0;
     return 0;
 }
@@ -404,7 +454,7 @@ extern "C" __device__ int tc_hgemm_x2n(int* ret, const h16* Xh, const h16* Xl, l
 extern "C" __device__ int tc_hgemm_h1(int* ret, const h16* Xh, long ldx, const h16* W, long ldw,
                                       float* out, long ldo, int T, int N, int K, int kc, int epi,
                                       int bx, int by, int bz, int nz) {
-    hg_tile<false, false, 64>(Xh, Xh, ldx, W, W, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
+    hg_tile64<false, false, 64>(Xh, Xh, ldx, W, W, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
     *ret = 0;
     return 0;
 }
@@ -412,16 +462,33 @@ extern "C" __device__ int tc_hgemm_h1(int* ret, const h16* Xh, long ldx, const h
 extern "C" __device__ int tc_hgemm_h1n(int* ret, const h16* Xh, long ldx, const h16* W, long ldw,
                                        float* out, long ldo, int T, int N, int K, int kc, int epi,
                                        int bx, int by, int bz, int nz) {
-    hg_tile<false, false, 128>(Xh, Xh, ldx, W, W, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
+    hg_tile64<false, false, 128>(Xh, Xh, ldx, W, W, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
     *ret = 0;
     return 0;
 }
+
+// 128 x 128 tiles (128 threads, 64 x 64 per warp) with their stages in dynamic shared memory
+// (HgSmem bytes at launch): ~1.5x the MMAs per byte of x and W read from L2 of the 64 x 128 tile.
+// Suffix: h1 one-half x (llama numerics, F16 W), x2 x halves (exact, F16 W); then the stages.
+#define HG_BIG(name, A_LO, S)                                                                             \
+extern "C" __device__ int name(int* ret, const h16* Xh, const h16* Xl, long ldx, const h16* W, long ldw,  \
+                               float* out, long ldo, int T, int N, int K, int kc, int epi,                \
+                               int bx, int by, int bz, int nz) {                                          \
+    hg_tile<A_LO, false, 128, 128, 2, S, true>(Xh, Xl, ldx, W, W, ldw, out, ldo, T, N, K, kc, epi,       \
+                                              bx, by, bz, nz);                                            \
+    *ret = 0;                                                                                             \
+    return 0;                                                                                             \
+}
+HG_BIG(tc_hgemm_h1b4, false, 4)
+HG_BIG(tc_hgemm_h1b3, false, 3)
+HG_BIG(tc_hgemm_x2b3, true, 3)
+HG_BIG(tc_hgemm_x2b2, true, 2)
 
 // x halves (hi, lo) x W halves (hi, lo): float32 weights (or dequantized blocks) split once, 3 MMAs
 extern "C" __device__ int tc_hgemm_x2w2(int* ret, const h16* Xh, const h16* Xl, long ldx, const h16* Wh,
                                         const h16* Wl, long ldw, float* out, long ldo, int T, int N, int K, int kc,
                                         int epi, int bx, int by, int bz, int nz) {
-    hg_tile<true, true, 64>(Xh, Xl, ldx, Wh, Wl, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
+    hg_tile64<true, true, 64>(Xh, Xl, ldx, Wh, Wl, ldw, out, ldo, T, N, K, kc, epi, bx, by, bz, nz);
     *ret = 0;
     return 0;
 }
