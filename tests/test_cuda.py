@@ -838,6 +838,18 @@ def test_grouped_rkv_gemm_equals_three_products(f16_x):
         assert np.array_equal(a, o.copy_to_host())
 
 
+def _spy_launches(run, monkeypatch) -> list:
+    """The kernels a GPU runner launches from now on, in order (its ``_go`` wrapped)."""
+    calls = []
+    orig = run._go
+
+    def spy(kern, *a, **k):
+        calls.append(kern)
+        return orig(kern, *a, **k)
+    monkeypatch.setattr(run, "_go", spy)
+    return calls
+
+
 @needs_gpu
 @pytest.mark.parametrize("numerics", ["exact", "llama"])
 def test_gpu_model_grouped_rkv_gives_the_same_bits(numerics, monkeypatch):
@@ -850,14 +862,7 @@ def test_gpu_model_grouped_rkv_gives_the_same_bits(numerics, monkeypatch):
     ref = Model.load(path, device="cuda", numerics=numerics).forward(toks, all_logits=True)
     monkeypatch.setattr(CK, "GEMM_WIDE", 1)
     m = Model.load(path, device="cuda", numerics=numerics)
-    calls = []
-    run = m._segments[0][1]
-    orig = run._go
-
-    def spy(kern, *a, **k):
-        calls.append(kern)
-        return orig(kern, *a, **k)
-    monkeypatch.setattr(run, "_go", spy)
+    calls = _spy_launches(m._segments[0][1], monkeypatch)
     got = m.forward(toks, all_logits=True)
     assert (CK.tc_hgemm_hn3 if numerics == "llama" else CK.tc_hgemm_n3) in calls
     assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1].s, ref[1].s)
@@ -934,13 +939,7 @@ def test_gpu_model_big_tiles_give_the_same_bits(numerics, monkeypatch):
     monkeypatch.setattr(CK, "BIG_KMIN", 256)
     m = Model.load(path, device="cuda", numerics=numerics)
     run = m._segments[0][1]
-    calls = []
-    orig = run._go
-
-    def spy(kern, *a, **k):
-        calls.append(kern)
-        return orig(kern, *a, **k)
-    monkeypatch.setattr(run, "_go", spy)
+    calls = _spy_launches(run, monkeypatch)
     got = m.forward(toks, all_logits=True)
     assert run.big, run.big_error
     big = (CK.tc_hgemm_hb, CK.tc_hgemm_hb3) if numerics == "llama" else (CK.tc_hgemm_b, CK.tc_hgemm_b3)

@@ -426,16 +426,23 @@ def mv_q8r(Q64, D16, x, T, out, act, epi):
             _store(out, t, n, v, epi)
 
 
+@cuda.jit(device=True, inline=True)
+def _q8r_weight(Q8, D16, i):
+    """(row, column, float32 value) of weight i of a repacked Q8_0 matrix; row -1 past its end."""
+    cols = Q8.shape[1]
+    if i >= Q8.shape[0] * cols:
+        return -1, 0, float32(0.0)
+    r = i // cols
+    c = i % cols
+    return r, c, _h2f(int32(D16[r, c // 32])) * float32(Q8[r, c])
+
+
 @cuda.jit(cache=True)
 def expand_q8r(Q8, D16, out):
     """out = repacked Q8_0 as float32 (the GEMM's scratch), one thread per weight."""
-    i = cuda.grid(1)
-    cols = out.shape[1]
-    if i >= out.shape[0] * cols:
-        return
-    r = i // cols
-    c = i % cols
-    out[r, c] = _h2f(int32(D16[r, c // 32])) * float32(Q8[r, c])
+    r, c, v = _q8r_weight(Q8, D16, cuda.grid(1))
+    if r >= 0:
+        out[r, c] = v
 
 
 @cuda.jit(cache=True)
@@ -674,20 +681,19 @@ def ln_shift_mix(x, w, b, eps, seg_start, seg_slot, R, off, mixes, out):
 SHIFT_T = 16     # tokens per thread in shift_mix
 
 
-@cuda.jit(cache=True)
-def shift_mix(x, seg_start, seg_len, seg_slot, R, off, mixes, out):
-    """Token shift and lerps: out[m, t] = x[t] + (x[t-1] - x[t]) * mixes[m]; the first row of
-    a sequence takes R[slot, off:off+C], which then becomes its last row.  One thread per
-    (channel, sequence, chunk of SHIFT_T tokens); only the thread of a sequence's first chunk
-    touches its state row (it reads it, then stores the sequence's last input row), so every
-    state element has one owner."""
+@cuda.jit(device=True, inline=True)
+def _shift_span(x, seg_start, seg_len, seg_slot, R, off):
+    """This thread's share of a token shift: (channel j, first token, end token, x[first - 1, j]);
+    end <= first when it has none.  One thread per (channel, sequence, chunk of SHIFT_T tokens);
+    the first row of a sequence takes R[slot, off:off+C], which then becomes its last row, and only
+    the thread of a sequence's first chunk touches the state row (it reads it, then stores the
+    sequence's last input row), so every state element has one owner."""
     j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     s = cuda.blockIdx.y
     lo = cuda.blockIdx.z * SHIFT_T
-    C = x.shape[1]
     n = seg_len[s]
-    if j >= C or lo >= n:
-        return
+    if j >= x.shape[1] or lo >= n:
+        return j, 0, 0, float32(0.0)
     t0 = seg_start[s]
     if lo == 0:
         slot = seg_slot[s]
@@ -695,7 +701,14 @@ def shift_mix(x, seg_start, seg_len, seg_slot, R, off, mixes, out):
         R[slot, off + j] = x[t0 + n - 1, j]
     else:
         prev = x[t0 + lo - 1, j]
-    for t in range(t0 + lo, t0 + min(n, lo + SHIFT_T)):
+    return j, t0 + lo, t0 + min(n, lo + SHIFT_T), prev
+
+
+@cuda.jit(cache=True)
+def shift_mix(x, seg_start, seg_len, seg_slot, R, off, mixes, out):
+    """Token shift and lerps: out[m, t] = x[t] + (x[t-1] - x[t]) * mixes[m] (``_shift_span``)."""
+    j, ta, tb, prev = _shift_span(x, seg_start, seg_len, seg_slot, R, off)
+    for t in range(ta, tb):
         xv = x[t, j]
         d = prev - xv
         for m in range(mixes.shape[0]):
@@ -960,21 +973,8 @@ if not SIM:
         """``shift_mix`` that also stores each output as its hi/lo halves (H, L: uint16 bits, the
         shape of out), as ``split_x`` would split it: the products that read the lerped rows
         (r/k/v, the first low-rank stage) then need no split launches of their own."""
-        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-        s = cuda.blockIdx.y
-        lo = cuda.blockIdx.z * SHIFT_T
-        C = x.shape[1]
-        n = seg_len[s]
-        if j >= C or lo >= n:
-            return
-        t0 = seg_start[s]
-        if lo == 0:
-            slot = seg_slot[s]
-            prev = R[slot, off + j]
-            R[slot, off + j] = x[t0 + n - 1, j]
-        else:
-            prev = x[t0 + lo - 1, j]
-        for t in range(t0 + lo, t0 + min(n, lo + SHIFT_T)):
+        j, ta, tb, prev = _shift_span(x, seg_start, seg_len, seg_slot, R, off)
+        for t in range(ta, tb):
             xv = x[t, j]
             d = prev - xv
             for m in range(mixes.shape[0]):
@@ -1022,6 +1022,15 @@ if not SIM:
         _tc_h1n(_dptr(Xh), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(out), ldo,
                 T, N, K, kc, epi, cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.gridDim.z)
 
+    @cuda.jit(device=True, inline=True)
+    def _pick3(g, a, b, c):
+        """Group g's operands (a tuple) of a three-group launch."""
+        if g == 0:
+            return a
+        if g == 1:
+            return b
+        return c
+
     _tc_hb = cuda.declare_device("tc_hgemm_h1b4", _nt.int32(_P16, _P16, _nt.int64, _P16, _nt.int64, _P32,
                                                            *_tc_args[1:11]))
     _tc_xb = cuda.declare_device("tc_hgemm_x2b3", _nt.int32(_P16, _P16, _nt.int64, _P16, _nt.int64, _P32,
@@ -1043,26 +1052,14 @@ if not SIM:
     @cuda.jit(link=[TC_CU])
     def tc_hgemm_b3(Xh0, Xl0, Xh1, Xl1, Xh2, Xl2, W0, W1, W2, o0, o1, o2, T, N, K, epi):
         """``tc_hgemm_n3`` on 128 x 128 tiles (``tc_hgemm_b``)."""
-        g = cuda.blockIdx.z
-        if g == 0:
-            Xh, Xl, W, o = Xh0, Xl0, W0, o0
-        elif g == 1:
-            Xh, Xl, W, o = Xh1, Xl1, W1, o1
-        else:
-            Xh, Xl, W, o = Xh2, Xl2, W2, o2
+        Xh, Xl, W, o = _pick3(cuda.blockIdx.z, (Xh0, Xl0, W0, o0), (Xh1, Xl1, W1, o1), (Xh2, Xl2, W2, o2))
         _tc_xb(_dptr(Xh), _dptr(Xl), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(o), o.strides[0] // 4,
                T, N, K, K, epi, cuda.blockIdx.x, cuda.blockIdx.y, 0, 1)
 
     @cuda.jit(link=[TC_CU])
     def tc_hgemm_hb3(Xh0, Xh1, Xh2, W0, W1, W2, o0, o1, o2, T, N, K, epi):
         """``tc_hgemm_hn3`` on 128 x 128 tiles (``tc_hgemm_hb``)."""
-        g = cuda.blockIdx.z
-        if g == 0:
-            Xh, W, o = Xh0, W0, o0
-        elif g == 1:
-            Xh, W, o = Xh1, W1, o1
-        else:
-            Xh, W, o = Xh2, W2, o2
+        Xh, W, o = _pick3(cuda.blockIdx.z, (Xh0, W0, o0), (Xh1, W1, o1), (Xh2, W2, o2))
         _tc_hb(_dptr(Xh), _dptr(Xh), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(o), o.strides[0] // 4,
                T, N, K, K, epi, cuda.blockIdx.x, cuda.blockIdx.y, 0, 1)
 
@@ -1093,26 +1090,14 @@ if not SIM:
         """Three ``tc_hgemm_n`` products of one shape in one launch (a layer's r, k, v), group
         blockIdx.z, K whole: 3x the blocks of one product, so the grid fills the GPU without
         split K (at 1.5B prefill each product alone split K in two, then a reduction)."""
-        g = cuda.blockIdx.z
-        if g == 0:
-            Xh, Xl, W, o = Xh0, Xl0, W0, o0
-        elif g == 1:
-            Xh, Xl, W, o = Xh1, Xl1, W1, o1
-        else:
-            Xh, Xl, W, o = Xh2, Xl2, W2, o2
+        Xh, Xl, W, o = _pick3(cuda.blockIdx.z, (Xh0, Xl0, W0, o0), (Xh1, Xl1, W1, o1), (Xh2, Xl2, W2, o2))
         _tc_x2n(_dptr(Xh), _dptr(Xl), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(o), o.strides[0] // 4,
                 T, N, K, K, epi, cuda.blockIdx.x, cuda.blockIdx.y, 0, 1)
 
     @cuda.jit(link=[TC_CU])
     def tc_hgemm_hn3(Xh0, Xh1, Xh2, W0, W1, W2, o0, o1, o2, T, N, K, epi):
         """``tc_hgemm_n3`` for f16 x (``tc_hgemm_hn``: llama numerics, one MMA per product)."""
-        g = cuda.blockIdx.z
-        if g == 0:
-            Xh, W, o = Xh0, W0, o0
-        elif g == 1:
-            Xh, W, o = Xh1, W1, o1
-        else:
-            Xh, W, o = Xh2, W2, o2
+        Xh, W, o = _pick3(cuda.blockIdx.z, (Xh0, W0, o0), (Xh1, W1, o1), (Xh2, W2, o2))
         _tc_h1n(_dptr(Xh), Xh.strides[0] // 2, _dptr(W), W.strides[0] // 2, _dptr(o), o.strides[0] // 4,
                 T, N, K, K, epi, cuda.blockIdx.x, cuda.blockIdx.y, 0, 1)
 
@@ -1131,13 +1116,10 @@ if not SIM:
     def expand_q8r_hl(Q8, D16, Wh, Wl):
         """Repacked Q8_0 -> hi/lo halves of each weight (its float32 value, exact: 8 x 11 bits),
         one thread per weight."""
-        i = cuda.grid(1)
-        cols = Q8.shape[1]
-        if i >= Q8.shape[0] * cols:
+        r, c, v = _q8r_weight(Q8, D16, cuda.grid(1))
+        if r < 0:
             return
-        r = i // cols
-        c = i % cols
-        u = _tc_hilo(_h2f(int32(D16[r, c // 32])) * float32(Q8[r, c]))
+        u = _tc_hilo(v)
         Wh[r, c] = uint16(u & 0xFFFF)
         Wl[r, c] = uint16(u >> 16)
 

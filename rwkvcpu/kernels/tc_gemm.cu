@@ -342,17 +342,7 @@ __device__ void hg_tile(const h16* Xh, const h16* Xl, long ldx, const h16* Wh, c
     if (nz > 1) out += (long)bz * T * ldo;
     const int nk = kend > kbeg ? (kend - kbeg + HG_BK - 1) / HG_BK : 0;
 
-    float acc[F][F][2][4][4];
-    #pragma unroll
-    for (int fi = 0; fi < F; fi++)
-        #pragma unroll
-        for (int fj = 0; fj < F; fj++)
-            #pragma unroll
-            for (int i = 0; i < 2; i++)
-                #pragma unroll
-                for (int j = 0; j < 4; j++)
-                    #pragma unroll
-                    for (int e = 0; e < 4; e++) acc[fi][fj][i][j][e] = 0.0f;
+    float acc[F][F][2][4][4] = {};
 
     for (int st = 0; st < S - 1; st++) {
         if (st < nk)
