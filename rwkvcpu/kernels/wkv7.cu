@@ -17,8 +17,6 @@
 
 #define WKV_CH 8
 #define WKV_ROWS 16
-#define WKV_THREADS (4 * WKV_ROWS)
-#define WKV_STAGE (6 * WKV_CH * 16 / WKV_THREADS)      // 16-byte copies per thread per chunk
 
 // inline PTX and hand-made vectors only: NVRTC then needs no headers (as tc_gemm.cu)
 __device__ __forceinline__ float wkv_xor(float v, int lanes) {
@@ -41,13 +39,15 @@ __device__ __forceinline__ unsigned wkv_smem(const void* p) {
 
 // One chunk of the six inputs, global -> shared by cp.async (no registers: the copies cannot be
 // sunk to their use by the compiler, as register-staged loads were, leaving each chunk waiting on
-// memory).  Copy u of this thread: input u / 2, token ((u % 2) 64 + tid) / 16, float4 tid % 16.
-// Tokens past t1 are zero-filled (src-size 0) without a read.
-__device__ __forceinline__ void wkv_fetch(float (*dst)[WKV_CH][64], const float* const* in, long ld, int o,
+// memory).  The chunk is 6 x WKV_CH x 16 float4; copy f = u NT + tid is input f / (16 WKV_CH),
+// token (f / 16) % WKV_CH, float4 f % 16.  Tokens past t1 are zero-filled (src-size 0), unread.
+template <int NT, int CH>
+__device__ __forceinline__ void wkv_fetch(float (*dst)[CH][64], const float* const* in, long ld, int o,
                                           int c0, int t1) {
+    static_assert((6 * CH * 16) % NT == 0, "whole copies per thread");
     const int tid = threadIdx.x;
-    for (int u = 0; u < WKV_STAGE; u++) {
-        const int src = u >> 1, tt = (((u & 1) << 6) + tid) >> 4, c4 = tid & 15;
+    for (int u = 0; u < 6 * CH * 16 / NT; u++) {
+        const int f = u * NT + tid, src = f / (16 * CH), tt = (f >> 4) % CH, c4 = f & 15;
         const bool ok = c0 + tt < t1;
         const float* g = in[src] + (ok ? (long)(c0 + tt) * ld + o + 4 * c4 : 0);
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
@@ -56,65 +56,93 @@ __device__ __forceinline__ void wkv_fetch(float (*dst)[WKV_CH][64], const float*
     asm volatile("cp.async.commit_group;" ::: "memory");
 }
 
-extern "C" __device__ int wkv7_64c(int* ret, const float* r, const float* w, const float* k, const float* v,
-                                   const float* a, const float* b, long ld, int t0, int t1, float* S, long soff,
-                                   float* y, long ldy, int o, int row0) {
-    static_assert(WKV_THREADS == 64 && WKV_STAGE == 12, "wkv_fetch's copy layout");
-    __shared__ __align__(16) float buf[2][6][WKV_CH][64];
-    *ret = 0;
-    const int tid = threadIdx.x, i = row0 + (tid >> 2), q = tid & 3;
+// L threads per state row: thread (i, q) = (row0 + tid / L, tid % L) owns row i at the columns
+// 4 L m + 4 q + c (m < 16 / L, c < 4), so the L threads of a row read 16 L consecutive bytes.
+template <int L, int CH>
+__device__ __forceinline__ void wkv_token(float* st, const float (*in)[CH][64], int tt, int i, int q,
+                                          float* yrow, int o) {
+    constexpr int M = 16 / L;
+    const float vi = in[5][tt][i];
+    float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        const float4 a4 = *reinterpret_cast<const float4*>(&in[0][tt][4 * L * m + 4 * q]);
+        s0 = fmaf(st[4 * m], a4.x, s0);
+        s1 = fmaf(st[4 * m + 1], a4.y, s1);
+        s0 = fmaf(st[4 * m + 2], a4.z, s0);
+        s1 = fmaf(st[4 * m + 3], a4.w, s1);
+    }
+    float sa = s0 + s1;
+#pragma unroll
+    for (int x = 1; x < L; x <<= 1) sa += wkv_xor(sa, x);
+    float y0 = 0.0f, y1 = 0.0f;
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        const int j = 4 * L * m + 4 * q;
+        const float4 w4 = *reinterpret_cast<const float4*>(&in[2][tt][j]);
+        const float4 b4 = *reinterpret_cast<const float4*>(&in[1][tt][j]);
+        const float4 k4 = *reinterpret_cast<const float4*>(&in[3][tt][j]);
+        const float4 r4 = *reinterpret_cast<const float4*>(&in[4][tt][j]);
+        float* s = st + 4 * m;
+        s[0] = s[0] * w4.x + sa * b4.x + vi * k4.x;
+        s[1] = s[1] * w4.y + sa * b4.y + vi * k4.y;
+        s[2] = s[2] * w4.z + sa * b4.z + vi * k4.z;
+        s[3] = s[3] * w4.w + sa * b4.w + vi * k4.w;
+        y0 = fmaf(s[0], r4.x, y0);
+        y1 = fmaf(s[1], r4.y, y1);
+        y0 = fmaf(s[2], r4.z, y0);
+        y1 = fmaf(s[3], r4.w, y1);
+    }
+    float acc = y0 + y1;
+#pragma unroll
+    for (int x = 1; x < L; x <<= 1) acc += wkv_xor(acc, x);
+    if (q == 0) yrow[o + i] = acc;
+}
+
+template <int L, bool UNROLL, int CH>
+__device__ __forceinline__ void wkv_rows(const float* r, const float* w, const float* k, const float* v,
+                                         const float* a, const float* b, long ld, int t0, int t1, float* S,
+                                         long soff, float* y, long ldy, int o, int row0) {
+    constexpr int NT = L * WKV_ROWS, M = 16 / L;
+    __shared__ __align__(16) float buf[2][6][CH][64];
+    const int tid = threadIdx.x, i = row0 + tid / L, q = tid % L;
     const float* in[6] = {a, b, w, k, r, v};
     float* Srow = S + soff + (long)i * 64;
-    float st[16];
-    for (int m = 0; m < 4; m++) {
-        const float4 s4 = *reinterpret_cast<const float4*>(Srow + 16 * m + 4 * q);
+    float st[16 / L * 4];
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        const float4 s4 = *reinterpret_cast<const float4*>(Srow + 4 * L * m + 4 * q);
         st[4 * m] = s4.x; st[4 * m + 1] = s4.y; st[4 * m + 2] = s4.z; st[4 * m + 3] = s4.w;
     }
-    if (t0 < t1) wkv_fetch(buf[0], in, ld, o, t0, t1);
+    if (t0 < t1) wkv_fetch<NT, CH>(buf[0], in, ld, o, t0, t1);
     int p = 0;
-    for (int c0 = t0; c0 < t1; c0 += WKV_CH) {
+    for (int c0 = t0; c0 < t1; c0 += CH) {
         asm volatile("cp.async.wait_group 0;" ::: "memory");    // this thread's copies of chunk c0 ...
         __syncthreads();             // ... and everyone's; the other buffer's last chunk is consumed
-        if (c0 + WKV_CH < t1) wkv_fetch(buf[p ^ 1], in, ld, o, c0 + WKV_CH, t1);
-        const int n = min(WKV_CH, t1 - c0);
-        for (int tt = 0; tt < n; tt++) {
-            const float vi = buf[p][5][tt][i];
-            float s0 = 0.0f, s1 = 0.0f;
-            for (int m = 0; m < 4; m++) {
-                const float4 a4 = *reinterpret_cast<const float4*>(&buf[p][0][tt][16 * m + 4 * q]);
-                s0 = fmaf(st[4 * m], a4.x, s0);
-                s1 = fmaf(st[4 * m + 1], a4.y, s1);
-                s0 = fmaf(st[4 * m + 2], a4.z, s0);
-                s1 = fmaf(st[4 * m + 3], a4.w, s1);
-            }
-            float sa = s0 + s1;
-            sa += wkv_xor(sa, 1);
-            sa += wkv_xor(sa, 2);
-            float y0 = 0.0f, y1 = 0.0f;
-            for (int m = 0; m < 4; m++) {
-                const int j = 16 * m + 4 * q;
-                const float4 w4 = *reinterpret_cast<const float4*>(&buf[p][2][tt][j]);
-                const float4 b4 = *reinterpret_cast<const float4*>(&buf[p][1][tt][j]);
-                const float4 k4 = *reinterpret_cast<const float4*>(&buf[p][3][tt][j]);
-                const float4 r4 = *reinterpret_cast<const float4*>(&buf[p][4][tt][j]);
-                float* s = st + 4 * m;
-                s[0] = s[0] * w4.x + sa * b4.x + vi * k4.x;
-                s[1] = s[1] * w4.y + sa * b4.y + vi * k4.y;
-                s[2] = s[2] * w4.z + sa * b4.z + vi * k4.z;
-                s[3] = s[3] * w4.w + sa * b4.w + vi * k4.w;
-                y0 = fmaf(s[0], r4.x, y0);
-                y1 = fmaf(s[1], r4.y, y1);
-                y0 = fmaf(s[2], r4.z, y0);
-                y1 = fmaf(s[3], r4.w, y1);
-            }
-            float acc = y0 + y1;
-            acc += wkv_xor(acc, 1);
-            acc += wkv_xor(acc, 2);
-            if (q == 0) y[(long)(c0 + tt) * ldy + o + i] = acc;
+        if (c0 + CH < t1) wkv_fetch<NT, CH>(buf[p ^ 1], in, ld, o, c0 + CH, t1);
+        const int n = min(CH, t1 - c0);
+        if (UNROLL && n == CH) {
+#pragma unroll
+            for (int tt = 0; tt < CH; tt++) wkv_token<L, CH>(st, buf[p], tt, i, q, y + (long)(c0 + tt) * ldy, o);
+        } else {
+            for (int tt = 0; tt < n; tt++) wkv_token<L, CH>(st, buf[p], tt, i, q, y + (long)(c0 + tt) * ldy, o);
         }
         p ^= 1;
     }
-    for (int m = 0; m < 4; m++)
-        *reinterpret_cast<float4*>(Srow + 16 * m + 4 * q) = wkv_f4(st[4 * m], st[4 * m + 1], st[4 * m + 2], st[4 * m + 3]);
-    return 0;
+#pragma unroll
+    for (int m = 0; m < M; m++)
+        *reinterpret_cast<float4*>(Srow + 4 * L * m + 4 * q) = wkv_f4(st[4 * m], st[4 * m + 1], st[4 * m + 2], st[4 * m + 3]);
 }
+
+#define WKV_ENTRY(name, L, UNROLL, CH)                                                                        \
+extern "C" __device__ int name(int* ret, const float* r, const float* w, const float* k, const float* v,  \
+                               const float* a, const float* b, long ld, int t0, int t1, float* S,         \
+                               long soff, float* y, long ldy, int o, int row0) {                           \
+    wkv_rows<L, UNROLL, CH>(r, w, k, v, a, b, ld, t0, t1, S, soff, y, ldy, o, row0);                           \
+    *ret = 0;                                                                                               \
+    return 0;                                                                                               \
+}
+// 4 threads per row (8 measured slower: one more shuffle level per dot product); a chunk's tokens
+// unrolled (1.5B prefill-512, H100: 128.6 -> 104.8 us a layer, same bits: token t+1's loads and
+// partial dots overlap token t's shuffles); chunks of 4 or 16 tokens measured slower than 8.
+WKV_ENTRY(wkv7_64c, 4, true, WKV_CH)
