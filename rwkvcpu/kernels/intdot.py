@@ -26,7 +26,7 @@ from numba import njit, prange
 from . import dequant as dq
 from .matvec import FLAGS, ROWS
 from .actquant import q8_0_scale, q8_k_scale
-from .simd import (i8load, i8nib, i8nib16, i8q6, i8sub, iadd, idot, imadd2, imaddubs, i16sub,
+from .simd import (f16at, i8load, i8nib, i8nib16, i8q6, i8sub, iadd, idot, imadd2, imaddubs, i16sub,
                    i8splat, itof, izero, vfma, vhsum, vsplat, vzero)
 
 TYPES = (dq.Q8_0, dq.Q4_0, dq.Q4_K, dq.Q6_K)
@@ -92,7 +92,7 @@ def mvi_32(raw, raw_i8, q4, xq, xd, out, lut):
                 for k in range(nb):
                     o = k * bs
                     w = i8sub(i8nib16(b, o + 2), 8) if q4 else i8load(q, o + 2)
-                    dw = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)]
+                    dw = f16at(b, o)
                     xo = k * 32
                     a0 = vfma(vsplat(dw * xd[t, k]), itof(idot(w, i8load(x0, xo))), a0)
                     a1 = vfma(vsplat(dw * xd[t + 1, k]), itof(idot(w, i8load(x1, xo))), a1)
@@ -109,7 +109,7 @@ def mvi_32(raw, raw_i8, q4, xq, xd, out, lut):
                     o = k * bs
                     w = i8sub(i8nib16(b, o + 2), 8) if q4 else i8load(q, o + 2)
                     s = idot(w, i8load(xt, k * 32))
-                    d = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)] * xd[t, k]
+                    d = f16at(b, o) * xd[t, k]
                     acc = vfma(vsplat(d), itof(s), acc)
                 out[t, r] = vhsum(acc)
 
@@ -140,8 +140,8 @@ def mvi_q4_k(raw, xq, xd, bsum32, out, lut):
                 m13 = np.float32(0.0)
                 for k in range(nb):
                     o = k * 144
-                    dl = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)]
-                    dml = lut[np.int64(b[o + 2]) | (np.int64(b[o + 3]) << 8)]
+                    dl = f16at(b, o)
+                    dml = f16at(b, o + 2)
                     d0 = xd[t, k] * dl
                     d1 = xd[t + 1, k] * dl
                     dmin0 = -xd[t, k] * dml
@@ -189,8 +189,8 @@ def mvi_q4_k(raw, xq, xd, bsum32, out, lut):
                 m3 = np.float32(0.0)
                 for k in range(nb):
                     o = k * 144
-                    d = xd[t, k] * lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)]
-                    dmin = -xd[t, k] * lut[np.int64(b[o + 2]) | (np.int64(b[o + 3]) << 8)]
+                    d = xd[t, k] * f16at(b, o)
+                    dmin = -xd[t, k] * f16at(b, o + 2)
                     bs = k * 8
                     sumi = izero()
                     for sp in range(4):                 # sub-blocks 2sp (low nibbles), 2sp+1 (high)
@@ -234,7 +234,7 @@ def mvi_q6_k(raw, raw_i8, xq, xd, out, lut):
                 acc1 = vzero()
                 for k in range(nb):
                     o = k * 210
-                    dl = lut[np.int64(b[o + 208]) | (np.int64(b[o + 209]) << 8)]
+                    dl = f16at(b, o + 208)
                     s0 = izero()
                     s1 = izero()
                     for h in range(2):
@@ -257,7 +257,7 @@ def mvi_q6_k(raw, raw_i8, xq, xd, out, lut):
                 acc = vzero()
                 for k in range(nb):
                     o = k * 210
-                    d = xd[t, k] * lut[np.int64(b[o + 208]) | (np.int64(b[o + 209]) << 8)]
+                    d = xd[t, k] * f16at(b, o + 208)
                     sumi = izero()
                     for h in range(2):
                         si = o + 192 + h * 8

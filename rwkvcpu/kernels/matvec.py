@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import dequant as dq
-from .simd import dot_f32, vadd, vbits, vfma, vhsum, vload, vload_bf16, vload_f16, vmul, vq6x4, vsplat, vstore, vzero
+from .simd import dot_f32, f16at, vadd, vbits, vfma, vhsum, vload, vload_bf16, vload_f16, vmul, vq6x4, vsplat, vstore, vzero
 
 FLAGS = {"reassoc", "contract"}
 ROWS = 8                 # rows per parallel task
@@ -93,7 +93,7 @@ def mv_q8_0(raw, raw_i8, x, out, lut):
                     s = vfma(vload(q, o + 10), vload(xt, xo + 8), s)
                     s = vfma(vload(q, o + 18), vload(xt, xo + 16), s)
                     s = vfma(vload(q, o + 26), vload(xt, xo + 24), s)
-                    acc = vfma(vsplat(lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)]), s, acc)
+                    acc = vfma(vsplat(f16at(b, o)), s, acc)
                 out[t, r] = vhsum(acc)
 
 
@@ -113,7 +113,7 @@ def mv_q4_0(raw, x, xsum, out, lut):
                 for k in range(nb):
                     o = k * 18
                     xo = k * 32
-                    d = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)]
+                    d = f16at(b, o)
                     s = vmul(vbits(b, o + 2, 0, 15), vload(xt, xo))         # values 0..7: low nibbles
                     s = vfma(vbits(b, o + 10, 0, 15), vload(xt, xo + 8), s)
                     s = vfma(vbits(b, o + 2, 4, 15), vload(xt, xo + 16), s)  # values 16..23: high nibbles
@@ -138,8 +138,8 @@ def mv_q4_k(raw, x, xsum, out, lut):
                 accm = np.float32(0.0)
                 for k in range(nb):
                     o = k * 144
-                    d = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)]
-                    dmin = lut[np.int64(b[o + 2]) | (np.int64(b[o + 3]) << 8)]
+                    d = f16at(b, o)
+                    dmin = f16at(b, o + 2)
                     for sp in range(4):                 # sub-blocks 2sp (low nibbles), 2sp+1 (high)
                         sc0, mn0 = dq._k_scale_min(b, o + 4, 2 * sp)
                         sc1, mn1 = dq._k_scale_min(b, o + 4, 2 * sp + 1)
@@ -173,7 +173,7 @@ def mv_q6_k(raw, raw_i8, x, xsum16, out, lut):
                 accm = np.float32(0.0)
                 for k in range(nb):
                     o = k * 210
-                    d = lut[np.int64(b[o + 208]) | (np.int64(b[o + 209]) << 8)]
+                    d = f16at(b, o + 208)
                     for h in range(2):
                         # runs p = 0..3 of this half: values h*128 + 32p + (0..31), scales 2 per run
                         xo = k * 256 + h * 128
@@ -222,22 +222,22 @@ def _decode_row(qtype, b, q, buf, kv, lut):
     if qtype == dq.Q8_0:
         for k in range(cols // 32):
             o = k * 34
-            d = vsplat(lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)])
+            d = vsplat(f16at(b, o))
             for c in range(0, 32, 8):
                 vstore(buf, k * 32 + c, vmul(d, vload(q, o + 2 + c)))
     elif qtype == dq.Q4_0:
         m8 = vsplat(np.float32(-8.0))
         for k in range(cols // 32):
             o = k * 18
-            d = vsplat(lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)])
+            d = vsplat(f16at(b, o))
             for c in range(0, 16, 8):
                 vstore(buf, k * 32 + c, vmul(d, vadd(vbits(b, o + 2 + c, 0, 15), m8)))
                 vstore(buf, k * 32 + 16 + c, vmul(d, vadd(vbits(b, o + 2 + c, 4, 15), m8)))
     elif qtype == dq.Q4_K:
         for k in range(cols // 256):
             o = k * 144
-            d = lut[np.int64(b[o]) | (np.int64(b[o + 1]) << 8)]
-            dmin = lut[np.int64(b[o + 2]) | (np.int64(b[o + 3]) << 8)]
+            d = f16at(b, o)
+            dmin = f16at(b, o + 2)
             for sp in range(4):
                 sc0, mn0 = dq._k_scale_min(b, o + 4, 2 * sp)
                 sc1, mn1 = dq._k_scale_min(b, o + 4, 2 * sp + 1)
@@ -254,7 +254,7 @@ def _decode_row(qtype, b, q, buf, kv, lut):
         m32 = vsplat(np.float32(-32.0))
         for k in range(cols // 256):
             o = k * 210
-            d = lut[np.int64(b[o + 208]) | (np.int64(b[o + 209]) << 8)]
+            d = f16at(b, o + 208)
             for h in range(2):
                 xo = k * 256 + h * 128
                 si = o + 192 + h * 8

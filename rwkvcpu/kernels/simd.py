@@ -164,6 +164,22 @@ vload_f16 = _half_loader(False)
 vload_bf16 = _half_loader(True)
 
 
+@intrinsic
+def f16at(typingctx, arr, idx):
+    """float32 of the IEEE half stored little-endian at bytes arr[idx:idx+2] of a uint8 row (a
+    block scale), converted in registers (F16C ``vcvtph2ps``): exact, like ``dq.F16_LUT`` but
+    without its 256 KB table (an L2 access per block)."""
+    if not (_is_row(arr, types.uint8) and isinstance(idx, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        ary = ctx.make_array(sig.args[0])(ctx, builder, args[0])
+        p = builder.gep(ary.data, [ctx.cast(builder, args[1], sig.args[1], types.intp)])
+        h = builder.load(builder.bitcast(p, ir.PointerType(ir.HalfType())), align=1)
+        return builder.fpext(h, _F)
+    return types.float32(arr, idx), cg
+
+
 def _bits_i32(ctx, builder, aty, aval, i, shift, mask):
     """(zext(arr[i:i+8]) >> shift) & mask as <8 x i32> (32-bit lanes: x86 has no byte shifts)."""
     v8i32 = ir.VectorType(_I32, 8)

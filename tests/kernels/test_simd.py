@@ -2,7 +2,7 @@
 import numpy as np
 from numba import njit
 
-from rwkvcpu.kernels.simd import (vadd, vbits, vfma, vhsum, vload, vload_bf16, vload_f16, vmul,
+from rwkvcpu.kernels.simd import (f16at, vadd, vbits, vfma, vhsum, vload, vload_bf16, vload_f16, vmul,
                                   vsplat, vstore, vsub, vzero)
 
 
@@ -58,3 +58,23 @@ def test_loads_refuse_non_contiguous_rows():
         return vhsum(vload(a, 0))
     with pytest.raises(TypingError):
         bad(np.zeros(32, np.float32)[::2])
+
+
+@njit(cache=True)
+def _f16_scales(b, out):
+    for i in range(out.shape[0]):
+        out[i] = f16at(b, 2 * i + 1)
+
+
+def test_f16at_reads_every_half_exactly_at_an_odd_byte_offset():
+    """f16at (a block's f16 scale from its bytes, in registers) equals NumPy's float16 -> float32
+    for all 65536 bit patterns (subnormals, infinities, NaNs, -0), read at unaligned offsets as
+    the scales of 18- and 34-byte blocks are."""
+    h = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    b = np.concatenate([np.zeros(1, np.uint8), h.view(np.uint8), np.zeros(1, np.uint8)])
+    out = np.empty(65536, np.float32)
+    _f16_scales(b, out)
+    want = h.view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(out), nan)
+    np.testing.assert_array_equal(out[~nan].view(np.uint32), want[~nan].view(np.uint32))
