@@ -26,10 +26,11 @@ from numba import njit, prange
 from . import dequant as dq
 from .matvec import FLAGS, ROWS
 from .actquant import q8_0_scale, q8_k_scale
-from .simd import (f16at, i8load, i8nib, i8nib16, i8q6, i8sub, iadd, idot, imadd2, imaddubs, i16sub,
+from .simd import (f16at, i32load, i8load, i8nib, i8nib16, i8q6, iadd, idot, imadd2, imaddubs, i16sub,
                    i8splat, itof, izero, vfma, vhsum, vsplat, vzero)
 
 TYPES = (dq.Q8_0, dq.Q4_0, dq.Q4_K, dq.Q6_K)
+_NO_X8 = np.zeros((1, 8), dtype=np.int32)      # mvi_32's x8 for Q8_0 (unused there)
 
 
 @njit(cache=True)
@@ -67,10 +68,34 @@ def quantize_q8_k(x, xq, xd, bsum32):
                 bsum32[t, b * 8 + j] = s
 
 
+@njit(cache=True, inline="always")
+def _q4_lanes(u, xt, xo, x8t, k):
+    """Q4_0 block k's 8 int32 lanes (lane j: products 4j..4j+3), exact: its unsigned nibbles u
+    times x by vpmaddubsw, then plus x8t[8k + j] = -8 (x[4j] + .. + x[4j+3]): the integers of
+    (nibbles - 8) . x without the offset or idot's sign trick (products <= 15 * 127: no
+    saturation)."""
+    return iadd(imadd2(imaddubs(u, i8load(xt, xo)), 1, 1), i32load(x8t, 8 * k))
+
+
+@njit(cache=True, inline="always")
+def _dot32(b, q, o, q4, xt, xo, x8t, k):
+    """One Q8_0 (idot) or Q4_0 (``_q4_lanes``) block's 8 exact int32 lanes."""
+    if q4:
+        return _q4_lanes(i8nib16(b, o + 2), xt, xo, x8t, k)
+    return idot(i8load(q, o + 2), i8load(xt, xo))
+
+
+def lane_sums8(xq: np.ndarray) -> np.ndarray:
+    """-8 times the sums of each 4 consecutive values of 8-bit activations [T, n]: int32 [T, n / 4]
+    (the Q4_0 offset per lane of ``_dot32``)."""
+    return xq.reshape(xq.shape[0], -1, 4).sum(-1, dtype=np.int32) * np.int32(-8)
+
+
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvi_32(raw, raw_i8, q4, xq, xd, out, lut):
-    """Q8_0 (q4=False) or Q4_0 (q4=True: nibbles - 8) weights x Q8_0 activations.  Batches: each
-    weight block is decoded once for 4 activation rows (the per-row arithmetic is unchanged)."""
+def mvi_32(raw, raw_i8, q4, xq, xd, x8, out, lut):
+    """Q8_0 (q4=False) or Q4_0 (q4=True: nibbles - 8; x8 = ``lane_sums8(xq)``) weights x Q8_0
+    activations.  Batches: each weight block is decoded once for 4 activation rows (the per-row
+    arithmetic is unchanged)."""
     rows = raw.shape[0]
     T, cols = xq.shape
     nb = cols // 32
@@ -91,13 +116,24 @@ def mvi_32(raw, raw_i8, q4, xq, xd, out, lut):
                 a3 = vzero()
                 for k in range(nb):
                     o = k * bs
-                    w = i8sub(i8nib16(b, o + 2), 8) if q4 else i8load(q, o + 2)
                     dw = f16at(b, o)
                     xo = k * 32
-                    a0 = vfma(vsplat(dw * xd[t, k]), itof(idot(w, i8load(x0, xo))), a0)
-                    a1 = vfma(vsplat(dw * xd[t + 1, k]), itof(idot(w, i8load(x1, xo))), a1)
-                    a2 = vfma(vsplat(dw * xd[t + 2, k]), itof(idot(w, i8load(x2, xo))), a2)
-                    a3 = vfma(vsplat(dw * xd[t + 3, k]), itof(idot(w, i8load(x3, xo))), a3)
+                    if q4:
+                        u = i8nib16(b, o + 2)
+                        s0 = _q4_lanes(u, x0, xo, x8[t], k)
+                        s1 = _q4_lanes(u, x1, xo, x8[t + 1], k)
+                        s2 = _q4_lanes(u, x2, xo, x8[t + 2], k)
+                        s3 = _q4_lanes(u, x3, xo, x8[t + 3], k)
+                    else:
+                        w = i8load(q, o + 2)
+                        s0 = idot(w, i8load(x0, xo))
+                        s1 = idot(w, i8load(x1, xo))
+                        s2 = idot(w, i8load(x2, xo))
+                        s3 = idot(w, i8load(x3, xo))
+                    a0 = vfma(vsplat(dw * xd[t, k]), itof(s0), a0)
+                    a1 = vfma(vsplat(dw * xd[t + 1, k]), itof(s1), a1)
+                    a2 = vfma(vsplat(dw * xd[t + 2, k]), itof(s2), a2)
+                    a3 = vfma(vsplat(dw * xd[t + 3, k]), itof(s3), a3)
                 out[t, r] = vhsum(a0)
                 out[t + 1, r] = vhsum(a1)
                 out[t + 2, r] = vhsum(a2)
@@ -107,8 +143,7 @@ def mvi_32(raw, raw_i8, q4, xq, xd, out, lut):
                 acc = vzero()
                 for k in range(nb):
                     o = k * bs
-                    w = i8sub(i8nib16(b, o + 2), 8) if q4 else i8load(q, o + 2)
-                    s = idot(w, i8load(xt, k * 32))
+                    s = _dot32(b, q, o, q4, xt, k * 32, x8[t], k)
                     d = f16at(b, o) * xd[t, k]
                     acc = vfma(vsplat(d), itof(s), acc)
                 out[t, r] = vhsum(acc)
@@ -282,7 +317,9 @@ def matvec_q8(W, x: np.ndarray, out: np.ndarray) -> bool:
     if qtype in (dq.Q8_0, dq.Q4_0):
         xd = np.empty((T, n // 32), dtype=np.float32)
         quantize_q8_0(x, xq, xd)
-        mvi_32(rb, rb.view(np.int8), qtype == dq.Q4_0, xq, xd, out, lut)
+        q4 = qtype == dq.Q4_0
+        x8 = lane_sums8(xq) if q4 else _NO_X8
+        mvi_32(rb, rb.view(np.int8), q4, xq, xd, x8, out, lut)
         return True
     xd = np.empty((T, n // 256), dtype=np.float32)
     bsum = np.empty((T, n // 32), dtype=np.int32)

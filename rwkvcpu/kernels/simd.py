@@ -507,6 +507,18 @@ def imadd2(typingctx, p, s0, s1):
 
 
 @intrinsic
+def i32load(typingctx, arr, idx):
+    """arr[idx:idx+8] of an int32 row, as 8 int32 lanes."""
+    if not (_is_row(arr, types.int32) and isinstance(idx, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        i = ctx.cast(builder, args[1], sig.args[1], types.intp)
+        return builder.load(_vec_ptr(ctx, builder, sig.args[0], args[0], i, _I32), align=4)
+    return i32x8(arr, idx), cg
+
+
+@intrinsic
 def izero(typingctx):
     def cg(ctx, builder, sig, args):
         return ir.Constant(_V8I32, [0] * 8)

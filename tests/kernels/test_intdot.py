@@ -195,3 +195,28 @@ def test_round_rows_equals_round_like_llama():
         y = x.copy()
         A.round_rows(y, A.rounding_mode(q))
         assert np.array_equal(y.view(np.uint32), A.round_like_llama(x, q).view(np.uint32)), dq.TYPE_NAMES[q]
+
+
+@njit(cache=False)
+def _q4_both(b, xq, x8, k):
+    w = S.i8sub(S.i8nib16(b, 2 + 18 * k), 8)
+    old = S.ilanes(S.idot(w, S.i8load(xq, 32 * k)))
+    new = S.ilanes(I._q4_lanes(S.i8nib16(b, 2 + 18 * k), xq, 32 * k, x8, k))
+    return old, new
+
+
+def test_q4_0_lanes_equal_the_sign_trick_lanes():
+    """mvi_32's Q4_0 path (unsigned nibbles by vpmaddubsw, plus -8 x the lane sums of x read by
+    i32load) gives, lane by lane, the int32s of idot((nibbles - 8), x): so the float results are
+    those of the plain formulation, bit for bit; extremes of x (+-127) included."""
+    rng = np.random.default_rng(9)
+    b = rng.integers(0, 256, 18 * 4, dtype=np.uint8)
+    xq = rng.integers(-127, 128, (1, 128)).astype(np.int8)
+    xq[0, :32] = 127
+    xq[0, 32:64] = -127
+    x8 = I.lane_sums8(xq)
+    for k in range(4):
+        old, new = _q4_both(b, xq[0], x8[0], k)
+        assert old == new, k
+        nib = np.concatenate([b[2 + 18 * k:18 + 18 * k] & 15, b[2 + 18 * k:18 + 18 * k] >> 4]).astype(np.int64) - 8
+        assert list(new) == list((nib * xq[0, 32 * k:32 * k + 32]).reshape(8, 4).sum(1))
