@@ -215,6 +215,10 @@ def test_q4_0_lanes_equal_the_sign_trick_lanes():
     xq[0, :32] = 127
     xq[0, 32:64] = -127
     x8 = I.lane_sums8(xq)
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    xq2, x8j = np.empty((3, 128), np.int8), np.empty((3, 32), np.int32)
+    I.quantize_q8_0_q4(x, xq2, np.empty((3, 4), np.float32), x8j)
+    assert np.array_equal(x8j, I.lane_sums8(xq2))   # the kernel's lane sums = the NumPy reference
     for k in range(4):
         old, new = _q4_both(b, xq[0], x8[0], k)
         assert old == new, k
