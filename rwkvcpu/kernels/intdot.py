@@ -10,7 +10,10 @@ operations of ``simd.py`` (vpsignb / vpmaddubsw / vpmaddwd on AVX2):
 * per block the dot product is an exact int32 in 8 lanes (lane k: products 4k..4k+3),
   converted to float32 and accumulated with one FMA by the product of the two block
   scales, and the 8 lanes are summed once per row -- the accumulation order of llama.cpp's
-  AVX2 ``ggml_vec_dot_*`` (so the numbers stay close to llama.cpp's, not only the rounding);
+  AVX2 ``ggml_vec_dot_*`` (so the numbers stay close to llama.cpp's, not only the rounding).
+  Q4_0 instead follows llama.cpp's repacked 8-row Q4_0 kernels (which it uses on AVX2 CPUs):
+  each block's lanes summed to one exact int32 per row, 8 rows' sums converted and scaled by
+  one FMA (``mvi_q4_0``);
 * they read about half as many vector operations per weight as the float32 kernels of
   ``matvec.py`` (32 products per vpmaddubsw), which is why this mode is the fast one.
 
@@ -26,11 +29,10 @@ from numba import njit, prange
 from . import dequant as dq
 from .matvec import FLAGS, ROWS
 from .actquant import q8_0_scale, q8_k_scale
-from .simd import (f16at, i32load, i8load, i8nib, i8nib16, i8q6, iadd, idot, imadd2, imaddubs, i16sub,
-                   i8splat, itof, izero, vfma, vhsum, vsplat, vzero)
+from .simd import (f16at, f16x8, i8load, i8nib, i8nib16, i8q6, iadd, idot, imadd2, imaddubs, i16sub,
+                   i8splat, isplat, isum8, itof, izero, prefetch, vfma, vhsum, vlane, vmul, vsplat, vzero)
 
 TYPES = (dq.Q8_0, dq.Q4_0, dq.Q4_K, dq.Q6_K)
-_NO_X8 = np.zeros((1, 8), dtype=np.int32)      # mvi_32's x8 for Q8_0 (unused there)
 
 
 @njit(cache=True)
@@ -68,51 +70,17 @@ def quantize_q8_k(x, xq, xd, bsum32):
                 bsum32[t, b * 8 + j] = s
 
 
-@njit(cache=True, inline="always")
-def _q4_lanes(u, xt, xo, x8t, k):
-    """Q4_0 block k's 8 int32 lanes (lane j: products 4j..4j+3), exact: its unsigned nibbles u
-    times x by vpmaddubsw, then plus x8t[8k + j] = -8 (x[4j] + .. + x[4j+3]): the integers of
-    (nibbles - 8) . x without the offset or idot's sign trick (products <= 15 * 127: no
-    saturation)."""
-    return iadd(imadd2(imaddubs(u, i8load(xt, xo)), 1, 1), i32load(x8t, 8 * k))
-
-
-@njit(cache=True, inline="always")
-def _dot32(b, q, o, q4, xt, xo, x8t, k):
-    """One Q8_0 (idot) or Q4_0 (``_q4_lanes``) block's 8 exact int32 lanes."""
-    if q4:
-        return _q4_lanes(i8nib16(b, o + 2), xt, xo, x8t, k)
-    return idot(i8load(q, o + 2), i8load(xt, xo))
-
-
-def lane_sums8(xq: np.ndarray) -> np.ndarray:
-    """-8 times the sums of each 4 consecutive values of 8-bit activations [T, n]: int32 [T, n / 4]
-    (the Q4_0 offset per lane of ``_dot32``).  NumPy reference of ``quantize_q8_0_q4``'s x8."""
-    return xq.reshape(xq.shape[0], -1, 4).sum(-1, dtype=np.int32) * np.int32(-8)
-
-
-@njit(cache=True)
-def quantize_q8_0_q4(x, xq, xd, x8):
-    """``quantize_q8_0`` plus x8 = ``lane_sums8(xq)`` for Q4_0 weights, in one call (the NumPy
-    form cost ~11 us per matvec, more than the kernel saved)."""
-    quantize_q8_0(x, xq, xd)
-    T, n = xq.shape
-    for t in range(T):
-        for j in range(n // 4):
-            o = 4 * j
-            x8[t, j] = np.int32(-8) * (np.int32(xq[t, o]) + np.int32(xq[t, o + 1]) + np.int32(xq[t, o + 2])
-                                       + np.int32(xq[t, o + 3]))
-
-
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvi_32(raw, raw_i8, q4, xq, xd, x8, out, lut):
-    """Q8_0 (q4=False) or Q4_0 (q4=True: nibbles - 8; x8 = ``lane_sums8(xq)``) weights x Q8_0
-    activations.  Batches: each weight block is decoded once for 4 activation rows (the per-row
-    arithmetic is unchanged)."""
+def mvi_q8_0(raw, raw_i8, x, out):
+    """Q8_0 weights x Q8_0 activations (llama.cpp's AVX2 ``ggml_vec_dot_q8_0_q8_0`` order: 8 int32
+    lanes per block, one FMA by the product of the scales, lanes summed once per row).  Batches:
+    each weight block is loaded once for 4 activation rows (the per-row arithmetic is unchanged)."""
     rows = raw.shape[0]
-    T, cols = xq.shape
+    T, cols = x.shape
+    xq = np.empty((T, cols), dtype=np.int8)
+    xd = np.empty((T, cols // 32), dtype=np.float32)
+    quantize_q8_0(x, xq, xd)
     nb = cols // 32
-    bs = 18 if q4 else 34
     T4 = T - T % 4
     for task in prange((rows + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
@@ -128,25 +96,14 @@ def mvi_32(raw, raw_i8, q4, xq, xd, x8, out, lut):
                 a2 = vzero()
                 a3 = vzero()
                 for k in range(nb):
-                    o = k * bs
+                    o = k * 34
                     dw = f16at(b, o)
                     xo = k * 32
-                    if q4:
-                        u = i8nib16(b, o + 2)
-                        s0 = _q4_lanes(u, x0, xo, x8[t], k)
-                        s1 = _q4_lanes(u, x1, xo, x8[t + 1], k)
-                        s2 = _q4_lanes(u, x2, xo, x8[t + 2], k)
-                        s3 = _q4_lanes(u, x3, xo, x8[t + 3], k)
-                    else:
-                        w = i8load(q, o + 2)
-                        s0 = idot(w, i8load(x0, xo))
-                        s1 = idot(w, i8load(x1, xo))
-                        s2 = idot(w, i8load(x2, xo))
-                        s3 = idot(w, i8load(x3, xo))
-                    a0 = vfma(vsplat(dw * xd[t, k]), itof(s0), a0)
-                    a1 = vfma(vsplat(dw * xd[t + 1, k]), itof(s1), a1)
-                    a2 = vfma(vsplat(dw * xd[t + 2, k]), itof(s2), a2)
-                    a3 = vfma(vsplat(dw * xd[t + 3, k]), itof(s3), a3)
+                    w = i8load(q, o + 2)
+                    a0 = vfma(vsplat(dw * xd[t, k]), itof(idot(w, i8load(x0, xo))), a0)
+                    a1 = vfma(vsplat(dw * xd[t + 1, k]), itof(idot(w, i8load(x1, xo))), a1)
+                    a2 = vfma(vsplat(dw * xd[t + 2, k]), itof(idot(w, i8load(x2, xo))), a2)
+                    a3 = vfma(vsplat(dw * xd[t + 3, k]), itof(idot(w, i8load(x3, xo))), a3)
                 out[t, r] = vhsum(a0)
                 out[t + 1, r] = vhsum(a1)
                 out[t + 2, r] = vhsum(a2)
@@ -155,19 +112,134 @@ def mvi_32(raw, raw_i8, q4, xq, xd, x8, out, lut):
                 xt = xq[t]
                 acc = vzero()
                 for k in range(nb):
-                    o = k * bs
-                    s = _dot32(b, q, o, q4, xt, k * 32, x8[t], k)
-                    d = f16at(b, o) * xd[t, k]
-                    acc = vfma(vsplat(d), itof(s), acc)
+                    o = k * 34
+                    s = idot(i8load(q, o + 2), i8load(xt, k * 32))
+                    acc = vfma(vsplat(f16at(b, o) * xd[t, k]), itof(s), acc)
                 out[t, r] = vhsum(acc)
 
 
+@njit(cache=True)
+def quantize_q8_0_bs(x, xq, xd, xs):
+    """``quantize_q8_0`` plus xs[t, k] = -8 x (the sum of block k's 32 values of xq[t]): the Q4_0
+    offset of a whole block (``mvi_q4_0``)."""
+    quantize_q8_0(x, xq, xd)
+    T, n = xq.shape
+    for t in range(T):
+        for k in range(n // 32):
+            s = np.int32(0)
+            for i in range(32):
+                s += np.int32(xq[t, 32 * k + i])
+            xs[t, k] = np.int32(-8) * s
+
+
+@njit(cache=True, inline="always")
+def _prefetch_next(raw, nxt, k):
+    """Block k's share (144 bytes) of the next 8-row task, which starts at flat byte nxt."""
+    prefetch(raw, nxt + k * 144)
+    prefetch(raw, nxt + k * 144 + 64)
+    prefetch(raw, nxt + k * 144 + 128)
+
+
+@njit(cache=True, inline="always")
+def _q4u(u, xv):
+    return imadd2(imaddubs(u, xv), 1, 1)
+
+
+@njit(cache=True, inline="always")
+def _q4_row(b, o, xv):
+    """The 8 int32 lanes of a Q4_0 block's unsigned nibbles times 8-bit x (products <= 15 x 127:
+    vpmaddubsw cannot saturate)."""
+    return imadd2(imaddubs(i8nib16(b, o + 2), xv), 1, 1)
+
+
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvi_q4_k(raw, xq, xd, bsum32, out, lut):
+def mvi_q4_0(raw, x, out):
+    """Q4_0 weights x Q8_0 activations, 8 weight rows at a time (llama.cpp's repacked Q4_0 gemv
+    does the same on an interleaved copy; here the file's rows are read in place).  Per block
+    each row's exact int32 dot product -- unsigned nibbles by vpmaddubsw, the -8 offset added
+    as xs, -8 x the block sum of x -- is reduced across lanes for all 8 rows at once (``isum8``),
+    then one convert and one FMA by the 8 products of block scales (``f16x8`` x d_x) serve the 8
+    rows: about half the vector operations of one row at a time, and x's block is loaded once
+    for 8 rows.  Rows past the end (last task) repeat the last row and are not stored.  Each
+    (activation row, weight row) is computed the same way whatever T is, so a batch's rows are
+    bit-identical to the rows computed alone."""
+    rows = raw.shape[0]
+    T, cols = x.shape
+    xq = np.empty((T, cols), dtype=np.int8)
+    xd = np.empty((T, cols // 32), dtype=np.float32)
+    xs = np.empty((T, cols // 32), dtype=np.int32)
+    quantize_q8_0_bs(x, xq, xd, xs)
+    nb = cols // 32
+    rb = raw.shape[1]
+    last = rows - 1
+    for task in prange((rows + 7) // 8):
+        r = task * 8
+        b0 = raw[r]
+        b1 = raw[min(r + 1, last)]
+        b2 = raw[min(r + 2, last)]
+        b3 = raw[min(r + 3, last)]
+        b4 = raw[min(r + 4, last)]
+        b5 = raw[min(r + 5, last)]
+        b6 = raw[min(r + 6, last)]
+        b7 = raw[min(r + 7, last)]
+        n = min(8, rows - r)
+        nxt = (r + 8) * rb             # the next task's 8 rows: a few lines per row, too short
+        for t in range(0, T - 1, 2):   # for the hardware prefetchers to follow
+            x0 = xq[t]                 # pairs of activation rows share the nibble decoding
+            x1 = xq[t + 1]
+            a0 = vzero()
+            a1 = vzero()
+            for k in range(nb):
+                o = k * 18
+                if t == 0:
+                    _prefetch_next(raw, nxt, k)
+                xv = i8load(x0, k * 32)
+                xw = i8load(x1, k * 32)
+                u0 = i8nib16(b0, o + 2)
+                u1 = i8nib16(b1, o + 2)
+                u2 = i8nib16(b2, o + 2)
+                u3 = i8nib16(b3, o + 2)
+                u4 = i8nib16(b4, o + 2)
+                u5 = i8nib16(b5, o + 2)
+                u6 = i8nib16(b6, o + 2)
+                u7 = i8nib16(b7, o + 2)
+                dw = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o)
+                s = isum8(_q4u(u0, xv), _q4u(u1, xv), _q4u(u2, xv), _q4u(u3, xv),
+                          _q4u(u4, xv), _q4u(u5, xv), _q4u(u6, xv), _q4u(u7, xv))
+                a0 = vfma(vmul(dw, vsplat(xd[t, k])), itof(iadd(s, isplat(xs[t, k]))), a0)
+                s = isum8(_q4u(u0, xw), _q4u(u1, xw), _q4u(u2, xw), _q4u(u3, xw),
+                          _q4u(u4, xw), _q4u(u5, xw), _q4u(u6, xw), _q4u(u7, xw))
+                a1 = vfma(vmul(dw, vsplat(xd[t + 1, k])), itof(iadd(s, isplat(xs[t + 1, k]))), a1)
+            for i in range(n):
+                out[t, r + i] = vlane(a0, i)
+                out[t + 1, r + i] = vlane(a1, i)
+        if T % 2:
+            t = T - 1
+            xt = xq[t]
+            acc = vzero()
+            for k in range(nb):
+                o = k * 18
+                if t == 0:
+                    _prefetch_next(raw, nxt, k)
+                xv = i8load(xt, k * 32)
+                s = isum8(_q4_row(b0, o, xv), _q4_row(b1, o, xv), _q4_row(b2, o, xv), _q4_row(b3, o, xv),
+                          _q4_row(b4, o, xv), _q4_row(b5, o, xv), _q4_row(b6, o, xv), _q4_row(b7, o, xv))
+                d = vmul(f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o), vsplat(xd[t, k]))
+                acc = vfma(d, itof(iadd(s, isplat(xs[t, k]))), acc)
+            for i in range(n):
+                out[t, r + i] = vlane(acc, i)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvi_q4_k(raw, x, out):
     """Q4_K weights x Q8_K activations: per 256 one int32 sum of scale x (nibbles . q) per lane,
     one FMA by d; the mins term (dmin x min x sum of q) in 4 float lanes as llama.cpp keeps it."""
     rows = raw.shape[0]
-    T, cols = xq.shape
+    T, cols = x.shape
+    xq = np.empty((T, cols), dtype=np.int8)
+    xd = np.empty((T, cols // 256), dtype=np.float32)
+    bsum32 = np.empty((T, cols // 32), dtype=np.int32)
+    quantize_q8_k(x, xq, xd, bsum32)
     nb = cols // 256
     T2 = T - T % 2
     for task in prange((rows + ROWS - 1) // ROWS):
@@ -263,11 +335,15 @@ def mvi_q4_k(raw, xq, xd, bsum32, out, lut):
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvi_q6_k(raw, raw_i8, xq, xd, out, lut):
+def mvi_q6_k(raw, raw_i8, x, out):
     """Q6_K weights x Q8_K activations: per 32-value run (6-bit values . q) - 32 (sum of q)
     in 16-bit pairs, times the run's two 16-value scales, summed in int32 lanes per 256."""
     rows = raw.shape[0]
-    T, cols = xq.shape
+    T, cols = x.shape
+    xq = np.empty((T, cols), dtype=np.int8)
+    xd = np.empty((T, cols // 256), dtype=np.float32)
+    bsum32 = np.empty((T, cols // 32), dtype=np.int32)
+    quantize_q8_k(x, xq, xd, bsum32)
     nb = cols // 256
     T2 = T - T % 2
     for task in prange((rows + ROWS - 1) // ROWS):
@@ -317,31 +393,28 @@ def mvi_q6_k(raw, raw_i8, xq, xd, out, lut):
                 out[t, r] = vhsum(acc)
 
 
+def _bind(W):
+    """The kernel call for W, its views made once: f(x, out) (x float32, quantized inside)."""
+    qtype = W.qtype
+    rb = W.row_bytes
+    ri = rb.view(np.int8)
+    if qtype == dq.Q8_0:
+        return lambda x, out: mvi_q8_0(rb, ri, x, out)
+    if qtype == dq.Q4_0:
+        return lambda x, out: mvi_q4_0(rb, x, out)
+    if qtype == dq.Q4_K:
+        return lambda x, out: mvi_q4_k(rb, x, out)
+    return lambda x, out: mvi_q6_k(rb, ri, x, out)
+
+
 def matvec_q8(W, x: np.ndarray, out: np.ndarray) -> bool:
     """``out = round_like_llama(x) @ W.T`` for a few rows of x, with integer dot products, when
-    W's type has a kernel here (``TYPES``); returns False (nothing done) otherwise."""
-    qtype = W.qtype
-    if qtype not in TYPES:
+    W's type has a kernel here (``TYPES``); returns False (nothing done) otherwise.  Each kernel
+    quantizes x itself (``quantize_q8_0`` / ``quantize_q8_k``) before its parallel loop: one call."""
+    if W.qtype not in TYPES:
         return False
-    T, n = x.shape
-    lut = dq.F16_LUT
-    rb = W.row_bytes
-    xq = np.empty((T, n), dtype=np.int8)
-    if qtype in (dq.Q8_0, dq.Q4_0):
-        xd = np.empty((T, n // 32), dtype=np.float32)
-        if qtype == dq.Q4_0:
-            x8 = np.empty((T, n // 4), dtype=np.int32)
-            quantize_q8_0_q4(x, xq, xd, x8)
-            mvi_32(rb, rb.view(np.int8), True, xq, xd, x8, out, lut)
-        else:
-            quantize_q8_0(x, xq, xd)
-            mvi_32(rb, rb.view(np.int8), False, xq, xd, _NO_X8, out, lut)
-        return True
-    xd = np.empty((T, n // 256), dtype=np.float32)
-    bsum = np.empty((T, n // 32), dtype=np.int32)
-    quantize_q8_k(x, xq, xd, bsum)
-    if qtype == dq.Q4_K:
-        mvi_q4_k(rb, xq, xd, bsum, out, lut)
-    else:
-        mvi_q6_k(rb, rb.view(np.int8), xq, xd, out, lut)
+    f = W.__dict__.get("_mvq")
+    if f is None:
+        f = W.__dict__["_mvq"] = _bind(W)
+    f(x, out)
     return True

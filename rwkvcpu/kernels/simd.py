@@ -580,3 +580,91 @@ def i16sub(typingctx, a, b):
     def cg(ctx, builder, sig, args):
         return builder.sub(args[0], args[1])
     return i16x16(a, b), cg
+
+
+# --- 8 weight rows at a time (Q4_0, llama numerics) ----------------------------------------------
+
+def _hadd(builder, a, b):
+    """vphaddd's lane order: (a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7)."""
+    if AVX2:
+        return _x86(builder, "llvm.x86.avx2.phadd.d", _V8I32, [a, b])
+    ev = builder.shuffle_vector(a, b, _const_vec(_V8I32, [0, 2, 8, 10, 4, 6, 12, 14]))
+    od = builder.shuffle_vector(a, b, _const_vec(_V8I32, [1, 3, 9, 11, 5, 7, 13, 15]))
+    return builder.add(ev, od)
+
+
+@intrinsic
+def isum8(typingctx, s0, s1, s2, s3, s4, s5, s6, s7):
+    """(sum of s0's lanes, ..., sum of s7's lanes) as one i32x8 (exact): three rounds of
+    vphaddd and one add of the two 128-bit halves -- the transposed reduction that lets 8 weight
+    rows share one convert and one FMA per block."""
+    if not all(s == i32x8 for s in (s0, s1, s2, s3, s4, s5, s6, s7)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        q0 = _hadd(builder, _hadd(builder, args[0], args[1]), _hadd(builder, args[2], args[3]))
+        q1 = _hadd(builder, _hadd(builder, args[4], args[5]), _hadd(builder, args[6], args[7]))
+        lo = builder.shuffle_vector(q0, q1, _const_vec(_V8I32, [0, 1, 2, 3, 8, 9, 10, 11]))
+        hi = builder.shuffle_vector(q0, q1, _const_vec(_V8I32, [4, 5, 6, 7, 12, 13, 14, 15]))
+        return builder.add(lo, hi)
+    return i32x8(*([i32x8] * 8)), cg
+
+
+@intrinsic
+def isplat(typingctx, c):
+    """All 8 int32 lanes = c."""
+    if not isinstance(c, types.Integer):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return _splat(builder, ctx.cast(builder, args[0], sig.args[0], types.int32), _V8I32)
+    return i32x8(c), cg
+
+
+@intrinsic
+def f16x8(typingctx, b0, b1, b2, b3, b4, b5, b6, b7, idx):
+    """float32 of the IEEE halves at bytes [idx:idx+2] of 8 uint8 rows (the block scales of 8
+    weight rows) as one vector: 8 16-bit loads and one ``vcvtph2ps``.  Exact."""
+    rows = (b0, b1, b2, b3, b4, b5, b6, b7)
+    if not (all(_is_row(b, types.uint8) for b in rows) and isinstance(idx, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        i = ctx.cast(builder, args[8], sig.args[8], types.intp)
+        v = ir.Constant(ir.VectorType(_I16, 8), ir.Undefined)
+        for k in range(8):
+            ary = ctx.make_array(sig.args[k])(ctx, builder, args[k])
+            p = builder.bitcast(builder.gep(ary.data, [i]), ir.PointerType(_I16))
+            v = builder.insert_element(v, builder.load(p, align=1), ir.Constant(_I32, k))
+        return builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), 8)), _V8F)
+    return f32x8(*rows, idx), cg
+
+
+@intrinsic
+def vlane(typingctx, v, k):
+    """Lane k of an f32x8, as float32."""
+    if not (v == f32x8 and isinstance(k, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return builder.extract_element(args[0], ctx.cast(builder, args[1], sig.args[1], types.int32))
+    return types.float32(v, k), cg
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """Hint that the byte at flat offset idx of arr's buffer is read soon (``llvm.prefetch``: a
+    read, kept in all cache levels).  Never faults, even past the end of the buffer.  For access
+    patterns the hardware prefetchers miss: 8 interleaved rows of a few cache lines each."""
+    if not (isinstance(arr, types.Array) and arr.layout == "C" and isinstance(idx, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        ary = ctx.make_array(sig.args[0])(ctx, builder, args[0])
+        p8 = builder.bitcast(ary.data, ir.PointerType(_I8))
+        p = builder.gep(p8, [ctx.cast(builder, args[1], sig.args[1], types.intp)])
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ir.PointerType(_I8), _I32, _I32, _I32]), "llvm.prefetch.p0i8")
+        builder.call(fn, [p, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return ctx.get_dummy_value()
+    return types.none(arr, idx), cg

@@ -158,7 +158,7 @@ def test_generic_ir_kernels_equal_the_avx2_ones(qtype, monkeypatch):
     a = np.empty((2, 16), np.float32)
     I.matvec_q8(_W(qtype, raw), x, a)
     monkeypatch.setattr(S, "AVX2", False)
-    name = "mvi_32" if qtype == dq.Q4_0 else "mvi_q6_k"
+    name = "mvi_q4_0" if qtype == dq.Q4_0 else "mvi_q6_k"
     generic = njit(cache=False, parallel=True, fastmath=I.FLAGS)(getattr(I, name).py_func)
     monkeypatch.setattr(I, name, generic)
     b = np.empty((2, 16), np.float32)
@@ -197,30 +197,47 @@ def test_round_rows_equals_round_like_llama():
         assert np.array_equal(y.view(np.uint32), A.round_like_llama(x, q).view(np.uint32)), dq.TYPE_NAMES[q]
 
 
-@njit(cache=False)
-def _q4_both(b, xq, x8, k):
-    w = S.i8sub(S.i8nib16(b, 2 + 18 * k), 8)
-    old = S.ilanes(S.idot(w, S.i8load(xq, 32 * k)))
-    new = S.ilanes(I._q4_lanes(S.i8nib16(b, 2 + 18 * k), xq, 32 * k, x8, k))
-    return old, new
+def _rows8(rows8, h, xs, lanes, out):
+    """isum8, isplat, f16x8, vlane once each (results into out)."""
+    s = S.isum8(S.i32load(lanes, 0), S.i32load(lanes, 8), S.i32load(lanes, 16), S.i32load(lanes, 24),
+                S.i32load(lanes, 32), S.i32load(lanes, 40), S.i32load(lanes, 48), S.i32load(lanes, 56))
+    s = S.iadd(s, S.isplat(xs))
+    f = S.itof(s)
+    d = S.f16x8(h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], 3)
+    S.prefetch(rows8, 10 ** 9)                   # far past the end: a hint never faults
+    for i in range(8):
+        out[0, i] = S.vlane(f, i)
+        out[1, i] = S.vlane(d, i)
 
 
-def test_q4_0_lanes_equal_the_sign_trick_lanes():
-    """mvi_32's Q4_0 path (unsigned nibbles by vpmaddubsw, plus -8 x the lane sums of x read by
-    i32load) gives, lane by lane, the int32s of idot((nibbles - 8), x): so the float results are
-    those of the plain formulation, bit for bit; extremes of x (+-127) included."""
+@pytest.mark.parametrize("avx2", PATHS)
+def test_eight_row_operations_against_numpy(avx2, monkeypatch):
+    """The operations of the 8-row Q4_0 kernel: isum8 (8 vectors' lane sums, transposed into one
+    vector) on extreme int32 lanes, f16x8 (8 rows' block scales) on every kind of half."""
+    monkeypatch.setattr(S, "AVX2", avx2)
+    fn = njit(cache=False)(_rows8)
+    rng = np.random.default_rng(12)
+    lanes = rng.integers(-2**20, 2**20, 64).astype(np.int32)
+    lanes[:8] = 2**20                                    # sums up to 2**23: exact in float32
+    halves = np.array([0.5, -2.0, 65504.0, 6e-8, -0.0, 1e-4, 3.140625, -7.5], np.float16)
+    h = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    h[:, 3:5] = halves.view(np.uint8).reshape(8, 2)
+    out = np.zeros((2, 8), np.float32)
+    fn(h, h, -123, lanes, out)
+    np.testing.assert_array_equal(out[0], (lanes.reshape(8, 8).astype(np.int64).sum(1) - 123).astype(np.float32))
+    np.testing.assert_array_equal(out[1], halves.astype(np.float32))
+
+
+def test_q4_0_block_sums_of_the_quantizer():
+    """quantize_q8_0_bs's xs is -8 x each block's sum of the 8-bit activations (the offset of
+    Q4_0's unsigned nibbles); its xq and xd are quantize_q8_0's."""
     rng = np.random.default_rng(9)
-    b = rng.integers(0, 256, 18 * 4, dtype=np.uint8)
-    xq = rng.integers(-127, 128, (1, 128)).astype(np.int8)
-    xq[0, :32] = 127
-    xq[0, 32:64] = -127
-    x8 = I.lane_sums8(xq)
-    x = rng.standard_normal((3, 128)).astype(np.float32)
-    xq2, x8j = np.empty((3, 128), np.int8), np.empty((3, 32), np.int32)
-    I.quantize_q8_0_q4(x, xq2, np.empty((3, 4), np.float32), x8j)
-    assert np.array_equal(x8j, I.lane_sums8(xq2))   # the kernel's lane sums = the NumPy reference
-    for k in range(4):
-        old, new = _q4_both(b, xq[0], x8[0], k)
-        assert old == new, k
-        nib = np.concatenate([b[2 + 18 * k:18 + 18 * k] & 15, b[2 + 18 * k:18 + 18 * k] >> 4]).astype(np.int64) - 8
-        assert list(new) == list((nib * xq[0, 32 * k:32 * k + 32]).reshape(8, 4).sum(1))
+    x = rng.standard_normal((3, 128)).astype(np.float32) * 5
+    x[1, :32] = 100.0                                    # a block of +127s
+    xq, xd, xs = np.empty((3, 128), np.int8), np.empty((3, 4), np.float32), np.empty((3, 4), np.int32)
+    I.quantize_q8_0_bs(x, xq, xd, xs)
+    xq2, xd2 = np.empty_like(xq), np.empty_like(xd)
+    I.quantize_q8_0(x, xq2, xd2)
+    assert np.array_equal(xq, xq2) and np.array_equal(xd, xd2)
+    np.testing.assert_array_equal(xs, -8 * xq.reshape(3, 4, 32).astype(np.int64).sum(-1))
+    assert xs[1, 0] == -8 * 127 * 32
