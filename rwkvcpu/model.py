@@ -68,6 +68,10 @@ class Model:
                                     for k in lr_keys], dtype=np.int64) for il in range(hp.n_layer)]
         # The six time-mix lerps of each layer stacked once: one kernel call per layer.
         self._mixes = [np.stack([L.x_r, L.x_w, L.x_k, L.x_v, L.x_a, L.x_g]) for L in self.weights.layers]
+        # value-residual LoRA per layer; layer 0 has none: typed placeholders (fused.tmix_in)
+        z = np.zeros((1, hp.n_embd), dtype=np.float32)
+        self._vres = [(L.v1, L.v2, L.v0) if il > 0 else (z, z.reshape(-1, 1), L.w0)
+                      for il, L in enumerate(self.weights.layers)]
         self._segments = self._place(device)     # (after _lr_type: the GPU rounds by those types too)
         # low-rank products of batches through OpenBLAS sgemm inside tmix_in (0, 0: per-row dots)
         self._lr_gemm = [(blas.SGEMM, blas.SET_LOCAL) if blas.AVAILABLE and LORA_SGEMM and all(
@@ -277,11 +281,12 @@ class Model:
         cache._zero = False
         last = stop - 1 if final else -1
         fused = T <= FUSED_T and not rec
+        nch = numba.get_num_threads()       # (a few us per call: once per pass, not per layer)
         for il in range(start, stop):
             L = W.layers[il]
             if fused:
                 x, v_first = self._fused_layer(il, x, v_first, il == last, seg_start, seg_len, seg_slot,
-                                               cr, cs, out_rows)
+                                               cr, cs, out_rows, nch)
                 if x is None:
                     break
                 continue
@@ -404,7 +409,7 @@ class Model:
         F.add_into(x, self._mm(hidden, L.ffn_value))
         return x, v_first
 
-    def _fused_layer(self, il, x, v_first, last, seg_start, seg_len, seg_slot, cr, cs, out_rows):
+    def _fused_layer(self, il, x, v_first, last, seg_start, seg_len, seg_slot, cr, cs, out_rows, nch):
         """One layer at small T with the fused kernels (rwkvcpu/kernels/fused.py): the same
         arithmetic as the unfused body of ``_cpu_layers``, in 11 calls instead of ~60."""
         hp, L = self.hparams, self.weights.layers[il]
@@ -415,11 +420,10 @@ class Model:
         xr, xk, xv, w, a, g = np.empty((6, T, C), dtype=f32)
         has_v = il > 0
         vg = np.empty((T, C) if has_v else (1, 1), dtype=f32)
-        z = np.zeros((1, C), dtype=f32)         # layer 0 has no value-residual LoRA: typed placeholders
-        v1, v2, v0 = (L.v1, L.v2, L.v0) if has_v else (z, z.reshape(C, 1), L.w0)
+        v1, v2, v0 = self._vres[il]
         F.tmix_in(x, L.ln1_w, L.ln1_b, eps, seg_start, seg_len, seg_slot, cr[il], self._mixes[il],
                   L.w1, L.w2, L.w0, L.a1, L.a2, L.a0, v1, v2, v0, L.g1, L.g2, has_v, self._lr_round[il],
-                  xr, xk, xv, w, a, vg, g, *self._lr_gemm[il], numba.get_num_threads())
+                  xr, xk, xv, w, a, vg, g, *self._lr_gemm[il], nch)
         r = self._mm(xr, L.receptance)
         k = self._mm(xk, L.key)
         v = self._mm(xv, L.value)

@@ -30,7 +30,7 @@ from . import dequant as dq
 from .matvec import FLAGS, ROWS
 from .actquant import q8_0_scale, q8_k_scale
 from .simd import (f16at, f16x8, i8load, i8nib, i8nib16, i8q6, iadd, idot, imadd2, imaddubs, i16sub,
-                   i8splat, isplat, isum8, itof, izero, prefetch, vfma, vhsum, vlane, vmul, vsplat, vzero)
+                   i8splat, iset8, isplat, isum8, itof, izero, prefetch, vfma, vhsum, vlane, vmul, vsplat, vsub, vzero)
 
 TYPES = (dq.Q8_0, dq.Q4_0, dq.Q4_K, dq.Q6_K)
 
@@ -230,108 +230,140 @@ def mvi_q4_0(raw, x, out):
                 out[t, r + i] = vlane(acc, i)
 
 
+@njit(cache=True, inline="always")
+def _q4k_row(b, o, xt, xo, bs):
+    """One Q4_K block of one row: (the 8 int32 lanes of sum_j scale_j (nibbles_j . x_j), the int
+    sum_j min_j bsum_j) -- exact; x_j, bsum_j: Q8_K values and sums of sub-block j."""
+    s = izero()
+    m = 0
+    for sp in range(4):                 # sub-blocks 2sp (low nibbles) and 2sp+1 (high), 32 bytes
+        sc0, mn0 = dq._k_scale_min(b, o + 4, 2 * sp)
+        sc1, mn1 = dq._k_scale_min(b, o + 4, 2 * sp + 1)
+        base = o + 16 + sp * 32
+        x0 = xo + sp * 64
+        s = iadd(s, imadd2(imaddubs(i8nib(b, base, False), i8load(xt, x0)), sc0, sc0))
+        s = iadd(s, imadd2(imaddubs(i8nib(b, base, True), i8load(xt, x0 + 32)), sc1, sc1))
+        m += np.int32(mn0) * bs[2 * sp] + np.int32(mn1) * bs[2 * sp + 1]
+    return s, m
+
+
+@njit(cache=True, inline="always")
+def _q4k_row2(b, o, xa, xb, xo, ba, bb):
+    """``_q4k_row`` for two activation rows xa, xb (sums ba, bb) at once: the scales, mins and
+    nibbles of the block decoded once for both."""
+    sa = izero()
+    sb = izero()
+    ma = 0
+    mb = 0
+    for sp in range(4):
+        sc0, mn0 = dq._k_scale_min(b, o + 4, 2 * sp)
+        sc1, mn1 = dq._k_scale_min(b, o + 4, 2 * sp + 1)
+        base = o + 16 + sp * 32
+        x0 = xo + sp * 64
+        lo = i8nib(b, base, False)
+        hi = i8nib(b, base, True)
+        sa = iadd(sa, imadd2(imaddubs(lo, i8load(xa, x0)), sc0, sc0))
+        sa = iadd(sa, imadd2(imaddubs(hi, i8load(xa, x0 + 32)), sc1, sc1))
+        sb = iadd(sb, imadd2(imaddubs(lo, i8load(xb, x0)), sc0, sc0))
+        sb = iadd(sb, imadd2(imaddubs(hi, i8load(xb, x0 + 32)), sc1, sc1))
+        ma += np.int32(mn0) * ba[2 * sp] + np.int32(mn1) * ba[2 * sp + 1]
+        mb += np.int32(mn0) * bb[2 * sp] + np.int32(mn1) * bb[2 * sp + 1]
+    return sa, ma, sb, mb
+
+
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mvi_q4_k(raw, x, out):
-    """Q4_K weights x Q8_K activations: per 256 one int32 sum of scale x (nibbles . q) per lane,
-    one FMA by d; the mins term (dmin x min x sum of q) in 4 float lanes as llama.cpp keeps it."""
+    """Q4_K weights x Q8_K activations, 8 weight rows at a time (as ``mvi_q4_0``; llama.cpp's
+    repacked Q4_K kernels also sum whole blocks): per block each row's int32 sum of
+    scale x (nibbles . x) over its 8 sub-blocks and its int sum of min x (sum of x) (``_q4k_row``);
+    the 8 rows' sums are reduced together (``isum8``) and scaled by d x d_x and -dmin x d_x, two
+    FMAs for 8 rows.  A block's int32 total is exact; converting it to float32 rounds only past
+    2**24 (products of 6-bit scales, nibbles and 8-bit x over 256 values), a relative 6e-8."""
     rows = raw.shape[0]
     T, cols = x.shape
     xq = np.empty((T, cols), dtype=np.int8)
-    xd = np.empty((T, cols // 256), dtype=np.float32)
+    nb = cols // 256
+    xd = np.empty((T, nb), dtype=np.float32)
     bsum32 = np.empty((T, cols // 32), dtype=np.int32)
     quantize_q8_k(x, xq, xd, bsum32)
-    nb = cols // 256
-    T2 = T - T % 2
-    for task in prange((rows + ROWS - 1) // ROWS):
-        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
-            b = raw[r]
-            for t in range(0, T2, 2):           # batches: each weight sub-block decoded once for 2 rows
-                x0 = xq[t]
-                x1 = xq[t + 1]
-                acc0 = vzero()
-                acc1 = vzero()
-                m00 = np.float32(0.0)
-                m01 = np.float32(0.0)
-                m02 = np.float32(0.0)
-                m03 = np.float32(0.0)
-                m10 = np.float32(0.0)
-                m11 = np.float32(0.0)
-                m12 = np.float32(0.0)
-                m13 = np.float32(0.0)
-                for k in range(nb):
-                    o = k * 144
-                    dl = f16at(b, o)
-                    dml = f16at(b, o + 2)
-                    d0 = xd[t, k] * dl
-                    d1 = xd[t + 1, k] * dl
-                    dmin0 = -xd[t, k] * dml
-                    dmin1 = -xd[t + 1, k] * dml
-                    bs = k * 8
-                    s0 = izero()
-                    s1 = izero()
-                    for sp in range(4):
-                        sc0, mn0 = dq._k_scale_min(b, o + 4, 2 * sp)
-                        sc1, mn1 = dq._k_scale_min(b, o + 4, 2 * sp + 1)
-                        mp0 = dmin0 * np.float32(np.int32(mn0) * bsum32[t, bs + 2 * sp]
-                                                 + np.int32(mn1) * bsum32[t, bs + 2 * sp + 1])
-                        mp1 = dmin1 * np.float32(np.int32(mn0) * bsum32[t + 1, bs + 2 * sp]
-                                                 + np.int32(mn1) * bsum32[t + 1, bs + 2 * sp + 1])
-                        if sp == 0:
-                            m00 += mp0
-                            m10 += mp1
-                        elif sp == 1:
-                            m01 += mp0
-                            m11 += mp1
-                        elif sp == 2:
-                            m02 += mp0
-                            m12 += mp1
-                        else:
-                            m03 += mp0
-                            m13 += mp1
-                        base = o + 16 + sp * 32
-                        xo = k * 256 + sp * 64
-                        wl = i8nib(b, base, False)
-                        wh = i8nib(b, base, True)
-                        s0 = iadd(s0, imadd2(imaddubs(wl, i8load(x0, xo)), sc0, sc0))
-                        s0 = iadd(s0, imadd2(imaddubs(wh, i8load(x0, xo + 32)), sc1, sc1))
-                        s1 = iadd(s1, imadd2(imaddubs(wl, i8load(x1, xo)), sc0, sc0))
-                        s1 = iadd(s1, imadd2(imaddubs(wh, i8load(x1, xo + 32)), sc1, sc1))
-                    acc0 = vfma(vsplat(d0), itof(s0), acc0)
-                    acc1 = vfma(vsplat(d1), itof(s1), acc1)
-                out[t, r] = vhsum(acc0) + ((m00 + m02) + (m01 + m03))
-                out[t + 1, r] = vhsum(acc1) + ((m10 + m12) + (m11 + m13))
-            for t in range(T2, T):
-                xt = xq[t]
-                acc = vzero()
-                m0 = np.float32(0.0)
-                m1 = np.float32(0.0)
-                m2 = np.float32(0.0)
-                m3 = np.float32(0.0)
-                for k in range(nb):
-                    o = k * 144
-                    d = xd[t, k] * f16at(b, o)
-                    dmin = -xd[t, k] * f16at(b, o + 2)
-                    bs = k * 8
-                    sumi = izero()
-                    for sp in range(4):                 # sub-blocks 2sp (low nibbles), 2sp+1 (high)
-                        sc0, mn0 = dq._k_scale_min(b, o + 4, 2 * sp)
-                        sc1, mn1 = dq._k_scale_min(b, o + 4, 2 * sp + 1)
-                        mp = dmin * np.float32(np.int32(mn0) * bsum32[t, bs + 2 * sp]
-                                               + np.int32(mn1) * bsum32[t, bs + 2 * sp + 1])
-                        if sp == 0:
-                            m0 += mp
-                        elif sp == 1:
-                            m1 += mp
-                        elif sp == 2:
-                            m2 += mp
-                        else:
-                            m3 += mp
-                        base = o + 16 + sp * 32
-                        xo = k * 256 + sp * 64
-                        sumi = iadd(sumi, imadd2(imaddubs(i8nib(b, base, False), i8load(xt, xo)), sc0, sc0))
-                        sumi = iadd(sumi, imadd2(imaddubs(i8nib(b, base, True), i8load(xt, xo + 32)), sc1, sc1))
-                    acc = vfma(vsplat(d), itof(sumi), acc)
-                out[t, r] = vhsum(acc) + ((m0 + m2) + (m1 + m3))
+    rb = raw.shape[1]
+    last = rows - 1
+    for task in prange((rows + 7) // 8):
+        r = task * 8
+        b0 = raw[r]
+        b1 = raw[min(r + 1, last)]
+        b2 = raw[min(r + 2, last)]
+        b3 = raw[min(r + 3, last)]
+        b4 = raw[min(r + 4, last)]
+        b5 = raw[min(r + 5, last)]
+        b6 = raw[min(r + 6, last)]
+        b7 = raw[min(r + 7, last)]
+        n = min(8, rows - r)
+        nxt = (r + 8) * rb
+        for t in range(0, T - 1, 2):          # pairs of activation rows share the decoding
+            xa = xq[t]
+            xb = xq[t + 1]
+            acc = vzero()
+            accm = vzero()
+            acc2 = vzero()
+            accm2 = vzero()
+            for k in range(nb):
+                o = k * 144
+                if t == 0:
+                    for c in range(0, 1152, 64):
+                        prefetch(raw, nxt + k * 1152 + c)
+                xo = k * 256
+                ba = bsum32[t, k * 8:k * 8 + 8]
+                bb = bsum32[t + 1, k * 8:k * 8 + 8]
+                s0, m0, u0, n0 = _q4k_row2(b0, o, xa, xb, xo, ba, bb)
+                s1, m1, u1, n1 = _q4k_row2(b1, o, xa, xb, xo, ba, bb)
+                s2, m2, u2, n2 = _q4k_row2(b2, o, xa, xb, xo, ba, bb)
+                s3, m3, u3, n3 = _q4k_row2(b3, o, xa, xb, xo, ba, bb)
+                s4, m4, u4, n4 = _q4k_row2(b4, o, xa, xb, xo, ba, bb)
+                s5, m5, u5, n5 = _q4k_row2(b5, o, xa, xb, xo, ba, bb)
+                s6, m6, u6, n6 = _q4k_row2(b6, o, xa, xb, xo, ba, bb)
+                s7, m7, u7, n7 = _q4k_row2(b7, o, xa, xb, xo, ba, bb)
+                dw = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o)
+                dm = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o + 2)
+                dx = vsplat(xd[t, k])
+                acc = vfma(vmul(dw, dx), itof(isum8(s0, s1, s2, s3, s4, s5, s6, s7)), acc)
+                accm = vfma(vmul(dm, dx), itof(iset8(m0, m1, m2, m3, m4, m5, m6, m7)), accm)
+                dx = vsplat(xd[t + 1, k])
+                acc2 = vfma(vmul(dw, dx), itof(isum8(u0, u1, u2, u3, u4, u5, u6, u7)), acc2)
+                accm2 = vfma(vmul(dm, dx), itof(iset8(n0, n1, n2, n3, n4, n5, n6, n7)), accm2)
+            d = vsub(acc, accm)
+            d2 = vsub(acc2, accm2)
+            for i in range(n):
+                out[t, r + i] = vlane(d, i)
+                out[t + 1, r + i] = vlane(d2, i)
+        if T % 2:
+            t = T - 1
+            xt = xq[t]
+            acc = vzero()
+            accm = vzero()
+            for k in range(nb):
+                o = k * 144
+                if t == 0:
+                    for c in range(0, 1152, 64):
+                        prefetch(raw, nxt + k * 1152 + c)
+                xo = k * 256
+                bs = bsum32[t, k * 8:k * 8 + 8]
+                s0, m0 = _q4k_row(b0, o, xt, xo, bs)
+                s1, m1 = _q4k_row(b1, o, xt, xo, bs)
+                s2, m2 = _q4k_row(b2, o, xt, xo, bs)
+                s3, m3 = _q4k_row(b3, o, xt, xo, bs)
+                s4, m4 = _q4k_row(b4, o, xt, xo, bs)
+                s5, m5 = _q4k_row(b5, o, xt, xo, bs)
+                s6, m6 = _q4k_row(b6, o, xt, xo, bs)
+                s7, m7 = _q4k_row(b7, o, xt, xo, bs)
+                dx = vsplat(xd[t, k])
+                acc = vfma(vmul(f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o), dx),
+                           itof(isum8(s0, s1, s2, s3, s4, s5, s6, s7)), acc)
+                accm = vfma(vmul(f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o + 2), dx),
+                            itof(iset8(m0, m1, m2, m3, m4, m5, m6, m7)), accm)
+            d = vsub(acc, accm)
+            for i in range(n):
+                out[t, r + i] = vlane(d, i)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)

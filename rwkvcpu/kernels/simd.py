@@ -668,3 +668,18 @@ def prefetch(typingctx, arr, idx):
         builder.call(fn, [p, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
         return ctx.get_dummy_value()
     return types.none(arr, idx), cg
+
+
+@intrinsic
+def iset8(typingctx, a0, a1, a2, a3, a4, a5, a6, a7):
+    """An i32x8 of 8 integers (truncated to int32)."""
+    args = (a0, a1, a2, a3, a4, a5, a6, a7)
+    if not all(isinstance(a, types.Integer) for a in args):
+        return None
+
+    def cg(ctx, builder, sig, vals):
+        v = ir.Constant(_V8I32, ir.Undefined)
+        for k in range(8):
+            v = builder.insert_element(v, ctx.cast(builder, vals[k], sig.args[k], types.int32), ir.Constant(_I32, k))
+        return v
+    return i32x8(*args), cg
