@@ -148,7 +148,7 @@ def test_batched_rows_equal_rows_computed_alone(qtype):
         assert np.array_equal(one[0], out[t]), t
 
 
-@pytest.mark.parametrize("qtype", [dq.Q4_0, dq.Q6_K], ids=lambda q: dq.TYPE_NAMES[q])
+@pytest.mark.parametrize("qtype", [dq.Q4_0, dq.Q4_K, dq.Q6_K], ids=lambda q: dq.TYPE_NAMES[q])
 def test_generic_ir_kernels_equal_the_avx2_ones(qtype, monkeypatch):
     """The kernels compiled on the generic IR give the same numbers (integer sums are exact and
     the float accumulation is written the same way)."""
@@ -158,7 +158,7 @@ def test_generic_ir_kernels_equal_the_avx2_ones(qtype, monkeypatch):
     a = np.empty((2, 16), np.float32)
     I.matvec_q8(_W(qtype, raw), x, a)
     monkeypatch.setattr(S, "AVX2", False)
-    name = "mvi_q4_0" if qtype == dq.Q4_0 else "mvi_q6_k"
+    name = {dq.Q4_0: "mvi_q4_0", dq.Q4_K: "mvi_q4_k", dq.Q6_K: "mvi_q6_k"}[qtype]
     generic = njit(cache=False, parallel=True, fastmath=I.FLAGS)(getattr(I, name).py_func)
     monkeypatch.setattr(I, name, generic)
     b = np.empty((2, 16), np.float32)
