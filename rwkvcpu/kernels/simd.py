@@ -328,6 +328,30 @@ def _host_has_avx2() -> bool:
 AVX2 = _host_has_avx2()
 
 
+def _host_has_f16c() -> bool:
+    from numba.core import config
+    if config.CPU_NAME:
+        return "+f16c" in (config.CPU_FEATURES or "")
+    import llvmlite.binding as ll
+    return bool(ll.get_host_cpu_features().get("f16c", False))
+
+
+F16C = _host_has_f16c()
+
+
+@intrinsic
+def f16round(typingctx, v):
+    """float32 v rounded to the nearest IEEE half (ties to even, overflow to inf, NaN kept), back
+    as float32: ``vcvtps2ph`` + ``vcvtph2ps`` with F16C.  Callers without F16C (``F16C`` False)
+    use ``quantize._f16``, which computes the same value in software."""
+    if v != types.float32:
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), _F)
+    return types.float32(v), cg
+
+
 def _x86(builder, name, ret, args):
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
     return builder.call(fn, args)

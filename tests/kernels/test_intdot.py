@@ -189,12 +189,35 @@ def test_other_types_are_declined():
 
 
 def test_round_rows_equals_round_like_llama():
-    """The in-kernel rounding of the fused decode path (llama numerics) against the NumPy one."""
+    """The in-kernel rounding of the fused decode path (llama numerics) against the NumPy one
+    (``round_like_llama_ref``: NumPy's own float16 cast for F16).  F16 rows include halves'
+    edge cases: ties to even, the overflow threshold 65520, subnormals, NaN and infinities."""
     x = np.random.default_rng(5).standard_normal((2, 768)).astype(np.float32) * 3
+    edge = np.array([65504.0, 65519.99, 65520.0, -65520.0, 1e-8, 3e-8, 6e-8, -2.9802322e-08,
+                     1.0 + 2.0 ** -11, 1.0 + 3 * 2.0 ** -11, np.inf, -np.inf, np.nan, -0.0, 2.0 ** -24,
+                     1e5], np.float32)
+    x[1, :16] = edge
     for q in (dq.Q8_0, dq.Q4_1, dq.Q4_K, dq.Q6_K, dq.F16, dq.BF16, dq.F32):
-        y = x.copy()
+        xx = x if q in (dq.F16, dq.BF16) else np.nan_to_num(x, nan=0.0, posinf=7.0, neginf=-7.0)
+        y = xx.copy()
         A.round_rows(y, A.rounding_mode(q))
-        assert np.array_equal(y.view(np.uint32), A.round_like_llama(x, q).view(np.uint32)), dq.TYPE_NAMES[q]
+        ref = A.round_like_llama_ref(xx, q)
+        assert np.array_equal(y.view(np.uint32), ref.view(np.uint32)) or (
+            np.array_equal(np.isnan(y), np.isnan(ref)) and np.array_equal(y[~np.isnan(y)], ref[~np.isnan(ref)])), \
+            dq.TYPE_NAMES[q]
+        assert np.array_equal(A.round_like_llama(xx, q), y, equal_nan=True), dq.TYPE_NAMES[q]
+
+
+def test_software_f16_rounding_equals_numpy():
+    """Without F16C the kernels round to half in software (``quantize._f16``): NumPy's float16
+    cast (which the F16C path equals, test above) on every half and the float32s around each
+    midpoint between halves."""
+    from rwkvcpu.kernels import quantize as Q
+    v = np.arange(0, 2 ** 16, dtype=np.uint32) << 13            # every half's float32 ...
+    v = np.concatenate([v, v + 4096, v + 4095, v + 4097]).view(np.float32)   # ... and the midpoints
+    v = v[np.isfinite(v)]
+    soft = njit(cache=False)(lambda a: np.array([Q._f16(a[i]) for i in range(a.shape[0])], np.float32))(v)
+    assert np.array_equal(soft, v.astype(np.float16).astype(np.float32))
 
 
 def _rows8(rows8, h, xs, lanes, out):
