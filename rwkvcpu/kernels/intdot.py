@@ -29,8 +29,8 @@ from numba import njit, prange
 from . import dequant as dq
 from .matvec import FLAGS, ROWS
 from .actquant import q8_0_scale, q8_k_scale
-from .simd import (f16at, f16x8, i8load, i8nib, i8nib16, i8q6, iadd, idot, imadd2, imaddubs, i16sub,
-                   i8splat, iset8, isplat, isum8, itof, izero, prefetch, vfma, vhsum, vlane, vmul, vsplat, vsub, vzero)
+from .simd import (f16at, f16x8, i16load, i16s8, i8load, i8nib, i8nib16, i8q6, iadd, idot, imadd2, imaddubs, i16sub,
+                   i8splat, imadd, imulc, iset8, isplat, isum8, itof, izero, prefetch, vfma, vhsum, vlane, vmul, vsplat, vsub, vzero)
 
 TYPES = (dq.Q8_0, dq.Q4_0, dq.Q4_K, dq.Q6_K)
 
@@ -366,62 +366,92 @@ def mvi_q4_k(raw, x, out):
                 out[t, r + i] = vlane(d, i)
 
 
+@njit(cache=True, inline="always")
+def _q6_fix(sb, o, xs, g):
+    """The -32 offset of a Q6_K block in int32 lanes: -32 x sum_g scale_g x (sum of x over group g),
+    the 16 scales (int8, sign-extended) by the 16 group sums xs[g:g+16] with one vpmaddwd."""
+    return imulc(imadd(i16s8(sb, o + 192), i16load(xs, g)), -32)
+
+
+@njit(cache=True, inline="always")
+def _q6_run(b, o, h, p, xv, sb, si):
+    """Run p of half h of a Q6_K block (32 unsigned 6-bit values) times x, by its two scales."""
+    return imadd2(imaddubs(i8q6(b, o + h * 64, o + 128 + h * 32, p), xv), sb[si + 2 * p], sb[si + 2 * p + 1])
+
+
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mvi_q6_k(raw, raw_i8, x, out):
-    """Q6_K weights x Q8_K activations: per 32-value run (6-bit values . q) - 32 (sum of q)
-    in 16-bit pairs, times the run's two 16-value scales, summed in int32 lanes per 256."""
+    """Q6_K weights x Q8_K activations: per 32-value run the unsigned 6-bit values times x
+    (vpmaddubsw: pairs <= 2 x 63 x 127, no saturation) by the run's two 16-value scales (vpmaddwd),
+    summed in int32 lanes per 256; the -32 offset once per block through x's 16-value group sums
+    (``_q6_fix``), not per run.  Batches: each run is decoded once for 4 activation rows (pairs,
+    then single rows for the rest); integer lanes are exact, so every row's numbers are those of
+    the row alone."""
     rows = raw.shape[0]
     T, cols = x.shape
     xq = np.empty((T, cols), dtype=np.int8)
     xd = np.empty((T, cols // 256), dtype=np.float32)
     bsum32 = np.empty((T, cols // 32), dtype=np.int32)
     quantize_q8_k(x, xq, xd, bsum32)
+    xs16 = np.empty((T, cols // 16), dtype=np.int16)
+    for t in range(T):
+        for g in range(cols // 16):
+            a = np.int32(0)
+            for i in range(16):
+                a += np.int32(xq[t, 16 * g + i])
+            xs16[t, g] = a                     # |a| <= 16 x 127: an int16
     nb = cols // 256
-    T2 = T - T % 2
+    T4 = T - T % 4
     for task in prange((rows + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
             b = raw[r]
-            sb8 = raw_i8[r]
-            m32 = i8splat(32)
-            for t in range(0, T2, 2):           # batches: each run of 6-bit values decoded once for 2 rows
+            sb = raw_i8[r]
+            for t in range(0, T4, 4):
                 x0 = xq[t]
                 x1 = xq[t + 1]
-                acc0 = vzero()
-                acc1 = vzero()
+                x2 = xq[t + 2]
+                x3 = xq[t + 3]
+                a0 = vzero()
+                a1 = vzero()
+                a2 = vzero()
+                a3 = vzero()
                 for k in range(nb):
                     o = k * 210
                     dl = f16at(b, o + 208)
-                    s0 = izero()
-                    s1 = izero()
+                    s0 = _q6_fix(sb, o, xs16[t], k * 16)
+                    s1 = _q6_fix(sb, o, xs16[t + 1], k * 16)
+                    s2 = _q6_fix(sb, o, xs16[t + 2], k * 16)
+                    s3 = _q6_fix(sb, o, xs16[t + 3], k * 16)
                     for h in range(2):
                         si = o + 192 + h * 8
                         for p in range(4):
                             wq = i8q6(b, o + h * 64, o + 128 + h * 32, p)
+                            c0 = sb[si + 2 * p]
+                            c1 = sb[si + 2 * p + 1]
                             xo = k * 256 + h * 128 + p * 32
-                            c0 = sb8[si + 2 * p]
-                            c1 = sb8[si + 2 * p + 1]
-                            xv = i8load(x0, xo)
-                            s0 = iadd(s0, imadd2(i16sub(imaddubs(wq, xv), imaddubs(m32, xv)), c0, c1))
-                            xv = i8load(x1, xo)
-                            s1 = iadd(s1, imadd2(i16sub(imaddubs(wq, xv), imaddubs(m32, xv)), c0, c1))
-                    acc0 = vfma(vsplat(xd[t, k] * dl), itof(s0), acc0)
-                    acc1 = vfma(vsplat(xd[t + 1, k] * dl), itof(s1), acc1)
-                out[t, r] = vhsum(acc0)
-                out[t + 1, r] = vhsum(acc1)
-            for t in range(T2, T):
+                            s0 = iadd(s0, imadd2(imaddubs(wq, i8load(x0, xo)), c0, c1))
+                            s1 = iadd(s1, imadd2(imaddubs(wq, i8load(x1, xo)), c0, c1))
+                            s2 = iadd(s2, imadd2(imaddubs(wq, i8load(x2, xo)), c0, c1))
+                            s3 = iadd(s3, imadd2(imaddubs(wq, i8load(x3, xo)), c0, c1))
+                    a0 = vfma(vsplat(xd[t, k] * dl), itof(s0), a0)
+                    a1 = vfma(vsplat(xd[t + 1, k] * dl), itof(s1), a1)
+                    a2 = vfma(vsplat(xd[t + 2, k] * dl), itof(s2), a2)
+                    a3 = vfma(vsplat(xd[t + 3, k] * dl), itof(s3), a3)
+                out[t, r] = vhsum(a0)
+                out[t + 1, r] = vhsum(a1)
+                out[t + 2, r] = vhsum(a2)
+                out[t + 3, r] = vhsum(a3)
+            for t in range(T4, T):
                 xt = xq[t]
                 acc = vzero()
                 for k in range(nb):
                     o = k * 210
-                    d = xd[t, k] * f16at(b, o + 208)
-                    sumi = izero()
+                    sumi = _q6_fix(sb, o, xs16[t], k * 16)
                     for h in range(2):
                         si = o + 192 + h * 8
                         for p in range(4):
-                            xv = i8load(xt, k * 256 + h * 128 + p * 32)
-                            pr = i16sub(imaddubs(i8q6(b, o + h * 64, o + 128 + h * 32, p), xv), imaddubs(m32, xv))
-                            sumi = iadd(sumi, imadd2(pr, sb8[si + 2 * p], sb8[si + 2 * p + 1]))
-                    acc = vfma(vsplat(d), itof(sumi), acc)
+                            sumi = iadd(sumi, _q6_run(b, o, h, p, i8load(xt, k * 256 + h * 128 + p * 32), sb, si))
+                    acc = vfma(vsplat(xd[t, k] * f16at(b, o + 208)), itof(sumi), acc)
                 out[t, r] = vhsum(acc)
 
 

@@ -707,3 +707,51 @@ def iset8(typingctx, a0, a1, a2, a3, a4, a5, a6, a7):
             v = builder.insert_element(v, ctx.cast(builder, vals[k], sig.args[k], types.int32), ir.Constant(_I32, k))
         return v
     return i32x8(*args), cg
+
+
+@intrinsic
+def i16s8(typingctx, arr, idx):
+    """arr[idx:idx+16] of an int8 row, sign-extended to 16 int16 lanes (``vpmovsxbw``)."""
+    if not (_is_row(arr, types.int8) and isinstance(idx, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 16)
+        return builder.sext(v, _V16I16)
+    return i16x16(arr, idx), cg
+
+
+@intrinsic
+def i16load(typingctx, arr, idx):
+    """arr[idx:idx+16] of an int16 row, as 16 int16 lanes."""
+    if not (_is_row(arr, types.int16) and isinstance(idx, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        ary = ctx.make_array(sig.args[0])(ctx, builder, args[0])
+        p = builder.gep(ary.data, [ctx.cast(builder, args[1], sig.args[1], types.intp)])
+        return builder.load(builder.bitcast(p, ir.PointerType(_V16I16)), align=2)
+    return i16x16(arr, idx), cg
+
+
+@intrinsic
+def imadd(typingctx, a, b):
+    """Signed words a x b, adjacent pairs added: <8 x i32> (``vpmaddwd``; callers keep the pair
+    sums below 2**31)."""
+    if not (a == b == i16x16):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return _madd(builder, args[0], args[1])
+    return i32x8(a, b), cg
+
+
+@intrinsic
+def imulc(typingctx, a, c):
+    """a x c in every int32 lane (c an integer; a power of two becomes a shift)."""
+    if not (a == i32x8 and isinstance(c, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return builder.mul(args[0], _splat(builder, ctx.cast(builder, args[1], sig.args[1], types.int32), _V8I32))
+    return i32x8(a, c), cg

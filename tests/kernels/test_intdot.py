@@ -220,8 +220,11 @@ def test_software_f16_rounding_equals_numpy():
     assert np.array_equal(soft, v.astype(np.float16).astype(np.float32))
 
 
-def _rows8(rows8, h, xs, lanes, out):
-    """isum8, isplat, f16x8, vlane once each (results into out)."""
+def _rows8(rows8, h, xs, lanes, out, s8, w16, iout):
+    """isum8, isplat, f16x8, vlane, i16s8, i16load, imadd, imulc, iset8 once each (into out, iout)."""
+    iout[0, :8] = S.ilanes(S.imulc(S.imadd(S.i16s8(s8, 0), S.i16load(w16, 0)), -32))
+    iout[1, :16] = S.ilanes(S.i16s8(s8, 0))
+    iout[2, :8] = S.ilanes(S.iset8(xs, 1, -2, 3, 2 ** 31 - 1, -2 ** 31, 0, 7))
     s = S.isum8(S.i32load(lanes, 0), S.i32load(lanes, 8), S.i32load(lanes, 16), S.i32load(lanes, 24),
                 S.i32load(lanes, 32), S.i32load(lanes, 40), S.i32load(lanes, 48), S.i32load(lanes, 56))
     s = S.iadd(s, S.isplat(xs))
@@ -246,7 +249,14 @@ def test_eight_row_operations_against_numpy(avx2, monkeypatch):
     h = rng.integers(0, 256, (8, 8), dtype=np.uint8)
     h[:, 3:5] = halves.view(np.uint8).reshape(8, 2)
     out = np.zeros((2, 8), np.float32)
-    fn(h, h, -123, lanes, out)
+    s8 = rng.integers(-128, 128, 16).astype(np.int8)
+    s8[:2] = [-128, 127]
+    w16 = rng.integers(-2032, 2033, 16).astype(np.int16)    # Q6_K's group sums of 8-bit x
+    iout = np.zeros((3, 16), np.int64)
+    fn(h, h, -123, lanes, out, s8, w16, iout)
+    np.testing.assert_array_equal(iout[0, :8], -32 * (s8.astype(np.int64) * w16).reshape(8, 2).sum(1))
+    np.testing.assert_array_equal(iout[1], s8)
+    np.testing.assert_array_equal(iout[2, :8], [-123, 1, -2, 3, 2 ** 31 - 1, -2 ** 31, 0, 7])
     np.testing.assert_array_equal(out[0], (lanes.reshape(8, 8).astype(np.int64).sum(1) - 123).astype(np.float32))
     np.testing.assert_array_equal(out[1], halves.astype(np.float32))
 
