@@ -9,7 +9,8 @@ rwkv pip package (torch, cpu fp32) on a BlinkDL .pth.
 Each engine runs in its own subprocess (so peak RSS is its own), A/B/A/B for ``--rounds``,
 best of the rounds kept.  Measured: decode tok/s (batch 1, after a 16-token prompt),
 prefill-512 tok/s, batched decode (8 sequences, one forward per step) in total tok/s,
-peak RSS, and cold start (process start -> first generated token, second run, kernels cached).
+peak RSS through decode (load, prompt, decode) and over the whole run (prefill-512 and the batch
+add their transients), and cold start (process start -> first generated token, second run, kernels cached).
 llama.cpp runs only when ``llama_cpp`` imports (an optional extra:
 ``pip install llama-cpp-python==0.3.36``, ~5 min to build on 2 cores).
 """
@@ -27,6 +28,11 @@ import time
 import numpy as np
 
 N_PROMPT = 16
+
+
+def _rss_mb() -> float:
+    """This process's peak resident set so far, MiB (mapped file pages it touched included)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def prefill_calls(device: str) -> int:
@@ -51,6 +57,7 @@ def worker_rwkvcpu(path, threads, n_decode, n_prefill, batch, device="cpu", nume
     for i in range(n_decode):
         logits, _ = m.forward([int(np.argmax(logits))], st)
     decode = n_decode / (time.perf_counter() - t)
+    decode_rss = _rss_mb()                                   # the peak so far: load, prompt, decode
     long = rng.integers(1, V, n_prefill)
     m.forward(long, m.new_state())                          # warm-up of the prefill path
     prefill = 0.0
@@ -67,7 +74,7 @@ def worker_rwkvcpu(path, threads, n_decode, n_prefill, batch, device="cpu", nume
     for _ in range(steps):
         outs = m.forward_batch([[int(np.argmax(o))] for o in outs], cache, slots)
     batched = batch * steps / (time.perf_counter() - t)
-    return {"decode": decode, "prefill": prefill, "batched": batched, "load_s": load_s}
+    return {"decode": decode, "prefill": prefill, "batched": batched, "load_s": load_s, "decode_rss_mb": decode_rss}
 
 
 def worker_llama(path, threads, n_decode, n_prefill, batch, device="cpu"):
@@ -84,6 +91,7 @@ def worker_llama(path, threads, n_decode, n_prefill, batch, device="cpu"):
     for i in range(n_decode):
         llm.eval([int(rng.integers(1, V))])
     decode = n_decode / (time.perf_counter() - t)
+    decode_rss = _rss_mb()                                   # the peak so far: load, prompt, decode
     long = rng.integers(1, V, n_prefill).tolist()
     llm.reset()
     llm.eval(long[:64])
@@ -91,7 +99,7 @@ def worker_llama(path, threads, n_decode, n_prefill, batch, device="cpu"):
     t = time.perf_counter()
     llm.eval(long)
     prefill = n_prefill / (time.perf_counter() - t)
-    return {"decode": decode, "prefill": prefill, "batched": None, "load_s": load_s}
+    return {"decode": decode, "prefill": prefill, "batched": None, "load_s": load_s, "decode_rss_mb": decode_rss}
 
 
 def worker_rwkv_pip(path, threads, n_decode, n_prefill, batch, device="cpu"):
@@ -111,6 +119,7 @@ def worker_rwkv_pip(path, threads, n_decode, n_prefill, batch, device="cpu"):
     for i in range(n_decode):
         out, st = m.forward([int(out.argmax())], st)
     decode = n_decode / (time.perf_counter() - t)
+    decode_rss = _rss_mb()                                   # the peak so far: load, prompt, decode
     long = rng.integers(1, V, n_prefill).tolist()
     m.forward(long, None)                                    # warm-up, as for rwkvcpu
     prefill = 0.0
@@ -119,7 +128,7 @@ def worker_rwkv_pip(path, threads, n_decode, n_prefill, batch, device="cpu"):
         out, _ = m.forward(long, None)
         float(out.float().sum())                             # wait for the GPU (cuda strategies)
         prefill = max(prefill, n_prefill / (time.perf_counter() - t))
-    return {"decode": decode, "prefill": prefill, "batched": None, "load_s": load_s}
+    return {"decode": decode, "prefill": prefill, "batched": None, "load_s": load_s, "decode_rss_mb": decode_rss}
 
 
 def cold_start(path, threads):
@@ -139,7 +148,8 @@ def llama_bench(binary, path, threads, n_decode, n_prefill, device):
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"llama-bench failed:\n{r.stderr[-2000:]}")
-    res = {"decode": None, "prefill": None, "batched": None, "load_s": None, "peak_rss_mb": float("nan")}
+    res = {"decode": None, "prefill": None, "batched": None, "load_s": None, "peak_rss_mb": float("nan"),
+           "decode_rss_mb": float("nan")}
     for row in json.loads(r.stdout):
         key = "prefill" if row.get("n_prompt") else "decode"
         res[key] = float(row["avg_ts"])
@@ -184,7 +194,7 @@ def main(argv=None):
         fn = {"rwkvcpu": worker_rwkvcpu, "rwkvcpu-ll": functools.partial(worker_rwkvcpu, numerics="llama"),
               "llama.cpp": worker_llama, "rwkv-pip": worker_rwkv_pip}[a.worker]
         res = fn(a.model, a.threads, a.n_decode, a.prefill, a.batch, a.device)
-        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res["peak_rss_mb"] = _rss_mb()
         print(json.dumps(res))
         return
     nums = [n.strip() for n in a.numerics.split(",") if n.strip()]
@@ -214,6 +224,7 @@ def main(argv=None):
                 if r[k] is not None and (b[k] is None or r[k] > b[k]):
                     b[k] = r[k]
             b["peak_rss_mb"] = min(b["peak_rss_mb"], r["peak_rss_mb"])
+            b["decode_rss_mb"] = min(b.get("decode_rss_mb", float("nan")), r.get("decode_rss_mb", float("nan")))
     if not pth and not a.no_cold_start and engines[0] in best:   # a bare .pth has no vocabulary for the CLI's prompt
         best[engines[0]]["cold_start_s"] = cold_start(a.model, a.threads)
     size_mb = os.path.getsize(a.model) / 2**20
@@ -221,7 +232,7 @@ def main(argv=None):
     print(f"\n{os.path.basename(a.model)} ({size_mb:.0f} MiB), device {a.device}, {a.threads} threads, "
           f"best of {a.rounds} interleaved rounds")
     print(f"{'engine':<10} {'decode tok/s':>13} {'prefill-' + str(a.prefill):>13} {'batch-' + str(a.batch) + ' tok/s':>14} "
-          f"{'peak RSS MiB':>13} {'cold start s':>13}")
+          f"{'RSS decode/peak MiB':>20} {'cold start s':>13}")
     for e, r in best.items():
         def cell(k, w):
             v = r.get(k)
@@ -232,8 +243,9 @@ def main(argv=None):
                 s += f" ({v / ref[k]:.2f}x)"
             return f"{s:>{w}}"
         cs = r.get("cold_start_s")
+        rss = f"{r.get('decode_rss_mb', float('nan')):.0f}/{r['peak_rss_mb']:.0f}"
         print(f"{e:<10} {cell('decode', 13)} {cell('prefill', 13)} {cell('batched', 14)} "
-              f"{r['peak_rss_mb']:>13.0f} {(f'{cs:.2f}' if cs else 'n/a'):>13}")
+              f"{rss:>20} {(f'{cs:.2f}' if cs else 'n/a'):>13}")
     for e in [e for e in ("rwkvcpu", "rwkvcpu-ll") if e in best and "rwkv-pip" in best and anchor != "rwkv-pip"]:
         r, q = best[e], best["rwkv-pip"]
         print(f"{e} / rwkv-pip: " + ", ".join(f"{k} {r[k] / q[k]:.2f}x" for k in ("decode", "prefill", "batched")
@@ -241,7 +253,8 @@ def main(argv=None):
     for e in [e for e in ("rwkvcpu", "rwkvcpu-ll") if e in best]:
         r = best[e]
         print(f"{e}: batched/single decode = {r['batched'] / r['decode']:.2f}x; "
-              f"weights streamed per decoded token = {size_mb:.0f} MiB -> {size_mb * r['decode'] / 1024:.1f} GiB/s")
+              f"weights streamed per decoded token = {size_mb:.0f} MiB -> {size_mb * r['decode'] / 1024:.1f} GiB/s; "
+              f"peak RSS through decode = file + {r.get('decode_rss_mb', float('nan')) - size_mb:.0f} MiB")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"model": a.model, "threads": a.threads, "results": best}, f, indent=1)
