@@ -133,11 +133,24 @@ def quantize_q8_0_bs(x, xq, xd, xs):
 
 
 @njit(cache=True, inline="always")
-def _prefetch_next(raw, nxt, k):
-    """Block k's share (144 bytes) of the next 8-row task, which starts at flat byte nxt."""
-    prefetch(raw, nxt + k * 144)
-    prefetch(raw, nxt + k * 144 + 64)
-    prefetch(raw, nxt + k * 144 + 128)
+def _rowc(raw, i):
+    """Row i of raw, or its last row past the end (the 8-row kernels' ragged last task)."""
+    return raw[min(i, raw.shape[0] - 1)]
+
+
+@njit(cache=True, inline="always")
+def _prefetch_next(raw, nxt, k, span):
+    """Block k's share (span bytes: 8 rows' blocks) of the next 8-row task, which starts at flat
+    byte nxt: its cache lines are a few per row, too short for the hardware prefetchers."""
+    for c in range(0, span, 64):
+        prefetch(raw, nxt + k * span + c)
+
+
+@njit(cache=True, inline="always")
+def _store8(out, t, r, n, v):
+    """out[t, r:r+n] = the first n lanes of v."""
+    for i in range(n):
+        out[t, r + i] = vlane(v, i)
 
 
 @njit(cache=True, inline="always")
@@ -171,17 +184,16 @@ def mvi_q4_0(raw, x, out):
     quantize_q8_0_bs(x, xq, xd, xs)
     nb = cols // 32
     rb = raw.shape[1]
-    last = rows - 1
     for task in prange((rows + 7) // 8):
         r = task * 8
-        b0 = raw[r]
-        b1 = raw[min(r + 1, last)]
-        b2 = raw[min(r + 2, last)]
-        b3 = raw[min(r + 3, last)]
-        b4 = raw[min(r + 4, last)]
-        b5 = raw[min(r + 5, last)]
-        b6 = raw[min(r + 6, last)]
-        b7 = raw[min(r + 7, last)]
+        b0 = raw[r]                    # (a tuple of the 8 views trips Numba's parfor analysis)
+        b1 = _rowc(raw, r + 1)
+        b2 = _rowc(raw, r + 2)
+        b3 = _rowc(raw, r + 3)
+        b4 = _rowc(raw, r + 4)
+        b5 = _rowc(raw, r + 5)
+        b6 = _rowc(raw, r + 6)
+        b7 = _rowc(raw, r + 7)
         n = min(8, rows - r)
         nxt = (r + 8) * rb             # the next task's 8 rows: a few lines per row, too short
         for t in range(0, T - 1, 2):   # for the hardware prefetchers to follow
@@ -192,7 +204,7 @@ def mvi_q4_0(raw, x, out):
             for k in range(nb):
                 o = k * 18
                 if t == 0:
-                    _prefetch_next(raw, nxt, k)
+                    _prefetch_next(raw, nxt, k, 144)
                 xv = i8load(x0, k * 32)
                 xw = i8load(x1, k * 32)
                 u0 = i8nib16(b0, o + 2)
@@ -210,9 +222,8 @@ def mvi_q4_0(raw, x, out):
                 s = isum8(_q4u(u0, xw), _q4u(u1, xw), _q4u(u2, xw), _q4u(u3, xw),
                           _q4u(u4, xw), _q4u(u5, xw), _q4u(u6, xw), _q4u(u7, xw))
                 a1 = vfma(vmul(dw, vsplat(xd[t + 1, k])), itof(iadd(s, isplat(xs[t + 1, k]))), a1)
-            for i in range(n):
-                out[t, r + i] = vlane(a0, i)
-                out[t + 1, r + i] = vlane(a1, i)
+            _store8(out, t, r, n, a0)
+            _store8(out, t + 1, r, n, a1)
         if T % 2:
             t = T - 1
             xt = xq[t]
@@ -220,14 +231,13 @@ def mvi_q4_0(raw, x, out):
             for k in range(nb):
                 o = k * 18
                 if t == 0:
-                    _prefetch_next(raw, nxt, k)
+                    _prefetch_next(raw, nxt, k, 144)
                 xv = i8load(xt, k * 32)
                 s = isum8(_q4_row(b0, o, xv), _q4_row(b1, o, xv), _q4_row(b2, o, xv), _q4_row(b3, o, xv),
                           _q4_row(b4, o, xv), _q4_row(b5, o, xv), _q4_row(b6, o, xv), _q4_row(b7, o, xv))
                 d = vmul(f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o), vsplat(xd[t, k]))
                 acc = vfma(d, itof(iadd(s, isplat(xs[t, k]))), acc)
-            for i in range(n):
-                out[t, r + i] = vlane(acc, i)
+            _store8(out, t, r, n, acc)
 
 
 @njit(cache=True, inline="always")
@@ -287,17 +297,16 @@ def mvi_q4_k(raw, x, out):
     bsum32 = np.empty((T, cols // 32), dtype=np.int32)
     quantize_q8_k(x, xq, xd, bsum32)
     rb = raw.shape[1]
-    last = rows - 1
     for task in prange((rows + 7) // 8):
         r = task * 8
-        b0 = raw[r]
-        b1 = raw[min(r + 1, last)]
-        b2 = raw[min(r + 2, last)]
-        b3 = raw[min(r + 3, last)]
-        b4 = raw[min(r + 4, last)]
-        b5 = raw[min(r + 5, last)]
-        b6 = raw[min(r + 6, last)]
-        b7 = raw[min(r + 7, last)]
+        b0 = raw[r]                    # (a tuple of the 8 views trips Numba's parfor analysis)
+        b1 = _rowc(raw, r + 1)
+        b2 = _rowc(raw, r + 2)
+        b3 = _rowc(raw, r + 3)
+        b4 = _rowc(raw, r + 4)
+        b5 = _rowc(raw, r + 5)
+        b6 = _rowc(raw, r + 6)
+        b7 = _rowc(raw, r + 7)
         n = min(8, rows - r)
         nxt = (r + 8) * rb
         for t in range(0, T - 1, 2):          # pairs of activation rows share the decoding
@@ -310,8 +319,7 @@ def mvi_q4_k(raw, x, out):
             for k in range(nb):
                 o = k * 144
                 if t == 0:
-                    for c in range(0, 1152, 64):
-                        prefetch(raw, nxt + k * 1152 + c)
+                    _prefetch_next(raw, nxt, k, 1152)
                 xo = k * 256
                 ba = bsum32[t, k * 8:k * 8 + 8]
                 bb = bsum32[t + 1, k * 8:k * 8 + 8]
@@ -333,9 +341,8 @@ def mvi_q4_k(raw, x, out):
                 accm2 = vfma(vmul(dm, dx), itof(iset8(n0, n1, n2, n3, n4, n5, n6, n7)), accm2)
             d = vsub(acc, accm)
             d2 = vsub(acc2, accm2)
-            for i in range(n):
-                out[t, r + i] = vlane(d, i)
-                out[t + 1, r + i] = vlane(d2, i)
+            _store8(out, t, r, n, d)
+            _store8(out, t + 1, r, n, d2)
         if T % 2:
             t = T - 1
             xt = xq[t]
@@ -344,8 +351,7 @@ def mvi_q4_k(raw, x, out):
             for k in range(nb):
                 o = k * 144
                 if t == 0:
-                    for c in range(0, 1152, 64):
-                        prefetch(raw, nxt + k * 1152 + c)
+                    _prefetch_next(raw, nxt, k, 1152)
                 xo = k * 256
                 bs = bsum32[t, k * 8:k * 8 + 8]
                 s0, m0 = _q4k_row(b0, o, xt, xo, bs)
@@ -362,8 +368,7 @@ def mvi_q4_k(raw, x, out):
                 accm = vfma(vmul(f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o + 2), dx),
                             itof(iset8(m0, m1, m2, m3, m4, m5, m6, m7)), accm)
             d = vsub(acc, accm)
-            for i in range(n):
-                out[t, r + i] = vlane(d, i)
+            _store8(out, t, r, n, d)
 
 
 @njit(cache=True, inline="always")

@@ -584,15 +584,20 @@ def ilanes(typingctx, a):
     return rty(a), cg
 
 
-@intrinsic
-def i8splat(typingctx, c):
-    """All 32 byte lanes = c."""
-    if not isinstance(c, types.Integer):
-        return None
+def _int_splat(elem, vty, rty, name):
+    def impl(typingctx, c):
+        if not isinstance(c, types.Integer):
+            return None
 
-    def cg(ctx, builder, sig, args):
-        return _splat(builder, ctx.cast(builder, args[0], sig.args[0], types.int8), _V32I8)
-    return i8x32(c), cg
+        def cg(ctx, builder, sig, args):
+            return _splat(builder, ctx.cast(builder, args[0], sig.args[0], elem), vty)
+        return rty(c), cg
+    impl.__name__ = name
+    impl.__doc__ = f"All {vty.count} lanes of an {rty} = c (an integer, truncated)."
+    return intrinsic(impl)
+
+
+i8splat = _int_splat(types.int8, _V32I8, i8x32, "i8splat")
 
 
 @intrinsic
@@ -634,15 +639,7 @@ def isum8(typingctx, s0, s1, s2, s3, s4, s5, s6, s7):
     return i32x8(*([i32x8] * 8)), cg
 
 
-@intrinsic
-def isplat(typingctx, c):
-    """All 8 int32 lanes = c."""
-    if not isinstance(c, types.Integer):
-        return None
-
-    def cg(ctx, builder, sig, args):
-        return _splat(builder, ctx.cast(builder, args[0], sig.args[0], types.int32), _V8I32)
-    return i32x8(c), cg
+isplat = _int_splat(types.int32, _V8I32, i32x8, "isplat")
 
 
 @intrinsic
