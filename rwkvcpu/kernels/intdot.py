@@ -13,7 +13,7 @@ operations of ``simd.py`` (vpsignb / vpmaddubsw / vpmaddwd on AVX2):
   AVX2 ``ggml_vec_dot_*`` (so the numbers stay close to llama.cpp's, not only the rounding).
   Q4_0 instead follows llama.cpp's repacked 8-row Q4_0 kernels (which it uses on AVX2 CPUs):
   each block's lanes summed to one exact int32 per row, 8 rows' sums converted and scaled by
-  one FMA (``mvi_q4_0``);
+  one FMA (``_rows8``);
 * they read about half as many vector operations per weight as the float32 kernels of
   ``matvec.py`` (32 products per vpmaddubsw), which is why this mode is the fast one.
 
@@ -121,7 +121,7 @@ def mvi_q8_0(raw, raw_i8, x, out):
 @njit(cache=True)
 def quantize_q8_0_bs(x, xq, xd, xs):
     """``quantize_q8_0`` plus xs[t, k] = -8 x (the sum of block k's 32 values of xq[t]): the Q4_0
-    offset of a whole block (``mvi_q4_0``)."""
+    offset of a whole block (``_rows8``)."""
     quantize_q8_0(x, xq, xd)
     T, n = xq.shape
     for t in range(T):
@@ -165,79 +165,30 @@ def _q4_row(b, o, xv):
     return imadd2(imaddubs(i8nib16(b, o + 2), xv), 1, 1)
 
 
-@njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvi_q4_0(raw, x, out):
-    """Q4_0 weights x Q8_0 activations, 8 weight rows at a time (llama.cpp's repacked Q4_0 gemv
-    does the same on an interleaved copy; here the file's rows are read in place).  Per block
-    each row's exact int32 dot product -- unsigned nibbles by vpmaddubsw, the -8 offset added
-    as xs, -8 x the block sum of x -- is reduced across lanes for all 8 rows at once (``isum8``),
-    then one convert and one FMA by the 8 products of block scales (``f16x8`` x d_x) serve the 8
-    rows: about half the vector operations of one row at a time, and x's block is loaded once
-    for 8 rows.  Rows past the end (last task) repeat the last row and are not stored.  Each
-    (activation row, weight row) is computed the same way whatever T is, so a batch's rows are
-    bit-identical to the rows computed alone."""
-    rows = raw.shape[0]
-    T, cols = x.shape
-    xq = np.empty((T, cols), dtype=np.int8)
-    xd = np.empty((T, cols // 32), dtype=np.float32)
-    xs = np.empty((T, cols // 32), dtype=np.int32)
-    quantize_q8_0_bs(x, xq, xd, xs)
-    nb = cols // 32
-    rb = raw.shape[1]
-    for task in prange((rows + 7) // 8):
-        r = task * 8
-        b0 = raw[r]                    # (a tuple of the 8 views trips Numba's parfor analysis)
-        b1 = _rowc(raw, r + 1)
-        b2 = _rowc(raw, r + 2)
-        b3 = _rowc(raw, r + 3)
-        b4 = _rowc(raw, r + 4)
-        b5 = _rowc(raw, r + 5)
-        b6 = _rowc(raw, r + 6)
-        b7 = _rowc(raw, r + 7)
-        n = min(8, rows - r)
-        nxt = (r + 8) * rb             # the next task's 8 rows: a few lines per row, too short
-        for t in range(0, T - 1, 2):   # for the hardware prefetchers to follow
-            x0 = xq[t]                 # pairs of activation rows share the nibble decoding
-            x1 = xq[t + 1]
-            a0 = vzero()
-            a1 = vzero()
-            for k in range(nb):
-                o = k * 18
-                if t == 0:
-                    _prefetch_next(raw, nxt, k, 144)
-                xv = i8load(x0, k * 32)
-                xw = i8load(x1, k * 32)
-                u0 = i8nib16(b0, o + 2)
-                u1 = i8nib16(b1, o + 2)
-                u2 = i8nib16(b2, o + 2)
-                u3 = i8nib16(b3, o + 2)
-                u4 = i8nib16(b4, o + 2)
-                u5 = i8nib16(b5, o + 2)
-                u6 = i8nib16(b6, o + 2)
-                u7 = i8nib16(b7, o + 2)
-                dw = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o)
-                s = isum8(_q4u(u0, xv), _q4u(u1, xv), _q4u(u2, xv), _q4u(u3, xv),
-                          _q4u(u4, xv), _q4u(u5, xv), _q4u(u6, xv), _q4u(u7, xv))
-                a0 = vfma(vmul(dw, vsplat(xd[t, k])), itof(iadd(s, isplat(xs[t, k]))), a0)
-                s = isum8(_q4u(u0, xw), _q4u(u1, xw), _q4u(u2, xw), _q4u(u3, xw),
-                          _q4u(u4, xw), _q4u(u5, xw), _q4u(u6, xw), _q4u(u7, xw))
-                a1 = vfma(vmul(dw, vsplat(xd[t + 1, k])), itof(iadd(s, isplat(xs[t + 1, k]))), a1)
-            _store8(out, t, r, n, a0)
-            _store8(out, t + 1, r, n, a1)
-        if T % 2:
-            t = T - 1
-            xt = xq[t]
-            acc = vzero()
-            for k in range(nb):
-                o = k * 18
-                if t == 0:
-                    _prefetch_next(raw, nxt, k, 144)
-                xv = i8load(xt, k * 32)
-                s = isum8(_q4_row(b0, o, xv), _q4_row(b1, o, xv), _q4_row(b2, o, xv), _q4_row(b3, o, xv),
-                          _q4_row(b4, o, xv), _q4_row(b5, o, xv), _q4_row(b6, o, xv), _q4_row(b7, o, xv))
-                d = vmul(f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o), vsplat(xd[t, k]))
-                acc = vfma(d, itof(iadd(s, isplat(xs[t, k]))), acc)
-            _store8(out, t, r, n, acc)
+@njit(cache=True, inline="always")
+def _q40_8(b0, b1, b2, b3, b4, b5, b6, b7, o, xv, c):
+    """A Q4_0 block of 8 rows: their exact int32 dot products with x's block xv (lanes summed by
+    ``isum8``) plus c = -8 x the block sum of x (the nibbles' offset)."""
+    return iadd(isum8(_q4_row(b0, o, xv), _q4_row(b1, o, xv), _q4_row(b2, o, xv), _q4_row(b3, o, xv),
+                      _q4_row(b4, o, xv), _q4_row(b5, o, xv), _q4_row(b6, o, xv), _q4_row(b7, o, xv)), isplat(c))
+
+
+@njit(cache=True, inline="always")
+def _q40_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, xv, xw, c, e):
+    """``_q40_8`` for two activation blocks xv, xw (offsets c, e), the nibbles decoded once."""
+    u0 = i8nib16(b0, o + 2)
+    u1 = i8nib16(b1, o + 2)
+    u2 = i8nib16(b2, o + 2)
+    u3 = i8nib16(b3, o + 2)
+    u4 = i8nib16(b4, o + 2)
+    u5 = i8nib16(b5, o + 2)
+    u6 = i8nib16(b6, o + 2)
+    u7 = i8nib16(b7, o + 2)
+    sa = isum8(_q4u(u0, xv), _q4u(u1, xv), _q4u(u2, xv), _q4u(u3, xv), _q4u(u4, xv), _q4u(u5, xv),
+               _q4u(u6, xv), _q4u(u7, xv))
+    sb = isum8(_q4u(u0, xw), _q4u(u1, xw), _q4u(u2, xw), _q4u(u3, xw), _q4u(u4, xw), _q4u(u5, xw),
+               _q4u(u6, xw), _q4u(u7, xw))
+    return iadd(sa, isplat(c)), iadd(sb, isplat(e))
 
 
 @njit(cache=True, inline="always")
@@ -281,21 +232,61 @@ def _q4k_row2(b, o, xa, xb, xo, ba, bb):
     return sa, ma, sb, mb
 
 
-@njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvi_q4_k(raw, x, out):
-    """Q4_K weights x Q8_K activations, 8 weight rows at a time (as ``mvi_q4_0``; llama.cpp's
-    repacked Q4_K kernels also sum whole blocks): per block each row's int32 sum of
-    scale x (nibbles . x) over its 8 sub-blocks and its int sum of min x (sum of x) (``_q4k_row``);
-    the 8 rows' sums are reduced together (``isum8``) and scaled by d x d_x and -dmin x d_x, two
-    FMAs for 8 rows.  A block's int32 total is exact; converting it to float32 rounds only past
-    2**24 (products of 6-bit scales, nibbles and 8-bit x over 256 values), a relative 6e-8."""
+@njit(cache=True, inline="always")
+def _q4k_8(b0, b1, b2, b3, b4, b5, b6, b7, o, xt, xo, bs):
+    """A Q4_K block of 8 rows: (their int32 sums of scale x (nibbles . x), their sums of min x
+    (sum of x)) as two i32x8 (``_q4k_row`` per row)."""
+    s0, m0 = _q4k_row(b0, o, xt, xo, bs)
+    s1, m1 = _q4k_row(b1, o, xt, xo, bs)
+    s2, m2 = _q4k_row(b2, o, xt, xo, bs)
+    s3, m3 = _q4k_row(b3, o, xt, xo, bs)
+    s4, m4 = _q4k_row(b4, o, xt, xo, bs)
+    s5, m5 = _q4k_row(b5, o, xt, xo, bs)
+    s6, m6 = _q4k_row(b6, o, xt, xo, bs)
+    s7, m7 = _q4k_row(b7, o, xt, xo, bs)
+    return isum8(s0, s1, s2, s3, s4, s5, s6, s7), iset8(m0, m1, m2, m3, m4, m5, m6, m7)
+
+
+@njit(cache=True, inline="always")
+def _q4k_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, xa, xb, xo, ba, bb):
+    """``_q4k_8`` for two activation rows, each block decoded once (``_q4k_row2``)."""
+    s0, m0, u0, n0 = _q4k_row2(b0, o, xa, xb, xo, ba, bb)
+    s1, m1, u1, n1 = _q4k_row2(b1, o, xa, xb, xo, ba, bb)
+    s2, m2, u2, n2 = _q4k_row2(b2, o, xa, xb, xo, ba, bb)
+    s3, m3, u3, n3 = _q4k_row2(b3, o, xa, xb, xo, ba, bb)
+    s4, m4, u4, n4 = _q4k_row2(b4, o, xa, xb, xo, ba, bb)
+    s5, m5, u5, n5 = _q4k_row2(b5, o, xa, xb, xo, ba, bb)
+    s6, m6, u6, n6 = _q4k_row2(b6, o, xa, xb, xo, ba, bb)
+    s7, m7, u7, n7 = _q4k_row2(b7, o, xa, xb, xo, ba, bb)
+    return (isum8(s0, s1, s2, s3, s4, s5, s6, s7), iset8(m0, m1, m2, m3, m4, m5, m6, m7),
+            isum8(u0, u1, u2, u3, u4, u5, u6, u7), iset8(n0, n1, n2, n3, n4, n5, n6, n7))
+
+
+@njit(cache=True, inline="always")
+def _rows8(raw, x, out, kq):
+    """Q4_0 (kq False: Q8_0 activations) or Q4_K (kq True: Q8_K activations) weights, 8 weight
+    rows per task (llama.cpp's repacked Q4_0 / Q4_K gemv does the same on an interleaved copy;
+    here the file's rows are read in place).  Per block each row's exact int32 sum -- Q4_0:
+    unsigned nibbles by vpmaddubsw plus -8 x the block sum of x; Q4_K: scale x (nibbles . x) over
+    its 8 sub-blocks, and separately min x (sum of x) -- is reduced across lanes for all 8 rows
+    at once (``isum8``), then converted and scaled by one FMA for 8 rows (two for Q4_K: d x d_x
+    and dmin x d_x): about half the vector operations of one row at a time, x's block loaded once
+    for 8 rows.  Pairs of activation rows share the decoding.  Each (activation row, weight row)
+    is computed the same way whatever T is, so a batch's rows are bit-identical to the rows
+    alone.  A Q4_K block's int32 total converts to float32 exactly below 2**24 (a relative 6e-8
+    past it; Q4_0's cannot reach it).  Rows past the end (the last task) repeat the last row
+    and are not stored."""
     rows = raw.shape[0]
     T, cols = x.shape
     xq = np.empty((T, cols), dtype=np.int8)
-    nb = cols // 256
+    nb = cols // 256 if kq else cols // 32
     xd = np.empty((T, nb), dtype=np.float32)
-    bsum32 = np.empty((T, cols // 32), dtype=np.int32)
-    quantize_q8_k(x, xq, xd, bsum32)
+    xs = np.empty((T, cols // 32), dtype=np.int32)     # Q8_K: sums per 32; Q8_0: -8 x block sums
+    if kq:
+        quantize_q8_k(x, xq, xd, xs)
+    else:
+        quantize_q8_0_bs(x, xq, xd, xs)
+    bb = 144 if kq else 18                               # bytes per block
     rb = raw.shape[1]
     for task in prange((rows + 7) // 8):
         r = task * 8
@@ -309,66 +300,51 @@ def mvi_q4_k(raw, x, out):
         b7 = _rowc(raw, r + 7)
         n = min(8, rows - r)
         nxt = (r + 8) * rb
-        for t in range(0, T - 1, 2):          # pairs of activation rows share the decoding
+        for t in range(0, T - 1, 2):
             xa = xq[t]
             xb = xq[t + 1]
-            acc = vzero()
-            accm = vzero()
-            acc2 = vzero()
-            accm2 = vzero()
+            a0 = vzero()
+            m0 = vzero()
+            a1 = vzero()
+            m1 = vzero()
             for k in range(nb):
-                o = k * 144
+                o = k * bb
                 if t == 0:
-                    _prefetch_next(raw, nxt, k, 1152)
-                xo = k * 256
-                ba = bsum32[t, k * 8:k * 8 + 8]
-                bb = bsum32[t + 1, k * 8:k * 8 + 8]
-                s0, m0, u0, n0 = _q4k_row2(b0, o, xa, xb, xo, ba, bb)
-                s1, m1, u1, n1 = _q4k_row2(b1, o, xa, xb, xo, ba, bb)
-                s2, m2, u2, n2 = _q4k_row2(b2, o, xa, xb, xo, ba, bb)
-                s3, m3, u3, n3 = _q4k_row2(b3, o, xa, xb, xo, ba, bb)
-                s4, m4, u4, n4 = _q4k_row2(b4, o, xa, xb, xo, ba, bb)
-                s5, m5, u5, n5 = _q4k_row2(b5, o, xa, xb, xo, ba, bb)
-                s6, m6, u6, n6 = _q4k_row2(b6, o, xa, xb, xo, ba, bb)
-                s7, m7, u7, n7 = _q4k_row2(b7, o, xa, xb, xo, ba, bb)
+                    _prefetch_next(raw, nxt, k, 8 * bb)
                 dw = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o)
-                dm = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o + 2)
-                dx = vsplat(xd[t, k])
-                acc = vfma(vmul(dw, dx), itof(isum8(s0, s1, s2, s3, s4, s5, s6, s7)), acc)
-                accm = vfma(vmul(dm, dx), itof(iset8(m0, m1, m2, m3, m4, m5, m6, m7)), accm)
-                dx = vsplat(xd[t + 1, k])
-                acc2 = vfma(vmul(dw, dx), itof(isum8(u0, u1, u2, u3, u4, u5, u6, u7)), acc2)
-                accm2 = vfma(vmul(dm, dx), itof(iset8(n0, n1, n2, n3, n4, n5, n6, n7)), accm2)
-            d = vsub(acc, accm)
-            d2 = vsub(acc2, accm2)
-            _store8(out, t, r, n, d)
-            _store8(out, t + 1, r, n, d2)
+                da = vmul(dw, vsplat(xd[t, k]))
+                db = vmul(dw, vsplat(xd[t + 1, k]))
+                if kq:
+                    sa, ma, sb, mb = _q4k_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, xa, xb, k * 256,
+                                              xs[t, k * 8:k * 8 + 8], xs[t + 1, k * 8:k * 8 + 8])
+                    dm = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o + 2)
+                    m0 = vfma(vmul(dm, vsplat(xd[t, k])), itof(ma), m0)
+                    m1 = vfma(vmul(dm, vsplat(xd[t + 1, k])), itof(mb), m1)
+                else:
+                    sa, sb = _q40_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, i8load(xa, k * 32), i8load(xb, k * 32),
+                                      xs[t, k], xs[t + 1, k])
+                a0 = vfma(da, itof(sa), a0)
+                a1 = vfma(db, itof(sb), a1)
+            _store8(out, t, r, n, vsub(a0, m0))
+            _store8(out, t + 1, r, n, vsub(a1, m1))
         if T % 2:
             t = T - 1
             xt = xq[t]
-            acc = vzero()
-            accm = vzero()
+            a0 = vzero()
+            m0 = vzero()
             for k in range(nb):
-                o = k * 144
+                o = k * bb
                 if t == 0:
-                    _prefetch_next(raw, nxt, k, 1152)
-                xo = k * 256
-                bs = bsum32[t, k * 8:k * 8 + 8]
-                s0, m0 = _q4k_row(b0, o, xt, xo, bs)
-                s1, m1 = _q4k_row(b1, o, xt, xo, bs)
-                s2, m2 = _q4k_row(b2, o, xt, xo, bs)
-                s3, m3 = _q4k_row(b3, o, xt, xo, bs)
-                s4, m4 = _q4k_row(b4, o, xt, xo, bs)
-                s5, m5 = _q4k_row(b5, o, xt, xo, bs)
-                s6, m6 = _q4k_row(b6, o, xt, xo, bs)
-                s7, m7 = _q4k_row(b7, o, xt, xo, bs)
-                dx = vsplat(xd[t, k])
-                acc = vfma(vmul(f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o), dx),
-                           itof(isum8(s0, s1, s2, s3, s4, s5, s6, s7)), acc)
-                accm = vfma(vmul(f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o + 2), dx),
-                            itof(iset8(m0, m1, m2, m3, m4, m5, m6, m7)), accm)
-            d = vsub(acc, accm)
-            _store8(out, t, r, n, d)
+                    _prefetch_next(raw, nxt, k, 8 * bb)
+                da = vmul(f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o), vsplat(xd[t, k]))
+                if kq:
+                    sa, ma = _q4k_8(b0, b1, b2, b3, b4, b5, b6, b7, o, xt, k * 256, xs[t, k * 8:k * 8 + 8])
+                    dm = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o + 2)
+                    m0 = vfma(vmul(dm, vsplat(xd[t, k])), itof(ma), m0)
+                else:
+                    sa = _q40_8(b0, b1, b2, b3, b4, b5, b6, b7, o, i8load(xt, k * 32), xs[t, k])
+                a0 = vfma(da, itof(sa), a0)
+            _store8(out, t, r, n, vsub(a0, m0))
 
 
 @njit(cache=True, inline="always")
@@ -458,6 +434,18 @@ def mvi_q6_k(raw, raw_i8, x, out):
                             sumi = iadd(sumi, _q6_run(b, o, h, p, i8load(xt, k * 256 + h * 128 + p * 32), sb, si))
                     acc = vfma(vsplat(xd[t, k] * f16at(b, o + 208)), itof(sumi), acc)
                 out[t, r] = vhsum(acc)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvi_q4_0(raw, x, out):
+    """Q4_0 weights x Q8_0 activations: ``_rows8`` with kq a constant (its other branch compiled out)."""
+    _rows8(raw, x, out, False)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvi_q4_k(raw, x, out):
+    """Q4_K weights x Q8_K activations: ``_rows8`` with kq a constant (its other branch compiled out)."""
+    _rows8(raw, x, out, True)
 
 
 def _bind(W):
