@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import dequant as dq
-from .matvec import FLAGS, ROWS
+from .matvec import FLAGS, ROWS, _prefetch_ahead
 from .actquant import q8_0_scale, q8_k_scale
 from .simd import (f16at, f16x8, i16load, i16s8, i8load, i8nib, i8nib16, i8q6, iadd, idot, imadd2, imaddubs, i16sub,
                    i8splat, imadd, imulc, iset8, isplat, isum8, itof, izero, prefetch, vfma, vhsum, vlane, vmul, vsplat, vsub, vzero)
@@ -97,6 +97,8 @@ def mvi_q8_0(raw, raw_i8, x, out):
                 a3 = vzero()
                 for k in range(nb):
                     o = k * 34
+                    if t == 0 and k % 2 == 0:
+                        _prefetch_ahead(raw, r, o, 68)
                     dw = f16at(b, o)
                     xo = k * 32
                     w = i8load(q, o + 2)
@@ -113,6 +115,8 @@ def mvi_q8_0(raw, raw_i8, x, out):
                 acc = vzero()
                 for k in range(nb):
                     o = k * 34
+                    if t == 0 and k % 2 == 0:
+                        _prefetch_ahead(raw, r, o, 68)
                     s = idot(i8load(q, o + 2), i8load(xt, k * 32))
                     acc = vfma(vsplat(f16at(b, o) * xd[t, k]), itof(s), acc)
                 out[t, r] = vhsum(acc)
@@ -398,6 +402,8 @@ def mvi_q6_k(raw, raw_i8, x, out):
                 a3 = vzero()
                 for k in range(nb):
                     o = k * 210
+                    if t == 0:
+                        _prefetch_ahead(raw, r, o, 210)
                     dl = f16at(b, o + 208)
                     s0 = _q6_fix(sb, o, xs16[t], k * 16)
                     s1 = _q6_fix(sb, o, xs16[t + 1], k * 16)
@@ -427,6 +433,8 @@ def mvi_q6_k(raw, raw_i8, x, out):
                 acc = vzero()
                 for k in range(nb):
                     o = k * 210
+                    if t == 0:
+                        _prefetch_ahead(raw, r, o, 210)
                     sumi = _q6_fix(sb, o, xs16[t], k * 16)
                     for h in range(2):
                         si = o + 192 + h * 8

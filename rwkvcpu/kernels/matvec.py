@@ -23,11 +23,27 @@ import numpy as np
 from numba import njit, prange
 
 from . import dequant as dq
-from .simd import dot_f32, f16at, vadd, vbits, vfma, vhsum, vload, vload_bf16, vload_f16, vmul, vq6x4, vsplat, vstore, vzero
+from .simd import dot_f32, f16at, prefetch, vadd, vbits, vfma, vhsum, vload, vload_bf16, vload_f16, vmul, vq6x4, vsplat, vstore, vzero
 
 FLAGS = {"reassoc", "contract"}
 ROWS = 8                 # rows per parallel task
 TWO_112 = np.float32(2.0 ** 112)
+PF_AHEAD = 4096          # bytes: how far ahead of a row-sequential kernel its weights are prefetched
+
+
+@njit(cache=True, inline="always")
+def prefetch_span(arr, byte, span):
+    """Prefetch the cache lines of bytes [byte, byte + span) of arr's buffer.  The decode kernels
+    read rows one after another, one long stream, yet prefetching PF_AHEAD bytes ahead in
+    software still gains 8-24% from DRAM here (Q6_K 768 x 3072: 124 -> 100 us)."""
+    for c in range(0, span, 64):
+        prefetch(arr, byte + c)
+
+
+@njit(cache=True, inline="always")
+def _prefetch_ahead(raw, r, o, span):
+    """``prefetch_span`` of span bytes PF_AHEAD past byte o of row r of raw (rows of bytes)."""
+    prefetch_span(raw, r * raw.shape[1] + o + PF_AHEAD, span)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -88,6 +104,8 @@ def mv_q8_0(raw, raw_i8, x, out, lut):
                 acc = vzero()
                 for k in range(nb):
                     o = k * 34
+                    if t == 0 and k % 2 == 0:
+                        _prefetch_ahead(raw, r, o, 68)
                     xo = k * 32
                     s = vmul(vload(q, o + 2), vload(xt, xo))
                     s = vfma(vload(q, o + 10), vload(xt, xo + 8), s)
@@ -112,6 +130,8 @@ def mv_q4_0(raw, x, xsum, out, lut):
                 accm = np.float32(0.0)
                 for k in range(nb):
                     o = k * 18
+                    if t == 0 and k % 4 == 0:
+                        _prefetch_ahead(raw, r, o, 72)
                     xo = k * 32
                     d = f16at(b, o)
                     s = vmul(vbits(b, o + 2, 0, 15), vload(xt, xo))         # values 0..7: low nibbles
@@ -138,6 +158,8 @@ def mv_q4_k(raw, x, xsum, out, lut):
                 accm = np.float32(0.0)
                 for k in range(nb):
                     o = k * 144
+                    if t == 0:
+                        _prefetch_ahead(raw, r, o, 144)
                     d = f16at(b, o)
                     dmin = f16at(b, o + 2)
                     for sp in range(4):                 # sub-blocks 2sp (low nibbles), 2sp+1 (high)
@@ -173,6 +195,8 @@ def mv_q6_k(raw, raw_i8, x, xsum16, out, lut):
                 accm = np.float32(0.0)
                 for k in range(nb):
                     o = k * 210
+                    if t == 0:
+                        _prefetch_ahead(raw, r, o, 210)
                     d = f16at(b, o + 208)
                     for h in range(2):
                         # runs p = 0..3 of this half: values h*128 + 32p + (0..31), scales 2 per run
