@@ -159,6 +159,11 @@ class LayerWeights:
     ffn_x_k: np.ndarray
     ffn_key: QTensor    # [F, C]
     ffn_value: QTensor  # [C, F]
+    # GGUF files with F16 low-rank matrices (llama.cpp's F16 files: a/v/g; w stays F32): those
+    # matrices' own bits (uint16 views of the file, [out, in] like the float32 fields), read by
+    # the decode kernel at T = 1: half the bytes per token of the float32 copies, which prompts
+    # and batches keep using (sgemm).
+    lowrank_f16: dict | None = None
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 
 from rwkvcpu.kernels import dequant as dq
 
-from .checkpoint import (Checkpoint, HParams, LayerWeights, LoadError, QTensor, Weights,
+from .checkpoint import (LAYER_LOWRANK, Checkpoint, HParams, LayerWeights, LoadError, QTensor, Weights,
                          f32, validate_weights)
 from .vocab import unescape_gguf_token
 
@@ -141,6 +141,9 @@ def load_gguf(path: str) -> Checkpoint:
             fields[fld] = f32(lerp[j])
         if i == 0:   # llama.cpp writes dummy v0/v1/v2 for layer 0; they are never used
             fields["v0"] = fields["v1"] = fields["v2"] = None
+        lowrank = {f: get(p + _GGUF_LAYER[f]) for f in LAYER_LOWRANK if fields[f] is not None}
+        if any(q.qtype == dq.F16 for q in lowrank.values()):
+            fields["lowrank_f16"] = {f: q.raw.view(np.uint16) for f, q in lowrank.items() if q.qtype == dq.F16}
         layers.append(LayerWeights(**fields))
     head = tensors.get("output.weight", emb)    # tied embeddings if no output tensor
     w = Weights(emb=emb, ln0_w=vec("token_embd_norm.weight"), ln0_b=vec("token_embd_norm.bias"),

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import os
 
-import numba
 import numpy as np
 
-from rwkvcpu.kernels import blas
 from rwkvcpu.kernels import cpu as K
 from rwkvcpu.kernels import dequant as dq
 from rwkvcpu.kernels import fused as F
@@ -33,7 +31,8 @@ FUSED_T = 16             # up to this many rows per layer call: the fused decode
 PREFILL_FUSED = True     # longer prompts: BLAS projections and low-rank products, then fused.tmix_wkv and
                          # fused.cmix_in (fewer T x C temporaries); False: the all-NumPy reference body
 PREFILL_CHUNK = 512      # tokens per forward call on long prompts (bounds activation memory)
-LORA_SGEMM = True        # batches (T > 1) at decode: the low-rank products through sgemm in tmix_in
+LOWRANK_F16 = True       # GGUF files with F16 low-rank matrices: the decode kernel reads their f16 bits,
+                         # not float32 copies (same values; half the bytes per token)
 
 
 def _sigmoid(x):
@@ -68,15 +67,8 @@ class Model:
                                     for k in lr_keys], dtype=np.int64) for il in range(hp.n_layer)]
         # The six time-mix lerps of each layer stacked once: one kernel call per layer.
         self._mixes = [np.stack([L.x_r, L.x_w, L.x_k, L.x_v, L.x_a, L.x_g]) for L in self.weights.layers]
-        # value-residual LoRA per layer; layer 0 has none: typed placeholders (fused.tmix_in)
-        z = np.zeros((1, hp.n_embd), dtype=np.float32)
-        self._vres = [(L.v1, L.v2, L.v0) if il > 0 else (z, z.reshape(-1, 1), L.w0)
-                      for il, L in enumerate(self.weights.layers)]
+        self._lowrank = self._lowrank_forms(LOWRANK_F16)
         self._segments = self._place(device)     # (after _lr_type: the GPU rounds by those types too)
-        # low-rank products of batches through OpenBLAS sgemm inside tmix_in (0, 0: per-row dots)
-        self._lr_gemm = [(blas.SGEMM, blas.SET_LOCAL) if blas.AVAILABLE and LORA_SGEMM and all(
-            m is None or (m.dtype == np.float32 and m.flags.c_contiguous)
-            for m in (L.w1, L.w2, L.a1, L.a2, L.v1, L.v2, L.g1, L.g2)) else (0, 0) for L in self.weights.layers]
         self._tokenizer = None
         self.n_vocab = hp.vocab_size
 
@@ -91,6 +83,29 @@ class Model:
         rounded as llama.cpp's CPU backend rounds them before its integer dot products
         (``rwkvcpu/kernels/actquant.py``), to reproduce llama.cpp's own logits."""
         return cls(load(path, vocab=vocab), threads=threads, device=device, numerics=numerics)
+
+    def _lowrank_forms(self, f16: bool):
+        """Per layer, the eight low-rank matrices as ``fused.tmix_in`` reads them: with ``f16``
+        those an F16 file holds as F16 stay its f16 bits (uint16 views of the file), the rest
+        float32.  Layer 0 has no value residual: its v1/v2 are placeholders typed like the other
+        layers' (one compiled signature)."""
+        keys = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")
+        rows = []
+        for L in self.weights.layers:
+            row = []
+            for k in keys:
+                m = (L.lowrank_f16 or {}).get(k) if f16 else None
+                if m is None:
+                    m = getattr(L, k)
+                row.append(m)
+            rows.append(row)
+        for j in (4, 5):
+            ref = next((r[j] for r in rows if r[j] is not None), None)
+            for r in rows:
+                if r[j] is None:
+                    r[j] = np.zeros((1, self.hparams.n_embd) if j == 4 else (self.hparams.n_embd, 1),
+                                    dtype=np.float32 if ref is None else ref.dtype)
+        return [tuple(r) for r in rows]
 
     def _mm(self, x, W):
         if self.numerics == "llama":
@@ -281,12 +296,11 @@ class Model:
         cache._zero = False
         last = stop - 1 if final else -1
         fused = T <= FUSED_T and not rec
-        nch = numba.get_num_threads()       # (a few us per call: once per pass, not per layer)
         for il in range(start, stop):
             L = W.layers[il]
             if fused:
                 x, v_first = self._fused_layer(il, x, v_first, il == last, seg_start, seg_len, seg_slot,
-                                               cr, cs, out_rows, nch)
+                                               cr, cs, out_rows)
                 if x is None:
                     break
                 continue
@@ -409,7 +423,7 @@ class Model:
         F.add_into(x, self._mm(hidden, L.ffn_value))
         return x, v_first
 
-    def _fused_layer(self, il, x, v_first, last, seg_start, seg_len, seg_slot, cr, cs, out_rows, nch):
+    def _fused_layer(self, il, x, v_first, last, seg_start, seg_len, seg_slot, cr, cs, out_rows):
         """One layer at small T with the fused kernels (rwkvcpu/kernels/fused.py): the same
         arithmetic as the unfused body of ``_cpu_layers``, in 11 calls instead of ~60."""
         hp, L = self.hparams, self.weights.layers[il]
@@ -420,10 +434,10 @@ class Model:
         xr, xk, xv, w, a, g = np.empty((6, T, C), dtype=f32)
         has_v = il > 0
         vg = np.empty((T, C) if has_v else (1, 1), dtype=f32)
-        v1, v2, v0 = self._vres[il]
+        w1, w2, a1, a2, v1, v2, g1, g2 = self._lowrank[il]
         F.tmix_in(x, L.ln1_w, L.ln1_b, eps, seg_start, seg_len, seg_slot, cr[il], self._mixes[il],
-                  L.w1, L.w2, L.w0, L.a1, L.a2, L.a0, v1, v2, v0, L.g1, L.g2, has_v, self._lr_round[il],
-                  xr, xk, xv, w, a, vg, g, *self._lr_gemm[il], nch)
+                  w1, w2, L.w0, a1, a2, L.a0, v1, v2, L.v0 if has_v else L.w0, g1, g2, has_v,
+                  self._lr_round[il], xr, xk, xv, w, a, vg, g)
         r = self._mm(xr, L.receptance)
         k = self._mm(xk, L.key)
         v = self._mm(xv, L.value)

@@ -6,13 +6,15 @@ gate: one task per (sequence, head)), the output projection, ``cmix_in`` (residu
 lerp) and the channel mix's two projections: 11 calls and 9 parallel regions, where the NumPy body
 takes ~60 operations.  Prefill uses ``tmix_wkv`` and ``cmix_in`` after its BLAS projections and
 low-rank products.  Same float32 arithmetic as the all-NumPy layer body in ``Model._cpu_layers``
-(used for recording intermediates, and as the reference: ``model.FUSED_T = 0`` and
+up to summation order and the exp of the gates (``simd.vexp``, <= 1.3 ulp, where the body uses
+NumPy's) (the body is used for recording intermediates, and as the reference: ``model.FUSED_T = 0`` and
 ``model.PREFILL_FUSED = False``; tests/test_model.py compares logits and states on the fixture
 models); decay and state float32 as everywhere else.  In ``numerics="llama"`` the low-rank inputs
 are rounded in the kernel as llama.cpp rounds them (``actquant.round_rows``; tests/test_numerics.py
 checks that decode path against llama.cpp's logits).
 
-Shapes: x rows [T, C]; low-rank matrices as the checkpoint holds them (``w1`` [D, C], ``w2`` [C, D]).
+Shapes: x rows [T, C]; low-rank matrices as the checkpoint holds them (``w1`` [D, C], ``w2`` [C, D]),
+float32 or an F16 file's own bits (uint16).
 """
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ import numpy as np
 from numba import njit, prange
 
 from .actquant import round_rows
-from .blas import _set_local, _sgemm
 from .cpu import _normalize, token_shift, wkv7_step
 from .reference import DECAY_SCALE
+from .matvec import tiles2
 from .simd import dot_f32 as _dot
+from .simd import vadd, vexp, vload, vmul, vsigmoid, vsplat, vstore
 
 FLAGS = {"reassoc", "contract"}
 
@@ -61,29 +64,56 @@ def _tmix_prep(x, ln_w, ln_b, ln_eps, seg_start, seg_len, seg_slot, cache_rows, 
 
 
 @njit(cache=True, inline="always")
-def _rows_gemm(fp, x, M, out, base, n, lo, hi):
-    """out[:, r0:r1] = x @ M[r0:r1].T for the rows of block [base, base + n) inside [lo, hi)."""
-    r0 = max(lo, base) - base
-    r1 = min(hi, base + n) - base
-    if r1 > r0:
-        _sgemm(fp, x.shape[0], r1 - r0, x.shape[1], np.float32(1.0), x.ctypes.data, x.shape[1],
-               M[r0:].ctypes.data, M.shape[1], out[:, r0:].ctypes.data, out.shape[1])
+def _gate8(decay, x, b, scale):
+    s = vsigmoid(vadd(b, x))
+    return vexp(vmul(vsplat(scale), s)) if decay else s
+
+
+@njit(cache=True, inline="always")
+def _gate(decay, row, bias, c0, c1, scale):
+    """row[c] = sigmoid(bias[c] + row[c]) for c in [c0, c1), or exp(scale * that) with decay: 8
+    channels per vector (simd.vexp, no libm call); a ragged end goes through the same vector code
+    in a padded copy, so every channel gets the same arithmetic."""
+    c = c0
+    while c + 8 <= c1:
+        vstore(row, c, _gate8(decay, vload(row, c), vload(bias, c), scale))
+        c += 8
+    if c < c1:
+        n = c1 - c
+        bx = np.zeros(8, dtype=np.float32)
+        bb = np.zeros(8, dtype=np.float32)
+        bx[:n] = row[c:c1]
+        bb[:n] = bias[c:c1]
+        vstore(bx, 0, _gate8(decay, vload(bx, 0), vload(bb, 0), scale))
+        row[c:c1] = bx[:n]
+
+
+@njit(cache=True, inline="always")
+def _tiles(M, xs, h, d, act, end=-1):
+    """h[t, d:d+2] = act(M[d:d+2] . xs[t]) for every row t (rows of M from ``end``, default its
+    length, on skipped): ``matvec.tiles2``."""
+    n = M.shape[0] if end < 0 else end
+    tiles2(M[d], M[min(d + 1, n - 1)], xs, h, d, d + 1 < n, act)
+
+
+GATE_SPAN = 32           # output channels per task of tmix_in's up projections
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def tmix_in(x, ln_w, ln_b, ln_eps, seg_start, seg_len, seg_slot, cache_rows, mixes,
-            w1, w2, w0, a1, a2, a0, v1, v2, v0, g1, g2, has_v, rnd, xr, xk, xv, w, a, vg, g,
-            fp_gemm=0, fp_local=0, nch=1):
+            w1, w2, w0, a1, a2, a0, v1, v2, v0, g1, g2, has_v, rnd, xr, xk, xv, w, a, vg, g):
     """The time mix up to its projections, for layer input rows x: layer norm, token shift
     (``cache_rows[slot, :C]`` holds each sequence's previous normed row and is updated), the six
     lerps (mixes: [6, C], r w k v a g) into xr, xk, xv, and the low-rank outputs: decay w,
     in-context rate a, value-residual gate vg (when has_v) and output gate g.
+    Low-rank matrices as the checkpoint holds them (w1 [D, C], w2 [C, D]), each float32 or an
+    F16 file's own bits (uint16: half the bytes per token; ``simd.vload_w``).
     rnd: int64[8], how each low-rank input is rounded first (``actquant.round_rows`` codes for
     w1 w2 a1 a2 v1 v2 g1 g2; all 0 in exact numerics).  Two parallel regions: every down
-    projection (each row of w1/a1/v1/g1 read once for all T rows), then every up projection.
-    With T > 1 and ``fp_gemm``/``fp_local`` (blas.SGEMM / blas.SET_LOCAL, C-contiguous float32
-    matrices) each of ``nch`` threads multiplies its share of the rows with OpenBLAS sgemm: one dot product
-    per (channel, row) cost ~350 us per 0.1B layer at T = 8, mostly short dots' reductions."""
+    projection, then every up projection (spans of GATE_SPAN output channels) and its gate
+    (``simd.vexp``, 8 channels a vector).  T = 1: a dot product per matrix row; batches: 2 matrix
+    rows x 4 rows of x register tiles (``matvec.tile2x4``), each matrix row read once for all T.
+    (OpenBLAS sgemm per thread was no faster at T = 8, and needed float32 copies.)"""
     T, C = x.shape
     xw = np.empty((T, C), dtype=np.float32)
     xaa = np.empty((T, C), dtype=np.float32)
@@ -103,72 +133,57 @@ def tmix_in(x, ln_w, ln_b, ln_eps, seg_start, seg_len, seg_slot, cache_rows, mix
     hv = np.empty((T, max(nv, 1)), dtype=np.float32)
     hg = np.empty((T, ng), dtype=np.float32)
     nd = nw + na + nv + ng
-    gemm = fp_gemm != 0 and T > 1
-    if gemm:
-        per = (nd + nch - 1) // nch
-        for ch in prange(nch):                  # down: each thread a share of the 4 matrices' rows
-            lo = ch * per
-            hi = min(nd, lo + per)
-            if hi > lo:
-                old = _set_local(fp_local, 1)
-                _rows_gemm(fp_gemm, xw, w1, hw, 0, nw, lo, hi)
-                _rows_gemm(fp_gemm, xaa, a1, ha, nw, na, lo, hi)
-                if has_v:
-                    _rows_gemm(fp_gemm, xvr, v1, hv, nw + na, nv, lo, hi)
-                _rows_gemm(fp_gemm, xg, g1, hg, nw + na + nv, ng, lo, hi)
-                _set_local(fp_local, old)
-                for t in range(T):
-                    for d in range(lo, min(hi, nw)):
-                        hw[t, d] = np.tanh(hw[t, d])
-                    for d in range(max(lo, nw + na + nv), hi):
-                        hg[t, d - nw - na - nv] = _sig(hg[t, d - nw - na - nv])
-    else:
+    if T == 1:
         for d in prange(nd):                    # down: h = act(M[d] . x)
-            for t in range(T):
-                if d < nw:
-                    hw[t, d] = np.tanh(_dot(w1[d], xw[t]))
-                elif d < nw + na:
-                    ha[t, d - nw] = _dot(a1[d - nw], xaa[t])
-                elif d < nw + na + nv:
-                    hv[t, d - nw - na] = _dot(v1[d - nw - na], xvr[t])
-                else:
-                    hg[t, d - nw - na - nv] = _sig(_dot(g1[d - nw - na - nv], xg[t]))
+            if d < nw:
+                hw[0, d] = np.tanh(_dot(w1[d], xw[0]))
+            elif d < nw + na:
+                ha[0, d - nw] = _dot(a1[d - nw], xaa[0])
+            elif d < nw + na + nv:
+                hv[0, d - nw - na] = _dot(v1[d - nw - na], xvr[0])
+            else:
+                hg[0, d - nw - na - nv] = _sig(_dot(g1[d - nw - na - nv], xg[0]))
+    else:                                       # down, T > 1: two rows of a matrix x every row of x
+        pw = (nw + 1) // 2
+        pa = (na + 1) // 2
+        pv = (nv + 1) // 2
+        for q in prange(pw + pa + pv + (ng + 1) // 2):
+            if q < pw:
+                _tiles(w1, xw, hw, 2 * q, 1)
+            elif q < pw + pa:
+                _tiles(a1, xaa, ha, 2 * (q - pw), 0)
+            elif q < pw + pa + pv:
+                _tiles(v1, xvr, hv, 2 * (q - pw - pa), 0)
+            else:
+                _tiles(g1, xg, hg, 2 * (q - pw - pa - pv), 2)
     round_rows(hw, rnd[1])
     round_rows(ha, rnd[3])
     if has_v:
         round_rows(hv, rnd[5])
     round_rows(hg, rnd[7])
     scale = np.float32(-DECAY_SCALE)
-    if gemm:
-        ow = np.empty((T, C), dtype=np.float32)
-        oa = np.empty((T, C), dtype=np.float32)
-        ov = np.empty((T, C) if has_v else (1, 1), dtype=np.float32)
-        per = (C + nch - 1) // nch
-        for ch in prange(nch):                  # up: each thread a share of the output channels
-            c0 = ch * per
-            c1 = min(C, c0 + per)
-            if c1 > c0:
-                old = _set_local(fp_local, 1)
-                _rows_gemm(fp_gemm, hw, w2, ow, 0, C, c0, c1)
-                _rows_gemm(fp_gemm, ha, a2, oa, 0, C, c0, c1)
+    for ck in prange((C + GATE_SPAN - 1) // GATE_SPAN):     # up: a span of output channels of all four
+        c0 = ck * GATE_SPAN
+        c1 = min(C, c0 + GATE_SPAN)
+        if T == 1:
+            for c in range(c0, c1):
+                w[0, c] = _dot(w2[c], hw[0])
+                a[0, c] = _dot(a2[c], ha[0])
                 if has_v:
-                    _rows_gemm(fp_gemm, hv, v2, ov, 0, C, c0, c1)
-                _rows_gemm(fp_gemm, hg, g2, g, 0, C, c0, c1)
-                _set_local(fp_local, old)
-                for t in range(T):
-                    for c in range(c0, c1):
-                        w[t, c] = np.exp(scale * _sig(w0[c] + ow[t, c]))
-                        a[t, c] = _sig(a0[c] + oa[t, c])
-                        if has_v:
-                            vg[t, c] = _sig(v0[c] + ov[t, c])
-        return
-    for c in prange(C):                         # up: one output channel of all four
+                    vg[0, c] = _dot(v2[c], hv[0])
+                g[0, c] = _dot(g2[c], hg[0])
+        else:
+            for c in range(c0, c1, 2):
+                _tiles(w2, hw, w, c, 0, c1)
+                _tiles(a2, ha, a, c, 0, c1)
+                if has_v:
+                    _tiles(v2, hv, vg, c, 0, c1)
+                _tiles(g2, hg, g, c, 0, c1)
         for t in range(T):
-            w[t, c] = np.exp(scale * _sig(w0[c] + _dot(w2[c], hw[t])))
-            a[t, c] = _sig(a0[c] + _dot(a2[c], ha[t]))
+            _gate(True, w[t], w0, c0, c1, scale)
+            _gate(False, a[t], a0, c0, c1, scale)
             if has_v:
-                vg[t, c] = _sig(v0[c] + _dot(v2[c], hv[t]))
-            g[t, c] = _dot(g2[c], hg[t])
+                _gate(False, vg[t], v0, c0, c1, scale)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)

@@ -23,7 +23,8 @@ import numpy as np
 from numba import njit, prange
 
 from . import dequant as dq
-from .simd import dot_f32, f16at, prefetch, vadd, vbits, vfma, vhsum, vload, vload_bf16, vload_f16, vmul, vq6x4, vsplat, vstore, vzero
+from .simd import (dot_f32, f16at, prefetch, vadd, vbits, vfma, vhsum, vload, vload_bf16, vload_f16, vload_w, vmul,
+                   vq6x4, vsplat, vstore, vzero, wat)
 
 FLAGS = {"reassoc", "contract"}
 ROWS = 8                 # rows per parallel task
@@ -311,7 +312,6 @@ def mv_buffered(qtype, raw, raw_i8, x, out, kv, lut):
     and every load of a weight vector is shared by the whole batch."""
     rows = raw.shape[0]
     T, cols = x.shape
-    c8 = cols - cols % 8
     for task in prange((rows + ROWS - 1) // ROWS):
         buf = np.empty((2, cols), dtype=np.float32)
         end = min(rows, task * ROWS + ROWS)
@@ -322,49 +322,79 @@ def mv_buffered(qtype, raw, raw_i8, x, out, kv, lut):
                 _decode_row(qtype, raw[r + 1], raw_i8[r + 1], buf[1], kv, lut)
             else:
                 buf[1, :] = buf[0]
-            w0r = buf[0]
-            w1r = buf[1]
-            for t0 in range(0, T, 4):
-                x0 = x[t0]
-                x1 = x[min(t0 + 1, T - 1)]
-                x2 = x[min(t0 + 2, T - 1)]
-                x3 = x[min(t0 + 3, T - 1)]
-                a00 = vzero()
-                a01 = vzero()
-                a02 = vzero()
-                a03 = vzero()
-                a10 = vzero()
-                a11 = vzero()
-                a12 = vzero()
-                a13 = vzero()
-                for j in range(0, c8, 8):
-                    w0 = vload(w0r, j)
-                    w1 = vload(w1r, j)
-                    xv = vload(x0, j)
-                    a00 = vfma(w0, xv, a00)
-                    a10 = vfma(w1, xv, a10)
-                    xv = vload(x1, j)
-                    a01 = vfma(w0, xv, a01)
-                    a11 = vfma(w1, xv, a11)
-                    xv = vload(x2, j)
-                    a02 = vfma(w0, xv, a02)
-                    a12 = vfma(w1, xv, a12)
-                    xv = vload(x3, j)
-                    a03 = vfma(w0, xv, a03)
-                    a13 = vfma(w1, xv, a13)
-                s0 = (vhsum(a00), vhsum(a01), vhsum(a02), vhsum(a03))
-                s1 = (vhsum(a10), vhsum(a11), vhsum(a12), vhsum(a13))
-                for i in range(4):
-                    t = t0 + i
-                    if t < T:
-                        e0 = s0[i]
-                        e1 = s1[i]
-                        for j in range(c8, cols):
-                            e0 += w0r[j] * x[t, j]
-                            e1 += w1r[j] * x[t, j]
-                        out[t, r] = e0
-                        if two:
-                            out[t, r + 1] = e1
+            tiles2(buf[0], buf[1], x, out, r, two, 0)
+
+
+@njit(cache=True, inline="always")
+def _act(v, act):
+    if act == 1:
+        return np.tanh(v)
+    if act == 2:
+        return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
+    return v
+
+
+@njit(cache=True, fastmath=FLAGS)      # (not inline: Numba's parfor analysis trips on its tuples)
+def tiles2(w0r, w1r, x, out, col, two, act):
+    """out[t, col] = act(w0r . x[t]) and, with ``two``, out[t, col + 1] = act(w1r . x[t]), for every
+    row t of x, by ``tile2x4`` (act 0: none, 1: tanh, 2: sigmoid)."""
+    T = x.shape[0]
+    for t0 in range(0, T, 4):
+        s0, s1 = tile2x4(w0r, w1r, x, t0)
+        for i in range(min(4, T - t0)):
+            out[t0 + i, col] = _act(s0[i], act)
+            if two:
+                out[t0 + i, col + 1] = _act(s1[i], act)
+
+
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def tile2x4(w0r, w1r, x, t0):
+    """(w0r . x[t0 + i] for i < 4), (w1r . x[t0 + i] for i < 4): two weight rows (float32, or f16
+    bits: ``simd.vload_w``) times four rows of x (rows past the end of x repeat its last), 8 vector
+    accumulators in registers, each weight vector loaded once for the four."""
+    T = x.shape[0]
+    cols = w0r.shape[0]
+    c8 = cols - cols % 8
+    x0 = x[t0]
+    x1 = x[min(t0 + 1, T - 1)]
+    x2 = x[min(t0 + 2, T - 1)]
+    x3 = x[min(t0 + 3, T - 1)]
+    a00 = vzero()
+    a01 = vzero()
+    a02 = vzero()
+    a03 = vzero()
+    a10 = vzero()
+    a11 = vzero()
+    a12 = vzero()
+    a13 = vzero()
+    for j in range(0, c8, 8):
+        w0 = vload_w(w0r, j)
+        w1 = vload_w(w1r, j)
+        xv = vload(x0, j)
+        a00 = vfma(w0, xv, a00)
+        a10 = vfma(w1, xv, a10)
+        xv = vload(x1, j)
+        a01 = vfma(w0, xv, a01)
+        a11 = vfma(w1, xv, a11)
+        xv = vload(x2, j)
+        a02 = vfma(w0, xv, a02)
+        a12 = vfma(w1, xv, a12)
+        xv = vload(x3, j)
+        a03 = vfma(w0, xv, a03)
+        a13 = vfma(w1, xv, a13)
+    s0 = (_tail(vhsum(a00), w0r, x0, c8), _tail(vhsum(a01), w0r, x1, c8),
+          _tail(vhsum(a02), w0r, x2, c8), _tail(vhsum(a03), w0r, x3, c8))
+    s1 = (_tail(vhsum(a10), w1r, x0, c8), _tail(vhsum(a11), w1r, x1, c8),
+          _tail(vhsum(a12), w1r, x2, c8), _tail(vhsum(a13), w1r, x3, c8))
+    return s0, s1
+
+
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _tail(acc, wr, xt, c8):
+    """acc plus the products of columns c8.. (a row's ragged end past its 8-lane vectors)."""
+    for j in range(c8, wr.shape[0]):
+        acc += wat(wr, j) * xt[j]
+    return acc
 
 
 BATCH_T = 3              # from this many rows of x on, decode each weight row once for all of them

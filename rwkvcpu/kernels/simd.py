@@ -17,6 +17,7 @@ NumPy reference: ``tests/kernels/test_simd.py`` checks each operation against Nu
 """
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils  # noqa: F401  (keeps numba's extension API imported in one place)
@@ -251,19 +252,111 @@ def vstore(typingctx, arr, idx, v):
     return types.none(arr, idx, f32x8), cg
 
 
+vdiv = _binop("fdiv")
+
+# exp on 8 lanes (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial in r, then
+# times 2**n as two powers of two built in the exponent bits, so that n in [-150, 129] needs no
+# special case: subnormal results, and inf above ln(FLT_MAX), come out of the multiplies).  Error
+# <= 1.3 ulp against the exact exp on normal results (tests/kernels/test_simd.py; NumPy's float32
+# exp: 2.3).  Inline, with no libm call: a scalar expf per channel spilled the vector registers of
+# the time mix's up projection around every call.
+_EXP_HI = 89.0
+_EXP_LO = -104.0
+_LOG2E = 1.44269504088896341
+_LN2_HI = 0.693359375
+_LN2_LO = -2.12194440e-4
+_EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+
+
+@intrinsic
+def vexp(typingctx, v):
+    """exp of the 8 lanes of v (see above)."""
+    if v != f32x8:
+        return None
+
+    def cg(ctx, builder, sig, args):
+        def c(val):
+            return ir.Constant(_V8F, [float(np.float32(val))] * 8)
+
+        def fma(a, b, d):
+            return builder.fadd(builder.fmul(a, b, flags=("contract",)), d, flags=("contract",))
+        v8i = ir.VectorType(_I32, 8)
+
+        def pow2(k):
+            return builder.bitcast(builder.shl(builder.add(k, ir.Constant(v8i, [127] * 8)),
+                                               ir.Constant(v8i, [23] * 8)), _V8F)
+        x = args[0]
+        x = builder.select(builder.fcmp_ordered(">", x, c(_EXP_HI)), c(_EXP_HI), x)
+        x = builder.select(builder.fcmp_ordered("<", x, c(_EXP_LO)), c(_EXP_LO), x)
+        rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8F, [_V8F]), "llvm.rint.v8f32")
+        n = builder.call(rint, [builder.fmul(x, c(_LOG2E))])
+        r = fma(n, c(-_LN2_HI), x)
+        r = fma(n, c(-_LN2_LO), r)
+        y = c(_EXP_P[0])
+        for k in _EXP_P[1:]:
+            y = fma(y, r, c(k))
+        y = fma(y, builder.fmul(r, r), builder.fadd(r, c(1.0)))
+        ni = builder.fptosi(n, v8i)
+        h = builder.ashr(ni, ir.Constant(v8i, [1] * 8))
+        return builder.fmul(builder.fmul(y, pow2(h)), pow2(builder.sub(ni, h)))
+    return f32x8(f32x8), cg
+
+
+@njit(cache=True, inline="always")
+def vsigmoid(v):
+    """1 / (1 + exp(-v)) on 8 lanes."""
+    one = vsplat(np.float32(1.0))
+    return vdiv(one, vadd(one, vexp(vsub(vzero(), v))))
+
+
+@intrinsic
+def vload_w(typingctx, arr, idx):
+    """float32(arr[idx:idx+8]) for a weight row that is float32, or IEEE halves stored as uint16
+    (an F16 file's own bits): one kernel body serves both, compiled per type.  Exact."""
+    if not (_is_row(arr, types.float32, types.uint16) and isinstance(idx, types.Integer)):
+        return None
+    half = arr.dtype == types.uint16
+
+    def cg(ctx, builder, sig, args):
+        i = ctx.cast(builder, args[1], sig.args[1], types.intp)
+        if not half:
+            return builder.load(_vec_ptr(ctx, builder, sig.args[0], args[0], i, _F), align=4)
+        v = builder.load(_vec_ptr(ctx, builder, sig.args[0], args[0], i, ir.IntType(16)), align=2)
+        return builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), 8)), _V8F)
+    return f32x8(arr, idx), cg
+
+
+@intrinsic
+def wat(typingctx, arr, idx):
+    """float32(arr[idx]) for a float32 row, or of the IEEE half stored at arr[idx] of a uint16 row."""
+    if not (_is_row(arr, types.float32, types.uint16) and isinstance(idx, types.Integer)):
+        return None
+    half = arr.dtype == types.uint16
+
+    def cg(ctx, builder, sig, args):
+        ary = ctx.make_array(sig.args[0])(ctx, builder, args[0])
+        p = builder.gep(ary.data, [ctx.cast(builder, args[1], sig.args[1], types.intp)])
+        if not half:
+            return builder.load(p)
+        return builder.fpext(builder.load(builder.bitcast(p, ir.PointerType(ir.HalfType()))), _F)
+    return types.float32(arr, idx), cg
+
+
 @njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
 def dot_f32(m, x):
-    """m . x for two float32 rows, on 8-lane vectors (two accumulators) plus a scalar tail."""
+    """m . x for a float32 row x and a weight row m, float32 or f16 bits (uint16; ``vload_w``):
+    8-lane vectors (two accumulators) plus a scalar tail.  Both weight types give the same bits
+    for the same values."""
     n = m.shape[0]
     n16 = n - n % 16
     a0 = vzero()
     a1 = vzero()
     for j in range(0, n16, 16):
-        a0 = vfma(vload(m, j), vload(x, j), a0)
-        a1 = vfma(vload(m, j + 8), vload(x, j + 8), a1)
+        a0 = vfma(vload_w(m, j), vload(x, j), a0)
+        a1 = vfma(vload_w(m, j + 8), vload(x, j + 8), a1)
     acc = vhsum(vadd(a0, a1))
     for j in range(n16, n):
-        acc += m[j] * x[j]
+        acc += wat(m, j) * x[j]
     return acc
 
 

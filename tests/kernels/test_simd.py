@@ -2,8 +2,8 @@
 import numpy as np
 from numba import njit
 
-from rwkvcpu.kernels.simd import (f16at, vadd, vbits, vfma, vhsum, vload, vload_bf16, vload_f16, vmul,
-                                  vsplat, vstore, vsub, vzero)
+from rwkvcpu.kernels.simd import (dot_f32, f16at, vadd, vbits, vexp, vfma, vhsum, vload, vload_bf16, vload_f16, vmul,
+                                  vsigmoid, vsplat, vstore, vsub, vzero)
 
 
 @njit(cache=True)
@@ -78,3 +78,59 @@ def test_f16at_reads_every_half_exactly_at_an_odd_byte_offset():
     nan = np.isnan(want)
     assert np.array_equal(np.isnan(out), nan)
     np.testing.assert_array_equal(out[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
+@njit(cache=True)
+def _exp_sig(x, e, s):
+    for i in range(0, x.shape[0], 8):
+        v = vload(x, i)
+        vstore(e, i, vexp(v))
+        vstore(s, i, vsigmoid(v))
+
+
+def test_vexp_and_vsigmoid_within_a_few_ulp_of_the_exact_values():
+    """vexp replaces libm's expf in the fused time mix; its error bound (simd.py: <= 1.3 ulp) is
+    checked here against float64 exp, on the whole range and densely where the model evaluates it
+    (decay exp(-0.61 sigmoid(.)) in [-0.61, 0]; sigmoids of O(1) arguments), plus the edges."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-87.3, 88.72, 1 << 18), rng.uniform(-4, 4, 1 << 18),
+                        rng.uniform(-0.61, 0, 1 << 16)]).astype(np.float32)
+    e, s = np.empty_like(x), np.empty_like(x)
+    _exp_sig(x, e, s)
+    x64 = x.astype(np.float64)
+    ref = np.exp(x64)
+    assert (np.abs(e - ref) / np.spacing(ref.astype(np.float32))).max() <= 1.3
+    sref = 1.0 / (1.0 + np.exp(-x64))
+    # sigmoid: exp's error plus the add and the division's roundings
+    assert (np.abs(s - sref) / np.spacing(sref.astype(np.float32))).max() <= 3.5
+    edge = np.array([-1000, -90, 88.8, 1000, 0, -0.0, np.inf, -np.inf], np.float32)
+    e, s = np.empty_like(edge), np.empty_like(edge)
+    _exp_sig(edge, e, s)
+    assert e[0] == 0 and e[7] == 0 and e[4] == e[5] == 1.0
+    assert np.isinf(e[2]) and np.isinf(e[3]) and np.isinf(e[6])
+    # a subnormal result: within one subnormal step of the exact value
+    assert abs(float(e[1]) - np.exp(-90.0)) <= 2 * 2.0 ** -149
+    np.testing.assert_array_equal(s, [0, 0, 1, 1, 0.5, 0.5, 1, 0])     # exp(90) is inf in float32
+    nan = np.full(8, np.nan, np.float32)
+    _exp_sig(nan, e, s)
+    assert np.isnan(e).all() and np.isnan(s).all()          # NaN propagates, never a number
+
+
+@njit(cache=True)
+def _dots(m, x, out):
+    for i in range(m.shape[0]):
+        out[i] = dot_f32(m[i], x)
+
+
+def test_dot_reads_f16_weight_rows_with_the_same_bits_as_their_float32_values():
+    """dot_f32 on a row of IEEE halves (uint16, an F16 file's bits) equals dot_f32 on the same
+    values as float32, bit for bit, ragged tail (length 37 = 2 x 16 + 5) included."""
+    rng = np.random.default_rng(3)
+    h = (rng.standard_normal((5, 37)) * 3).astype(np.float16)
+    h[0, 36] = np.float16(6e-8)         # subnormal half in the scalar tail
+    x = rng.standard_normal(37).astype(np.float32)
+    a, b = np.empty(5, np.float32), np.empty(5, np.float32)
+    _dots(h.view(np.uint16), x, a)
+    _dots(h.astype(np.float32), x, b)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, h.astype(np.float64) @ x.astype(np.float64), rtol=1e-5, atol=1e-5)
