@@ -107,11 +107,16 @@ def test_matmul_all_paths(qtype, T):
 
 
 @pytest.mark.parametrize("T", [1, 2, 5])
-def test_f32_matvec_ragged_rows(T):
-    """F32 decode kernel (two 8-lane accumulators) with a scalar tail: 75 columns."""
-    W = QTensor("w", dq.F32, (13, 75), rand(13, 75))
+@pytest.mark.parametrize("half", [False, True])
+def test_f32_and_f16_matvec_ragged_rows(T, half):
+    """F32/F16 decode kernels (two 8-lane accumulators) with a scalar tail, and the batched kernel's
+    ragged F16 rows (through its float32 buffer; whole 8-lane rows are converted in registers):
+    75 columns."""
+    w = rand(13, 75)
+    W = QTensor("w", dq.F16, (13, 75), w.astype(np.float16)) if half else QTensor("w", dq.F32, (13, 75), w)
     x = rand(T, 75)
-    np.testing.assert_allclose(K.matmul(x, W), x.astype(np.float64) @ W.raw.T.astype(np.float64), atol=1e-5)
+    ref = x.astype(np.float64) @ W.dequantize().T.astype(np.float64)
+    np.testing.assert_allclose(K.matmul(x, W), ref, atol=1e-5)
 
 
 @pytest.mark.parametrize("typ", ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m",
