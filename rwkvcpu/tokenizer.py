@@ -48,6 +48,45 @@ def _encode(data, first, count, edge_byte, edge_child, node_token, out):
     return m
 
 
+@njit(cache=True)
+def _sorted_trie(data, offs, ids):
+    """The trie of byte strings data[offs[k]:offs[k+1]], given in sorted order: each key shares its
+    longest common prefix with the previous one, so only its remaining bytes make new nodes, below
+    the previous key's node at that depth.  Returns the edges (parent, byte, child), created in
+    depth-first order (a node's children in increasing byte order), and each node's token id."""
+    n = offs.shape[0] - 1
+    total = offs[n]
+    parent = np.empty(total, np.int64)
+    ebyte = np.empty(total, np.uint8)
+    child = np.empty(total, np.int64)
+    token = np.full(total + 1, -1, np.int64)
+    path = np.zeros(total + 1, np.int64)        # path[d]: the previous key's node at depth d
+    nodes = 1
+    edges = 0
+    ps = 0
+    pl = 0
+    for k in range(n):
+        s = offs[k]
+        ln = offs[k + 1] - s
+        lcp = 0
+        while lcp < ln and lcp < pl and data[s + lcp] == data[ps + lcp]:
+            lcp += 1
+        node = path[lcp]
+        for d in range(lcp, ln):
+            parent[edges] = node
+            ebyte[edges] = data[s + d]
+            child[edges] = nodes
+            edges += 1
+            node = nodes
+            nodes += 1
+            path[d + 1] = node
+        if token[node] < 0:
+            token[node] = ids[k]
+        ps = s
+        pl = ln
+    return parent[:edges], ebyte[:edges], child[:edges], token[:nodes]
+
+
 class Tokenizer:
     def __init__(self, vocab: list[bytes]):
         self.vocab = list(vocab)
@@ -55,34 +94,19 @@ class Tokenizer:
         self._build()
 
     def _build(self) -> None:
-        children: list[dict[int, int]] = [{}]
-        node_token = [-1]
-        for tid, tok in enumerate(self.vocab):
-            if not tok:
-                continue
-            node = 0
-            for byte in tok:
-                nxt = children[node].get(byte)
-                if nxt is None:
-                    nxt = len(children)
-                    children[node][byte] = nxt
-                    children.append({})
-                    node_token.append(-1)
-                node = nxt
-            if node_token[node] < 0:             # first id wins for duplicate byte strings
-                node_token[node] = tid
-        n = len(children)
-        first = np.zeros(n, np.int64)
-        count = np.zeros(n, np.int64)
-        eb, ec = [], []
-        for i, ch in enumerate(children):
-            first[i] = len(eb)
-            count[i] = len(ch)
-            for b in sorted(ch):
-                eb.append(b)
-                ec.append(ch[b])
-        self._trie = (first, count, np.array(eb, np.uint8), np.array(ec, np.int64),
-                      np.array(node_token, np.int64))
+        # keys in byte order (stable: for duplicate byte strings the first id wins), then the trie
+        # built in one Numba pass over their bytes (~10 ms; a Python dict per node took ~180 ms of
+        # every cold start)
+        order = sorted((i for i, t in enumerate(self.vocab) if t), key=self.vocab.__getitem__)
+        keys = [self.vocab[i] for i in order]
+        offs = np.zeros(len(keys) + 1, np.int64)
+        np.cumsum([len(k) for k in keys], out=offs[1:])
+        data = np.frombuffer(b"".join(keys), dtype=np.uint8)
+        parent, edge_byte, child, node_token = _sorted_trie(data, offs, np.asarray(order, np.int64))
+        count = np.bincount(parent, minlength=len(node_token)).astype(np.int64)
+        first = np.cumsum(count) - count
+        by_parent = np.argsort(parent, kind="stable")   # each node's edges, already in byte order
+        self._trie = (first, count, edge_byte[by_parent], child[by_parent], node_token)
 
     def encode(self, text: str | bytes) -> list[int]:
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)

@@ -50,3 +50,18 @@ def test_encode_one_megabyte_fast(tokenizers, capsys):
     dt = time.perf_counter() - t
     assert world.decode(ids) == text
     print(f"encoded 1 MiB in {dt:.3f} s")   # a figure for the record, not an assertion on speed
+
+
+def test_trie_longest_match_duplicates_prefixes_and_gaps():
+    """The trie is built from the byte-sorted vocabulary in one pass (tokenizer._sorted_trie); its
+    encoding must be greedy longest match, with the first id winning for a duplicated byte string,
+    empty tokens ignored, and a clear error for a byte no token covers.  The expected ids below
+    follow from the vocabulary by hand (longest match from each position)."""
+    vocab = [b"", b"a", b"ab", b"abc", b"b", b"ab", b"c", b"ba", b"\xff", b"bab", b"x"]
+    tok = Tokenizer(vocab)
+    assert tok.encode(b"abcabx") == [3, 2, 10]          # abc | ab | x  (id 2, not its duplicate 5)
+    assert tok.encode(b"babab") == [9, 2]               # bab | ab
+    assert tok.encode(b"cba\xff") == [6, 7, 8]
+    assert tok.encode(b"") == []
+    with pytest.raises(ValueError, match="no token for byte 0x7a at offset 2"):
+        tok.encode(b"abz")
