@@ -29,8 +29,9 @@ from numba import njit, prange
 from . import dequant as dq
 from .matvec import FLAGS, ROWS, _prefetch_ahead
 from .actquant import q8_0_scale, q8_k_scale
-from .simd import (f16at, f16x8, i16load, i16s8, i8load, i8nib, i8nib16, i8q6, iadd, idot, imadd2, imaddubs, i16sub,
-                   i8splat, imadd, imulc, iset8, isplat, isum8, itof, izero, prefetch, vfma, vhsum, vlane, vmul, vsplat, vsub, vzero)
+from .simd import (f16at, f16x8, i16add, i16load, i16s8, i8bc4, i8hi, i8lo, i8load, i8nib, i8nib16, i8q6, iadd, idot,
+                   imadd2, imaddp, imaddubs, i16sub, i8splat, i32load, imadd, imulc, iset8, isplat, isum8, itof, izero,
+                   prefetch, vfma, vhsum, vlane, vload, vmul, vsplat, vsub, vzero)
 
 TYPES = (dq.Q8_0, dq.Q4_0, dq.Q4_K, dq.Q6_K)
 
@@ -351,6 +352,108 @@ def _rows8(raw, x, out, kq):
             _store8(out, t, r, n, vsub(a0, m0))
 
 
+LANES_MIN = 3       # batches of at least this many rows use ``_lanes`` for Q4_0 / Q4_K
+
+
+@njit(cache=True)
+def _to_lanes(x, kq):
+    """A batch x [T, cols] quantized (Q8_K blocks if kq, else Q8_0: the rounding of
+    ``quantize_q8_k`` / ``quantize_q8_0``) straight into lanes (``simd``'s layout), per group of 8
+    rows tg: xi[tg, 32 g + 4 tt + i] = q[8 tg + tt, 4 g + i]; xdv[tg, 8 k + tt] the block scales;
+    per 32 values j, xsv[tg, 8 j + tt] = -8 x the sum of q (Q8_0: Q4_0's offset) and
+    xs16[tg, 16 (j // 2) + 2 tt + j % 2] = the sum of q as int16 (Q8_K; |sum| < 2**15).  Lanes
+    past T are zero.  Serial (np.zeros in a parallel function would each be a parallel loop)."""
+    T, cols = x.shape
+    ntg = (T + 7) // 8
+    nb = cols // 256 if kq else cols // 32
+    xi = np.zeros((ntg, cols * 8), dtype=np.int8)
+    xdv = np.zeros((ntg, nb * 8), dtype=np.float32)
+    xsv = np.zeros((ntg, cols // 32 * 8), dtype=np.int32)
+    xs16 = np.zeros((ntg, cols // 32 * 8), dtype=np.int16)
+    for t in range(T):
+        tg = t // 8
+        tt = t % 8
+        xt = x[t]
+        for k in range(nb):
+            if kq:
+                iscale, d = q8_k_scale(xt, k * 256)
+            else:
+                d, iscale = q8_0_scale(x, t, k * 32)
+            xdv[tg, 8 * k + tt] = d
+            for j in range(k * 8 if kq else k, (k + 1) * 8 if kq else k + 1):
+                sm = np.int32(0)
+                for i in range(32):
+                    v = iscale * xt[32 * j + i]
+                    q = np.int8(min(np.float32(127.0), np.rint(v)) if kq else np.rint(v))
+                    xi[tg, 32 * (8 * j + i // 4) + 4 * tt + i % 4] = q
+                    sm += np.int32(q)
+                xsv[tg, 8 * j + tt] = np.int32(-8) * sm
+                xs16[tg, 16 * (j // 2) + 2 * tt + j % 2] = sm
+    return xi, xdv, xsv, xs16
+
+
+@njit(cache=True, inline="always")
+def _lanes(raw, x, out, kq):
+    """Q4_0 (kq False) or Q4_K (kq True) weights times a batch of activation rows held in lanes:
+    one weight row at a time against 8 activation rows.  Each 4 weight values are broadcast
+    (``i8bc4``), split into nibbles and multiplied with the 8 rows' 4 values by one vpmaddubsw; a
+    32-value run's 8 products stay in 16-bit lanes (|sum| <= 8 x 2 x 15 x 127 < 2**15), and one
+    vpmaddwd by ones (Q4_0) or by the sub-block scale (Q4_K) gives lane t = row t's exact int32
+    sum.  The block's float step is then one vector: FMA of (weight scale x row scales) by the
+    converted sums -- per (weight row, activation row) the same integers and the same float
+    operations in the same order as ``_rows8``, so each row's result is bit for bit the one it
+    gets alone.  No horizontal reductions, and the nibbles are decoded once for 8 rows."""
+    rows = raw.shape[0]
+    T, cols = x.shape
+    ntg = (T + 7) // 8
+    nb = cols // 256 if kq else cols // 32
+    xi, xdv, xsv, xs16 = _to_lanes(x, kq)
+    bb = 144 if kq else 18
+    for task in prange((rows + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
+            b = raw[r]
+            for tg in range(ntg):
+                xg = xi[tg]
+                dg = xdv[tg]
+                a = vzero()
+                m = vzero()
+                for k in range(nb):
+                    o = k * bb
+                    if kq:
+                        s = izero()
+                        mi = izero()
+                        for sp in range(4):
+                            sc0, mn0 = dq._k_scale_min(b, o + 4, 2 * sp)
+                            sc1, mn1 = dq._k_scale_min(b, o + 4, 2 * sp + 1)
+                            base = o + 16 + sp * 32
+                            xo = (k * 64 + sp * 16) * 32
+                            v = i8bc4(b, base)
+                            lo = imaddubs(i8lo(v), i8load(xg, xo))
+                            hi = imaddubs(i8hi(v), i8load(xg, xo + 256))
+                            for g in range(1, 8):
+                                v = i8bc4(b, base + 4 * g)
+                                lo = i16add(lo, imaddubs(i8lo(v), i8load(xg, xo + 32 * g)))
+                                hi = i16add(hi, imaddubs(i8hi(v), i8load(xg, xo + 256 + 32 * g)))
+                            s = iadd(s, iadd(imadd2(lo, sc0, sc0), imadd2(hi, sc1, sc1)))
+                            mi = iadd(mi, imaddp(i16load(xs16[tg], (k * 4 + sp) * 16), mn0, mn1))
+                        xv = vload(dg, k * 8)
+                        a = vfma(vmul(vsplat(f16at(b, o)), xv), itof(s), a)
+                        m = vfma(vmul(vsplat(f16at(b, o + 2)), xv), itof(mi), m)
+                    else:
+                        xo = k * 256
+                        v = i8bc4(b, o + 2)
+                        p = i16add(imaddubs(i8lo(v), i8load(xg, xo)), imaddubs(i8hi(v), i8load(xg, xo + 128)))
+                        for j in range(1, 4):
+                            v = i8bc4(b, o + 2 + 4 * j)
+                            p = i16add(p, imaddubs(i8lo(v), i8load(xg, xo + 32 * j)))
+                            p = i16add(p, imaddubs(i8hi(v), i8load(xg, xo + 128 + 32 * j)))
+                        s = iadd(imadd2(p, 1, 1), i32load(xsv[tg], k * 8))
+                        a = vfma(vmul(vsplat(f16at(b, o)), vload(dg, k * 8)), itof(s), a)
+                res = vsub(a, m)
+                for tt in range(min(8, T - 8 * tg)):
+                    out[8 * tg + tt, r] = vlane(res, tt)
+
+
 @njit(cache=True, inline="always")
 def _q6_fix(sb, o, xs, g):
     """The -32 offset of a Q6_K block in int32 lanes: -32 x sum_g scale_g x (sum of x over group g),
@@ -456,6 +559,18 @@ def mvi_q4_k(raw, x, out):
     _rows8(raw, x, out, True)
 
 
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvl_q4_0(raw, x, out):
+    """Q4_0 weights x a batch of Q8_0 activation rows in lanes (``_lanes``)."""
+    _lanes(raw, x, out, False)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvl_q4_k(raw, x, out):
+    """Q4_K weights x a batch of Q8_K activation rows in lanes (``_lanes``)."""
+    _lanes(raw, x, out, True)
+
+
 def _bind(W):
     """The kernel call for W, its views made once: f(x, out) (x float32, quantized inside)."""
     qtype = W.qtype
@@ -464,9 +579,9 @@ def _bind(W):
     if qtype == dq.Q8_0:
         return lambda x, out: mvi_q8_0(rb, ri, x, out)
     if qtype == dq.Q4_0:
-        return lambda x, out: mvi_q4_0(rb, x, out)
+        return lambda x, out: (mvl_q4_0 if x.shape[0] >= LANES_MIN else mvi_q4_0)(rb, x, out)
     if qtype == dq.Q4_K:
-        return lambda x, out: mvi_q4_k(rb, x, out)
+        return lambda x, out: (mvl_q4_k if x.shape[0] >= LANES_MIN else mvi_q4_k)(rb, x, out)
     return lambda x, out: mvi_q6_k(rb, ri, x, out)
 
 

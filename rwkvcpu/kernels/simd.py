@@ -845,3 +845,84 @@ def imulc(typingctx, a, c):
     def cg(ctx, builder, sig, args):
         return builder.mul(args[0], _splat(builder, ctx.cast(builder, args[1], sig.args[1], types.int32), _V8I32))
     return i32x8(a, c), cg
+
+
+# --- activation rows in lanes (batches: 8 activation rows, one weight row at a time) --------------
+#
+# A batch's activations are laid out as groups of 4 consecutive values of 8 rows (32 bytes: row t
+# in bytes 4t..4t+3).  One weight row's 4 values broadcast to all 8 dwords then multiply 8 rows at
+# once: after vpmaddubsw and vpmaddwd lane t holds row t's dot product, so a block's sums need no
+# horizontal reduction and its scale is one vector over the 8 rows.
+
+@intrinsic
+def i8bc4(typingctx, arr, idx):
+    """The 4 bytes arr[idx:idx+4] of a uint8 or int8 row in every dword of an i8x32
+    (``vpbroadcastd`` from memory)."""
+    if not (_is_row(arr, types.int8, types.uint8) and isinstance(idx, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        ary = ctx.make_array(sig.args[0])(ctx, builder, args[0])
+        p = builder.gep(ary.data, [ctx.cast(builder, args[1], sig.args[1], types.intp)])
+        d = builder.load(builder.bitcast(p, ir.PointerType(_I32)), align=1)
+        return builder.bitcast(_splat(builder, d, _V8I32), _V32I8)
+    return i8x32(arr, idx), cg
+
+
+@intrinsic
+def i8lo(typingctx, v):
+    """The low nibble of every byte (0..15)."""
+    if v != i8x32:
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return builder.and_(args[0], _const_vec(_V32I8, [15] * 32))
+    return i8x32(v), cg
+
+
+@intrinsic
+def i8hi(typingctx, v):
+    """The high nibble of every byte (0..15)."""
+    if v != i8x32:
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return builder.lshr(args[0], _const_vec(_V32I8, [4] * 32))
+    return i8x32(v), cg
+
+
+@intrinsic
+def i16add(typingctx, a, b):
+    """a + b in 16-bit lanes (wrapping; callers keep the sums below 2**15)."""
+    if not (a == b == i16x16):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return builder.add(args[0], args[1])
+    return i16x16(a, b), cg
+
+
+@intrinsic
+def imaddp(typingctx, p, s0, s1):
+    """p (16 words) times (s0, s1, s0, s1, ...), adjacent pairs added: <8 x i32> (``vpmaddwd``):
+    lane t = p[2t] s0 + p[2t+1] s1."""
+    if not (p == i16x16 and isinstance(s0, types.Integer) and isinstance(s1, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        a = _splat(builder, ctx.cast(builder, args[1], sig.args[1], types.int16), _V16I16)
+        b = _splat(builder, ctx.cast(builder, args[2], sig.args[2], types.int16), _V16I16)
+        sc = builder.shuffle_vector(a, b, _const_vec(ir.VectorType(_I32, 16), [k // 2 + 16 * (k % 2) for k in range(16)]))
+        return _madd(builder, args[0], sc)
+    return i32x8(p, s0, s1), cg
+
+
+@intrinsic
+def ilane(typingctx, v, k):
+    """Lane k of an i32x8, as int32."""
+    if not (v == i32x8 and isinstance(k, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return builder.extract_element(args[0], ctx.cast(builder, args[1], sig.args[1], types.int32))
+    return types.int32(v, k), cg

@@ -34,6 +34,12 @@ def _ops(w8, x8, u8, nib, q6, out):
     for p_ in range(4):
         out[6 + p_, :32] = S.ilanes(S.i8q6(q6, 0, 64, p_))
     out[10, :16] = S.ilanes(S.i16sub(S.imaddubs(S.i8splat(32), x), p))
+    b = S.i8bc4(nib, 5)                            # 4 bytes at an odd offset, in every dword
+    out[11, :32] = S.ilanes(S.i8lo(b))
+    out[12, :32] = S.ilanes(S.i8hi(b))
+    q = S.i16add(S.imaddubs(S.i8lo(b), x), S.imaddubs(S.i8hi(b), x))
+    out[13, :16] = S.ilanes(q)
+    out[14, :8] = S.ilanes(S.imaddp(q, 7, -3))
     f = S.itof(S.iadd(S.idot(w, x), S.idot(x, x)))
     return S.vhsum(f)
 
@@ -49,7 +55,7 @@ def test_integer_vector_operations_against_numpy(avx2, monkeypatch):
     u8 = rng.integers(0, 64, 32).astype(np.uint8)  # Q6_K values
     nib = rng.integers(0, 256, 32).astype(np.uint8)
     q6 = rng.integers(0, 256, 96).astype(np.uint8)
-    out = np.zeros((11, 32), np.int64)
+    out = np.zeros((15, 32), np.int64)
     s = fn(w8, x8, u8, nib, q6, out)
     w, x, u = w8.astype(np.int64), x8.astype(np.int64), u8.astype(np.int64)
     np.testing.assert_array_equal(out[0, :8], (w * x).reshape(8, 4).sum(1))
@@ -65,6 +71,12 @@ def test_integer_vector_operations_against_numpy(avx2, monkeypatch):
         ref = ((ql[32 * (p_ % 2):][:32] >> (4 * (p_ // 2))) & 15) | (((qh >> (2 * p_)) & 3) << 4)
         np.testing.assert_array_equal(out[6 + p_, :32], ref)
     np.testing.assert_array_equal(out[10, :16], (32 * x).reshape(16, 2).sum(1) - pairs)
+    b4 = np.tile(nib[5:9].astype(np.int64), 8)
+    np.testing.assert_array_equal(out[11, :32], b4 & 15)
+    np.testing.assert_array_equal(out[12, :32], b4 >> 4)
+    q = ((b4 & 15) * x + (b4 >> 4) * x).reshape(16, 2).sum(1)
+    np.testing.assert_array_equal(out[13, :16], q)
+    np.testing.assert_array_equal(out[14, :8], q[0::2] * 7 + q[1::2] * -3)
     assert s == np.float32((w * x).sum() + (x * x).sum())
 
 
@@ -133,9 +145,10 @@ def test_kernels_against_numpy_reference_on_random_weights(qtype, T):
 
 @pytest.mark.parametrize("qtype", I.TYPES, ids=lambda q: dq.TYPE_NAMES[q])
 def test_batched_rows_equal_rows_computed_alone(qtype):
-    """A batch decodes each weight block once for several activation rows (4 for Q8_0/Q4_0, 2 for
-    the K-quants); every row's own arithmetic is unchanged, so each output row is bit-identical to
-    that row multiplied alone -- one sequence's numbers never depend on its batch neighbours."""
+    """A batch decodes each weight block once for several activation rows (4 for Q8_0/Q6_K; for
+    Q4_0/Q4_K from LANES_MIN rows on, 8 rows in vector lanes, here 8 + 1); every row's own
+    arithmetic is unchanged, so each output row is bit-identical to that row multiplied alone --
+    one sequence's numbers never depend on its batch neighbours."""
     rng = np.random.default_rng(11)
     raw = _random_weight(qtype, 21, 512, rng)
     x = rng.standard_normal((9, 512)).astype(np.float32)
@@ -148,23 +161,24 @@ def test_batched_rows_equal_rows_computed_alone(qtype):
         assert np.array_equal(one[0], out[t]), t
 
 
-@pytest.mark.parametrize("qtype", [dq.Q4_0, dq.Q4_K, dq.Q6_K], ids=lambda q: dq.TYPE_NAMES[q])
-def test_generic_ir_kernels_equal_the_avx2_ones(qtype, monkeypatch):
+@pytest.mark.parametrize("qtype,name,T", [(dq.Q4_0, "mvi_q4_0", 2), (dq.Q4_K, "mvi_q4_k", 2), (dq.Q6_K, "mvi_q6_k", 2),
+                                          (dq.Q4_0, "mvl_q4_0", 9), (dq.Q4_K, "mvl_q4_k", 9)],
+                         ids=lambda v: dq.TYPE_NAMES[v] if isinstance(v, int) and v > 1 and v in dq.TYPE_NAMES else str(v))
+def test_generic_ir_kernels_equal_the_avx2_ones(qtype, name, T, monkeypatch):
     """The kernels compiled on the generic IR give the same numbers (integer sums are exact and
-    the float accumulation is written the same way)."""
+    the float accumulation is written the same way); the batch kernels in lanes (mvl_*) too."""
     rng = np.random.default_rng(7)
     raw = _random_weight(qtype, 16, 512, rng)
-    x = rng.standard_normal((2, 512)).astype(np.float32)
-    a = np.empty((2, 16), np.float32)
+    x = rng.standard_normal((T, 512)).astype(np.float32)
+    a = np.empty((T, 16), np.float32)
     I.matvec_q8(_W(qtype, raw), x, a)
     monkeypatch.setattr(S, "AVX2", False)
-    name = {dq.Q4_0: "mvi_q4_0", dq.Q4_K: "mvi_q4_k", dq.Q6_K: "mvi_q6_k"}[qtype]
     generic = njit(cache=False, parallel=True, fastmath=I.FLAGS)(getattr(I, name).py_func)
     monkeypatch.setattr(I, name, generic)
-    b = np.empty((2, 16), np.float32)
+    b = np.empty((T, 16), np.float32)
     I.matvec_q8(_W(qtype, raw), x, b)
     _check(qtype, raw, x, b)
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(a).max())
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("typ,qtype", [("q8_0", dq.Q8_0), ("q4_0", dq.Q4_0), ("q4_k_m", dq.Q4_K), ("q6_k", dq.Q6_K)])
