@@ -462,9 +462,88 @@ def _q6_fix(sb, o, xs, g):
 
 
 @njit(cache=True, inline="always")
-def _q6_run(b, o, h, p, xv, sb, si):
-    """Run p of half h of a Q6_K block (32 unsigned 6-bit values) times x, by its two scales."""
-    return imadd2(imaddubs(i8q6(b, o + h * 64, o + 128 + h * 32, p), xv), sb[si + 2 * p], sb[si + 2 * p + 1])
+def _q6_rows(raw, b, sb, xq, xs16, xd, out, r, t, n):
+    """Rows t .. t+n-1 of a batch times Q6_K weight row r (b: its bytes, sb: the same as int8), each
+    32-value run decoded once for the n rows.  n is a constant at every call (1, 2, 4 or 8): the
+    accumulators of rows past n are never stored, so the compiler drops them; their loads are
+    clamped to the last row.  Per row, the arithmetic does not depend on n."""
+    T = xq.shape[0]
+    nb = xq.shape[1] // 256
+    t0 = min(t + 0, T - 1)
+    t1 = min(t + 1, T - 1)
+    t2 = min(t + 2, T - 1)
+    t3 = min(t + 3, T - 1)
+    t4 = min(t + 4, T - 1)
+    t5 = min(t + 5, T - 1)
+    t6 = min(t + 6, T - 1)
+    t7 = min(t + 7, T - 1)
+    x0 = xq[t0]
+    x1 = xq[t1]
+    x2 = xq[t2]
+    x3 = xq[t3]
+    x4 = xq[t4]
+    x5 = xq[t5]
+    x6 = xq[t6]
+    x7 = xq[t7]
+    a0 = vzero()
+    a1 = vzero()
+    a2 = vzero()
+    a3 = vzero()
+    a4 = vzero()
+    a5 = vzero()
+    a6 = vzero()
+    a7 = vzero()
+    for k in range(nb):
+        o = k * 210
+        if t == 0:
+            _prefetch_ahead(raw, r, o, 210)
+        dl = f16at(b, o + 208)
+        s0 = _q6_fix(sb, o, xs16[t0], k * 16)
+        s1 = _q6_fix(sb, o, xs16[t1], k * 16)
+        s2 = _q6_fix(sb, o, xs16[t2], k * 16)
+        s3 = _q6_fix(sb, o, xs16[t3], k * 16)
+        s4 = _q6_fix(sb, o, xs16[t4], k * 16)
+        s5 = _q6_fix(sb, o, xs16[t5], k * 16)
+        s6 = _q6_fix(sb, o, xs16[t6], k * 16)
+        s7 = _q6_fix(sb, o, xs16[t7], k * 16)
+        for h in range(2):
+            si = o + 192 + h * 8
+            for p in range(4):
+                wq = i8q6(b, o + h * 64, o + 128 + h * 32, p)
+                c0 = sb[si + 2 * p]
+                c1 = sb[si + 2 * p + 1]
+                xo = k * 256 + h * 128 + p * 32
+                s0 = iadd(s0, imadd2(imaddubs(wq, i8load(x0, xo)), c0, c1))
+                s1 = iadd(s1, imadd2(imaddubs(wq, i8load(x1, xo)), c0, c1))
+                s2 = iadd(s2, imadd2(imaddubs(wq, i8load(x2, xo)), c0, c1))
+                s3 = iadd(s3, imadd2(imaddubs(wq, i8load(x3, xo)), c0, c1))
+                s4 = iadd(s4, imadd2(imaddubs(wq, i8load(x4, xo)), c0, c1))
+                s5 = iadd(s5, imadd2(imaddubs(wq, i8load(x5, xo)), c0, c1))
+                s6 = iadd(s6, imadd2(imaddubs(wq, i8load(x6, xo)), c0, c1))
+                s7 = iadd(s7, imadd2(imaddubs(wq, i8load(x7, xo)), c0, c1))
+        a0 = vfma(vsplat(xd[t0, k] * dl), itof(s0), a0)
+        a1 = vfma(vsplat(xd[t1, k] * dl), itof(s1), a1)
+        a2 = vfma(vsplat(xd[t2, k] * dl), itof(s2), a2)
+        a3 = vfma(vsplat(xd[t3, k] * dl), itof(s3), a3)
+        a4 = vfma(vsplat(xd[t4, k] * dl), itof(s4), a4)
+        a5 = vfma(vsplat(xd[t5, k] * dl), itof(s5), a5)
+        a6 = vfma(vsplat(xd[t6, k] * dl), itof(s6), a6)
+        a7 = vfma(vsplat(xd[t7, k] * dl), itof(s7), a7)
+    out[t, r] = vhsum(a0)
+    if n > 1:
+        out[t + 1, r] = vhsum(a1)
+    if n > 2:
+        out[t + 2, r] = vhsum(a2)
+    if n > 3:
+        out[t + 3, r] = vhsum(a3)
+    if n > 4:
+        out[t + 4, r] = vhsum(a4)
+    if n > 5:
+        out[t + 5, r] = vhsum(a5)
+    if n > 6:
+        out[t + 6, r] = vhsum(a6)
+    if n > 7:
+        out[t + 7, r] = vhsum(a7)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -472,9 +551,9 @@ def mvi_q6_k(raw, raw_i8, x, out):
     """Q6_K weights x Q8_K activations: per 32-value run the unsigned 6-bit values times x
     (vpmaddubsw: pairs <= 2 x 63 x 127, no saturation) by the run's two 16-value scales (vpmaddwd),
     summed in int32 lanes per 256; the -32 offset once per block through x's 16-value group sums
-    (``_q6_fix``), not per run.  Batches: each run is decoded once for 4 activation rows (pairs,
-    then single rows for the rest); integer lanes are exact, so every row's numbers are those of
-    the row alone."""
+    (``_q6_fix``), not per run.  Batches: each run is decoded once for 8 activation rows, then 4, 2
+    and 1 for the rest (``_q6_rows``); integer lanes are exact, so every row's numbers
+    are those of the row alone."""
     rows = raw.shape[0]
     T, cols = x.shape
     xq = np.empty((T, cols), dtype=np.int8)
@@ -488,63 +567,23 @@ def mvi_q6_k(raw, raw_i8, x, out):
             for i in range(16):
                 a += np.int32(xq[t, 16 * g + i])
             xs16[t, g] = a                     # |a| <= 16 x 127: an int16
-    nb = cols // 256
-    T4 = T - T % 4
+    T8 = T - T % 8
     for task in prange((rows + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
             b = raw[r]
             sb = raw_i8[r]
-            for t in range(0, T4, 4):
-                x0 = xq[t]
-                x1 = xq[t + 1]
-                x2 = xq[t + 2]
-                x3 = xq[t + 3]
-                a0 = vzero()
-                a1 = vzero()
-                a2 = vzero()
-                a3 = vzero()
-                for k in range(nb):
-                    o = k * 210
-                    if t == 0:
-                        _prefetch_ahead(raw, r, o, 210)
-                    dl = f16at(b, o + 208)
-                    s0 = _q6_fix(sb, o, xs16[t], k * 16)
-                    s1 = _q6_fix(sb, o, xs16[t + 1], k * 16)
-                    s2 = _q6_fix(sb, o, xs16[t + 2], k * 16)
-                    s3 = _q6_fix(sb, o, xs16[t + 3], k * 16)
-                    for h in range(2):
-                        si = o + 192 + h * 8
-                        for p in range(4):
-                            wq = i8q6(b, o + h * 64, o + 128 + h * 32, p)
-                            c0 = sb[si + 2 * p]
-                            c1 = sb[si + 2 * p + 1]
-                            xo = k * 256 + h * 128 + p * 32
-                            s0 = iadd(s0, imadd2(imaddubs(wq, i8load(x0, xo)), c0, c1))
-                            s1 = iadd(s1, imadd2(imaddubs(wq, i8load(x1, xo)), c0, c1))
-                            s2 = iadd(s2, imadd2(imaddubs(wq, i8load(x2, xo)), c0, c1))
-                            s3 = iadd(s3, imadd2(imaddubs(wq, i8load(x3, xo)), c0, c1))
-                    a0 = vfma(vsplat(xd[t, k] * dl), itof(s0), a0)
-                    a1 = vfma(vsplat(xd[t + 1, k] * dl), itof(s1), a1)
-                    a2 = vfma(vsplat(xd[t + 2, k] * dl), itof(s2), a2)
-                    a3 = vfma(vsplat(xd[t + 3, k] * dl), itof(s3), a3)
-                out[t, r] = vhsum(a0)
-                out[t + 1, r] = vhsum(a1)
-                out[t + 2, r] = vhsum(a2)
-                out[t + 3, r] = vhsum(a3)
-            for t in range(T4, T):
-                xt = xq[t]
-                acc = vzero()
-                for k in range(nb):
-                    o = k * 210
-                    if t == 0:
-                        _prefetch_ahead(raw, r, o, 210)
-                    sumi = _q6_fix(sb, o, xs16[t], k * 16)
-                    for h in range(2):
-                        si = o + 192 + h * 8
-                        for p in range(4):
-                            sumi = iadd(sumi, _q6_run(b, o, h, p, i8load(xt, k * 256 + h * 128 + p * 32), sb, si))
-                    acc = vfma(vsplat(xd[t, k] * f16at(b, o + 208)), itof(sumi), acc)
-                out[t, r] = vhsum(acc)
+            for t in range(0, T8, 8):
+                _q6_rows(raw, b, sb, xq, xs16, xd, out, r, t, 8)
+            t = T8
+            if T - t >= 4:
+                _q6_rows(raw, b, sb, xq, xs16, xd, out, r, t, 4)
+                t += 4
+            if T - t >= 2:
+                _q6_rows(raw, b, sb, xq, xs16, xd, out, r, t, 2)
+                t += 2
+            while t < T:
+                _q6_rows(raw, b, sb, xq, xs16, xd, out, r, t, 1)
+                t += 1
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)

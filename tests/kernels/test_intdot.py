@@ -144,18 +144,19 @@ def test_kernels_against_numpy_reference_on_random_weights(qtype, T):
 
 
 @pytest.mark.parametrize("qtype", I.TYPES, ids=lambda q: dq.TYPE_NAMES[q])
-def test_batched_rows_equal_rows_computed_alone(qtype):
-    """A batch decodes each weight block once for several activation rows (4 for Q8_0/Q6_K; for
-    Q4_0/Q4_K from LANES_MIN rows on, 8 rows in vector lanes, here 8 + 1); every row's own
-    arithmetic is unchanged, so each output row is bit-identical to that row multiplied alone --
-    one sequence's numbers never depend on its batch neighbours."""
+@pytest.mark.parametrize("T", [7, 9])
+def test_batched_rows_equal_rows_computed_alone(qtype, T):
+    """A batch decodes each weight block once for several activation rows (Q8_0: 4 then 1; Q6_K:
+    8, 4, 2 then 1, so 7 = 4 + 2 + 1 and 9 = 8 + 1; Q4_0/Q4_K from LANES_MIN rows on, 8 rows in
+    vector lanes); every row's own arithmetic is unchanged, so each output row is bit-identical
+    to that row multiplied alone -- one sequence's numbers never depend on its batch neighbours."""
     rng = np.random.default_rng(11)
     raw = _random_weight(qtype, 21, 512, rng)
-    x = rng.standard_normal((9, 512)).astype(np.float32)
+    x = rng.standard_normal((T, 512)).astype(np.float32)
     x[4] *= 30                                           # a neighbour with a very different scale
-    out = np.empty((9, 21), np.float32)
+    out = np.empty((T, 21), np.float32)
     assert I.matvec_q8(_W(qtype, raw), x, out)
-    for t in range(9):
+    for t in range(T):
         one = np.empty((1, 21), np.float32)
         I.matvec_q8(_W(qtype, raw), x[t:t + 1].copy(), one)
         assert np.array_equal(one[0], out[t]), t
