@@ -29,7 +29,7 @@ from numba import njit, prange
 from . import dequant as dq
 from .matvec import FLAGS, ROWS, _prefetch_ahead
 from .actquant import q8_0_scale, q8_k_scale
-from .simd import (f16at, f16x8, i16add, i16load, i16s8, i8bc4, i8hi, i8lo, i8load, i8nib, i8nib16, i8q6, iadd, idot,
+from .simd import (f16at, f16x8, i16add, i16load, i16s8, i8bc4, i8half, i8load, i8nib, i8nib16, i8q6, iadd, idot,
                    imadd2, imaddp, imaddubs, i16sub, i8splat, i32load, imadd, imulc, iset8, isplat, isum8, itof, izero,
                    prefetch, vfma, vhsum, vlane, vload, vmul, vsplat, vsub, vzero)
 
@@ -432,12 +432,12 @@ def _lanes(raw, x, out, kq):
                             base = o + 16 + sp * 32
                             xo = (k * 64 + sp * 16) * 32
                             v = i8bc4(b, base)
-                            lo = imaddubs(i8lo(v), i8load(xg, xo))
-                            hi = imaddubs(i8hi(v), i8load(xg, xo + 256))
+                            lo = imaddubs(i8half(v, False), i8load(xg, xo))
+                            hi = imaddubs(i8half(v, True), i8load(xg, xo + 256))
                             for g in range(1, 8):
                                 v = i8bc4(b, base + 4 * g)
-                                lo = i16add(lo, imaddubs(i8lo(v), i8load(xg, xo + 32 * g)))
-                                hi = i16add(hi, imaddubs(i8hi(v), i8load(xg, xo + 256 + 32 * g)))
+                                lo = i16add(lo, imaddubs(i8half(v, False), i8load(xg, xo + 32 * g)))
+                                hi = i16add(hi, imaddubs(i8half(v, True), i8load(xg, xo + 256 + 32 * g)))
                             s = iadd(s, iadd(imadd2(lo, sc0, sc0), imadd2(hi, sc1, sc1)))
                             mi = iadd(mi, imaddp(i16load(xs16[tg], (k * 4 + sp) * 16), mn0, mn1))
                         xv = vload(dg, k * 8)
@@ -446,11 +446,12 @@ def _lanes(raw, x, out, kq):
                     else:
                         xo = k * 256
                         v = i8bc4(b, o + 2)
-                        p = i16add(imaddubs(i8lo(v), i8load(xg, xo)), imaddubs(i8hi(v), i8load(xg, xo + 128)))
+                        p = i16add(imaddubs(i8half(v, False), i8load(xg, xo)),
+                                   imaddubs(i8half(v, True), i8load(xg, xo + 128)))
                         for j in range(1, 4):
                             v = i8bc4(b, o + 2 + 4 * j)
-                            p = i16add(p, imaddubs(i8lo(v), i8load(xg, xo + 32 * j)))
-                            p = i16add(p, imaddubs(i8hi(v), i8load(xg, xo + 128 + 32 * j)))
+                            p = i16add(p, imaddubs(i8half(v, False), i8load(xg, xo + 32 * j)))
+                            p = i16add(p, imaddubs(i8half(v, True), i8load(xg, xo + 128 + 32 * j)))
                         s = iadd(imadd2(p, 1, 1), i32load(xsv[tg], k * 8))
                         a = vfma(vmul(vsplat(f16at(b, o)), vload(dg, k * 8)), itof(s), a)
                 res = vsub(a, m)

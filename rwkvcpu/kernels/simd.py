@@ -870,25 +870,15 @@ def i8bc4(typingctx, arr, idx):
 
 
 @intrinsic
-def i8lo(typingctx, v):
-    """The low nibble of every byte (0..15)."""
-    if v != i8x32:
+def i8half(typingctx, v, high):
+    """The low nibble (high False) or the high nibble (high True) of every byte, 0..15."""
+    if not (v == i8x32 and isinstance(high, types.Boolean)):
         return None
 
     def cg(ctx, builder, sig, args):
-        return builder.and_(args[0], _const_vec(_V32I8, [15] * 32))
-    return i8x32(v), cg
-
-
-@intrinsic
-def i8hi(typingctx, v):
-    """The high nibble of every byte (0..15)."""
-    if v != i8x32:
-        return None
-
-    def cg(ctx, builder, sig, args):
-        return builder.lshr(args[0], _const_vec(_V32I8, [4] * 32))
-    return i8x32(v), cg
+        return builder.select(args[1], builder.lshr(args[0], _const_vec(_V32I8, [4] * 32)),
+                              builder.and_(args[0], _const_vec(_V32I8, [15] * 32)))
+    return i8x32(v, high), cg
 
 
 @intrinsic

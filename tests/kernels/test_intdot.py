@@ -35,9 +35,9 @@ def _ops(w8, x8, u8, nib, q6, out):
         out[6 + p_, :32] = S.ilanes(S.i8q6(q6, 0, 64, p_))
     out[10, :16] = S.ilanes(S.i16sub(S.imaddubs(S.i8splat(32), x), p))
     b = S.i8bc4(nib, 5)                            # 4 bytes at an odd offset, in every dword
-    out[11, :32] = S.ilanes(S.i8lo(b))
-    out[12, :32] = S.ilanes(S.i8hi(b))
-    q = S.i16add(S.imaddubs(S.i8lo(b), x), S.imaddubs(S.i8hi(b), x))
+    out[11, :32] = S.ilanes(S.i8half(b, False))
+    out[12, :32] = S.ilanes(S.i8half(b, True))
+    q = S.i16add(S.imaddubs(S.i8half(b, False), x), S.imaddubs(S.i8half(b, True), x))
     out[13, :16] = S.ilanes(q)
     out[14, :8] = S.ilanes(S.imaddp(q, 7, -3))
     f = S.itof(S.iadd(S.idot(w, x), S.idot(x, x)))
@@ -162,9 +162,9 @@ def test_batched_rows_equal_rows_computed_alone(qtype, T):
         assert np.array_equal(one[0], out[t]), t
 
 
-@pytest.mark.parametrize("qtype,name,T", [(dq.Q4_0, "mvi_q4_0", 2), (dq.Q4_K, "mvi_q4_k", 2), (dq.Q6_K, "mvi_q6_k", 2),
-                                          (dq.Q4_0, "mvl_q4_0", 9), (dq.Q4_K, "mvl_q4_k", 9)],
-                         ids=lambda v: dq.TYPE_NAMES[v] if isinstance(v, int) and v > 1 and v in dq.TYPE_NAMES else str(v))
+@pytest.mark.parametrize("qtype,name,T", [pytest.param(q, n, T, id=f"{n}-T{T}") for q, n, T in
+                                          [(dq.Q4_0, "mvi_q4_0", 2), (dq.Q4_K, "mvi_q4_k", 2), (dq.Q6_K, "mvi_q6_k", 2),
+                                           (dq.Q4_0, "mvl_q4_0", 9), (dq.Q4_K, "mvl_q4_k", 9)]])
 def test_generic_ir_kernels_equal_the_avx2_ones(qtype, name, T, monkeypatch):
     """The kernels compiled on the generic IR give the same numbers (integer sums are exact and
     the float accumulation is written the same way); the batch kernels in lanes (mvl_*) too."""
