@@ -99,7 +99,57 @@ def worker_llama(path, threads, n_decode, n_prefill, batch, device="cpu"):
     t = time.perf_counter()
     llm.eval(long)
     prefill = n_prefill / (time.perf_counter() - t)
-    return {"decode": decode, "prefill": prefill, "batched": None, "load_s": load_s, "decode_rss_mb": decode_rss}
+    del llm
+    batched = _llama_batched(path, threads, batch, max(4, n_decode // 2), rng)
+    return {"decode": decode, "prefill": prefill, "batched": batched, "load_s": load_s, "decode_rss_mb": decode_rss}
+
+
+def _llama_batched(path, threads, batch, steps, rng):
+    """llama.cpp's batched decode, as worker_rwkvcpu measures ours: `batch` sequences in one context
+    (n_seq_max = batch, one recurrent state each), a 16-token prompt each, then `steps` calls of
+    llama_decode with one token per sequence, each fed its own argmax.  Total tokens/s.  Through
+    llama-cpp-python's low-level API: its Llama class holds a single sequence."""
+    import ctypes
+
+    import llama_cpp as L
+    quiet = L.llama_log_callback(lambda level, text, user: None)
+    L.llama_log_set(quiet, ctypes.c_void_p())
+    model = L.llama_model_load_from_file(path.encode(), L.llama_model_default_params())
+    cp = L.llama_context_default_params()
+    cp.n_ctx = (N_PROMPT + steps + 8) * batch
+    cp.n_batch = cp.n_ubatch = N_PROMPT * batch
+    cp.n_seq_max = batch
+    cp.n_threads = cp.n_threads_batch = threads
+    ctx = L.llama_init_from_model(model, cp)
+    V = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
+    b = L.llama_batch_init(N_PROMPT * batch, 0, 1)
+    pos = 0
+
+    def step(toks):
+        nonlocal pos
+        n, last = 0, []
+        for s, seq in enumerate(toks):
+            for j, tok in enumerate(seq):
+                b.token[n], b.pos[n], b.n_seq_id[n], b.logits[n] = int(tok), pos + j, 1, int(j == len(seq) - 1)
+                b.seq_id[n][0] = s
+                n += 1
+            last.append(n - 1)
+        b.n_tokens = n
+        if L.llama_decode(ctx, b) != 0:
+            raise RuntimeError(f"llama_decode failed on {path}")
+        pos += len(toks[0])
+        return [int(np.argmax(np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, i), (V,)))) for i in last]
+    try:
+        nxt = step([rng.integers(1, V, N_PROMPT) for _ in range(batch)])
+        nxt = step([[t] for t in nxt])
+        t = time.perf_counter()
+        for _ in range(steps):
+            nxt = step([[t] for t in nxt])
+        return batch * steps / (time.perf_counter() - t)
+    finally:
+        L.llama_batch_free(b)
+        L.llama_free(ctx)
+        L.llama_model_free(model)
 
 
 def worker_rwkv_pip(path, threads, n_decode, n_prefill, batch, device="cpu"):

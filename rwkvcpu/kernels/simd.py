@@ -191,37 +191,85 @@ def _bits_i32(ctx, builder, aty, aval, i, shift, mask):
 
 
 @intrinsic
-def vq6x4(typingctx, arr, lo, hi):
-    """The four Q6_K 8-value runs that share their bytes: run p (0..3) has
-    ((arr[lo + 32 (p % 2) + j] >> 4 (p // 2)) & 15) | (((arr[hi + j] >> 2p) & 3) << 4), j < 8,
-    as a tuple of 4 float32 vectors (unsigned values 0..63).  3 loads for 32 values."""
+def vq6half(typingctx, arr, lo, hi):
+    """The 128 values of one Q6_K half-block, unsigned (0..63), as 16 float32 vectors in value
+    order.  Value 32p + j (run p < 4, j < 32) is
+    ((arr[lo + 32 (p % 2) + j] >> 4 (p // 2)) & 15) | (((arr[hi + j] >> 2p) & 3) << 4).
+    The 6-bit values are assembled 32 bytes at a time (3 loads, ~4 byte operations per run) and
+    only then widened to 32-bit lanes: against assembling each 8 in 32-bit lanes, a third fewer
+    vector operations, the Q6_K head ~20% faster."""
     if not (_is_row(arr, types.uint8) and isinstance(lo, types.Integer) and isinstance(hi, types.Integer)):
         return None
-    rty = types.UniTuple(f32x8, 4)
+    rty = types.UniTuple(f32x8, 16)
 
     def cg(ctx, builder, sig, args):
-        v8i32 = ir.VectorType(_I32, 8)
-        c = lambda n: _splat(builder, ir.Constant(_I32, n), v8i32)     # noqa: E731
         i_lo = ctx.cast(builder, args[1], sig.args[1], types.intp)
         i_hi = ctx.cast(builder, args[2], sig.args[2], types.intp)
-
-        def ld(i):
-            v = builder.load(_vec_ptr(ctx, builder, sig.args[0], args[0], i, ir.IntType(8)), align=1)
-            return builder.zext(v, v8i32)
-        l0 = ld(i_lo)
-        l1 = ld(builder.add(i_lo, ir.Constant(i_lo.type, 32)))
-        h = ld(i_hi)
+        c = lambda n: ir.Constant(_V32I8, [n] * 32)     # noqa: E731
+        l0 = _load_bytes(ctx, builder, sig.args[0], args[0], i_lo, 32)
+        l1 = _load_bytes(ctx, builder, sig.args[0], args[0], builder.add(i_lo, ir.Constant(i_lo.type, 32)), 32)
+        h = _load_bytes(ctx, builder, sig.args[0], args[0], i_hi, 32)
+        und = ir.Constant(_V32I8, ir.Undefined)
         out = []
         for p in range(4):
             low = l0 if p % 2 == 0 else l1
-            low = builder.and_(low if p < 2 else builder.lshr(low, c(4)), c(15))
-            # bits 2p..2p+1 of h moved to bits 4..5
-            sh = 4 - 2 * p
+            low = builder.and_(low, c(15)) if p < 2 else builder.lshr(low, c(4))
+            sh = 4 - 2 * p                                  # bits 2p..2p+1 of h moved to bits 4..5
             high = builder.shl(h, c(sh)) if sh > 0 else (builder.lshr(h, c(-sh)) if sh < 0 else h)
-            high = builder.and_(high, c(0x30))
-            out.append(builder.sitofp(builder.or_(low, high), _V8F))
+            q = builder.or_(low, builder.and_(high, c(0x30)))
+            for j in range(4):
+                part = builder.shuffle_vector(q, und, _const_vec(ir.VectorType(_I32, 8), range(8 * j, 8 * j + 8)))
+                out.append(builder.sitofp(builder.zext(part, _V8I32), _V8F))
         return ctx.make_tuple(builder, rty, out)
     return rty(arr, lo, hi), cg
+
+
+@intrinsic
+def vkscales(typingctx, arr, idx):
+    """(scales, mins) of the 8 sub-blocks of a Q4_K/Q5_K block, unpacked from the 12 bytes at idx
+    (``dequant._k_scale_min`` for all 8 at once), as two float32 vectors.  Reads 16 bytes.
+    Sub-block i < 4: scale = b[i] & 63, min = b[i+4] & 63; i >= 4: scale = (b[i+4] & 15) |
+    (b[i-4] >> 6) << 4, min = (b[i+4] >> 4) | (b[i] >> 6) << 4."""
+    if not (_is_row(arr, types.uint8) and isinstance(idx, types.Integer)):
+        return None
+    rty = types.UniTuple(f32x8, 2)
+
+    def cg(ctx, builder, sig, args):
+        v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 16)
+        und = ir.Constant(v.type, ir.Undefined)
+        c = lambda vals: _const_vec(_V8I32, vals)       # noqa: E731
+
+        def pick(ix):
+            return builder.zext(builder.shuffle_vector(v, und, _const_vec(ir.VectorType(_I32, 8), ix)), _V8I32)
+
+        def top2(ix):                                   # bits 6..7 of bytes ix moved to bits 4..5, lanes 4..7
+            return builder.and_(builder.lshr(pick(ix), c([2] * 8)), c([0] * 4 + [0x30] * 4))
+        low6 = c([63] * 4 + [15] * 4)
+        sc = builder.or_(builder.and_(pick([0, 1, 2, 3, 8, 9, 10, 11]), low6), top2([0, 0, 0, 0, 0, 1, 2, 3]))
+        mn = builder.or_(builder.and_(builder.lshr(pick([4, 5, 6, 7, 8, 9, 10, 11]), c([0] * 4 + [4] * 4)), low6),
+                         top2([0, 0, 0, 0, 4, 5, 6, 7]))
+        return ctx.make_tuple(builder, rty, [builder.sitofp(sc, _V8F), builder.sitofp(mn, _V8F)])
+    return rty(arr, idx), cg
+
+
+@intrinsic
+def vsum8(typingctx, s0, s1, s2, s3, s4, s5, s6, s7):
+    """(sum of s0's lanes, ..., sum of s7's lanes) as one f32x8: the transposed reduction that
+    lets 8 sub-block sums share one scale vector and one FMA (three rounds of pairwise adds)."""
+    if not all(s == f32x8 for s in (s0, s1, s2, s3, s4, s5, s6, s7)):
+        return None
+
+    def cg(ctx, builder, sig, a):
+        def hadd(x, y):       # vhaddps' lane order: (x0+x1, x2+x3, y0+y1, y2+y3 | x4+x5, x6+x7, y4+y5, y6+y7)
+            ev = builder.shuffle_vector(x, y, _const_vec(ir.VectorType(_I32, 8), [0, 2, 8, 10, 4, 6, 12, 14]))
+            od = builder.shuffle_vector(x, y, _const_vec(ir.VectorType(_I32, 8), [1, 3, 9, 11, 5, 7, 13, 15]))
+            return builder.fadd(ev, od, flags=_FAST)
+        q0 = hadd(hadd(a[0], a[1]), hadd(a[2], a[3]))
+        q1 = hadd(hadd(a[4], a[5]), hadd(a[6], a[7]))
+        lo = builder.shuffle_vector(q0, q1, _const_vec(ir.VectorType(_I32, 8), [0, 1, 2, 3, 8, 9, 10, 11]))
+        hi = builder.shuffle_vector(q0, q1, _const_vec(ir.VectorType(_I32, 8), [4, 5, 6, 7, 12, 13, 14, 15]))
+        return builder.fadd(lo, hi, flags=_FAST)
+    return f32x8(*([f32x8] * 8)), cg
 
 
 @intrinsic
@@ -237,6 +285,98 @@ def vbits(typingctx, arr, idx, shift, mask):
                       ctx.cast(builder, args[3], sig.args[3], types.int64))
         return builder.sitofp(v, _V8F)
     return f32x8(arr, idx, shift, mask), cg
+
+
+@intrinsic
+def vq5bits(typingctx, arr, lo, shift, hi, bit):
+    """float32(((arr[lo + j] >> shift) & 15) | (((arr[hi + j] >> bit) & 1) << 4)) for lanes j < 8:
+    5-bit values from a nibble and a fifth bit stored apart (Q5_K), assembled before converting."""
+    if not (_is_row(arr, types.uint8) and all(isinstance(a, types.Integer) for a in (lo, shift, hi, bit))):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        v8i32 = ir.VectorType(_I32, 8)
+        i64 = lambda k: ctx.cast(builder, args[k], sig.args[k], types.int64)     # noqa: E731
+        ip = lambda k: ctx.cast(builder, args[k], sig.args[k], types.intp)       # noqa: E731
+        low = _bits_i32(ctx, builder, sig.args[0], args[0], ip(1), i64(2), ir.Constant(ir.IntType(64), 15))
+        h = _bits_i32(ctx, builder, sig.args[0], args[0], ip(3), i64(4), ir.Constant(ir.IntType(64), 1))
+        q = builder.or_(low, builder.shl(h, ir.Constant(v8i32, [4] * 8)))
+        return builder.sitofp(q, _V8F)
+    return f32x8(arr, lo, shift, hi, bit), cg
+
+
+@intrinsic
+def vq3scales(typingctx, arr, idx):
+    """The 16 signed 6-bit sub-block scales of a Q3_K block (12 packed bytes at idx; reads 16) as
+    two float32 vectors, scales 0..7 and 8..15: scale i = ((b[i % 8] >> 4 (i // 8)) & 15 |
+    ((b[8 + i % 4] >> 2 (i // 4)) & 3) << 4) - 32 (``dequant._k_scale6``)."""
+    if not (_is_row(arr, types.uint8) and isinstance(idx, types.Integer)):
+        return None
+    rty = types.UniTuple(f32x8, 2)
+
+    def cg(ctx, builder, sig, args):
+        v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 16)
+        und = ir.Constant(v.type, ir.Undefined)
+        c = lambda vals: _const_vec(_V8I32, vals)       # noqa: E731
+
+        def pick(ix):
+            return builder.zext(builder.shuffle_vector(v, und, _const_vec(ir.VectorType(_I32, 8), ix)), _V8I32)
+        out = []
+        for half in range(2):                           # scales 8 half + i, i < 8
+            low = builder.and_(builder.lshr(pick(range(8)), c([4 * half] * 8)), c([15] * 8))
+            high = builder.and_(builder.lshr(pick([8, 9, 10, 11] * 2), c([4 * half] * 4 + [4 * half + 2] * 4)), c([3] * 8))
+            sc = builder.sub(builder.or_(low, builder.shl(high, c([4] * 8))), c([32] * 8))
+            out.append(builder.sitofp(sc, _V8F))
+        return ctx.make_tuple(builder, rty, out)
+    return rty(arr, idx), cg
+
+
+@intrinsic
+def vbitsu32(typingctx, u, start):
+    """float32((u >> (start + j)) & 1) for lanes j < 8: 8 consecutive bits of a 32-bit word (the
+    fifth bits of Q5_0/Q5_1 values, which a block stores as one little-endian uint32)."""
+    if not (isinstance(u, types.Integer) and isinstance(start, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        v8i32 = ir.VectorType(_I32, 8)
+        uv = _splat(builder, builder.trunc(ctx.cast(builder, args[0], sig.args[0], types.uint64), _I32), v8i32)
+        sh = builder.add(_splat(builder, builder.trunc(ctx.cast(builder, args[1], sig.args[1], types.int64), _I32),
+                                v8i32), ir.Constant(v8i32, list(range(8))))
+        bits = builder.and_(builder.lshr(uv, sh), ir.Constant(v8i32, [1] * 8))
+        return builder.sitofp(bits, _V8F)
+    return f32x8(u, start), cg
+
+
+@intrinsic
+def viq4(typingctx, arr, idx, shift):
+    """float32(IQ4_NL's kvalues[(arr[idx + j] >> shift) & 15]) for lanes j < 8 (IQ4_NL and IQ4_XS
+    values): one ``vpshufb`` table lookup with AVX2, 16 compare-selects elsewhere.  The table is
+    ``dequant.KVALUES_IQ4`` (integers -127..113, so int8)."""
+    if not (_is_row(arr, types.uint8) and isinstance(idx, types.Integer) and isinstance(shift, types.Integer)):
+        return None
+    from .dequant import KVALUES_IQ4
+    table = [int(v) for v in KVALUES_IQ4]
+
+    def cg(ctx, builder, sig, args):
+        v8i8 = ir.VectorType(_I8, 8)
+        v = builder.load(_vec_ptr(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1],
+                                                                                 types.intp), _I8), align=1)
+        sh = _splat(builder, builder.trunc(ctx.cast(builder, args[2], sig.args[2], types.int64), _I8), v8i8)
+        q = builder.and_(builder.lshr(v, sh), ir.Constant(v8i8, [15] * 8))
+        if AVX2:
+            v16 = ir.VectorType(_I8, 16)
+            q16 = builder.shuffle_vector(q, ir.Constant(v8i8, ir.Undefined), _const_vec(ir.VectorType(_I32, 16),
+                                                                                         list(range(8)) * 2))
+            t = _x86(builder, "llvm.x86.ssse3.pshuf.b.128", v16, [ir.Constant(v16, table), q16])
+            val = builder.shuffle_vector(t, ir.Constant(v16, ir.Undefined), _const_vec(ir.VectorType(_I32, 8), range(8)))
+        else:
+            val = ir.Constant(v8i8, [0] * 8)
+            for n, kv in enumerate(table):
+                hit = builder.icmp_unsigned("==", q, ir.Constant(v8i8, [n] * 8))
+                val = builder.select(hit, ir.Constant(v8i8, [kv] * 8), val)
+        return builder.sitofp(val, _V8F)
+    return f32x8(arr, idx, shift), cg
 
 
 @intrinsic

@@ -122,13 +122,14 @@ def test_f32_and_f16_matvec_ragged_rows(T, half):
 @pytest.mark.parametrize("typ", ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m",
                                  "q4_k_m", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs"])
 def test_decode_matvec_every_file_type(typ):
-    """The decode kernels (dedicated and buffered) on real fixture tensors of every type, T = 1 and 4."""
+    """The decode kernels (dedicated, and the vectorised row decoders of the batched path) on real
+    fixture tensors of every type, T = 1, 2 (one row of the weights at a time) and 4 (two)."""
     from tests.conftest import require_fixtures
     from rwkvcpu.loaders import load
     ck = load(require_fixtures() / f"tiny-rwkv7-{typ}.gguf")
     for W in (ck.weights.layers[1].key, ck.weights.layers[0].ffn_value, ck.weights.head):
         ref_w = W.dequantize().astype(np.float64)
-        for T in (1, 4):
+        for T in (1, 2, 4):
             x = rand(T, W.shape[1])
             ref = x.astype(np.float64) @ ref_w.T
             # float32 dot products of length <= 1024 with per-block scales factored out

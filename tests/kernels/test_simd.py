@@ -1,9 +1,13 @@
 """The f32x8 vector operations (rwkvcpu/kernels/simd.py) against NumPy, lane by lane."""
 import numpy as np
+import pytest
 from numba import njit
 
-from rwkvcpu.kernels.simd import (dot_f32, f16at, vadd, vbits, vexp, vfma, vhsum, vload, vload_bf16, vload_f16, vmul,
-                                  vsigmoid, vsplat, vstore, vsub, vzero)
+from rwkvcpu.kernels import dequant as dq
+from rwkvcpu.kernels import simd as S
+from rwkvcpu.kernels.simd import (dot_f32, f16at, vadd, vbits, vbitsu32, vexp, vfma, vhsum, viq4, vkscales, vload,
+                                  vload_bf16, vload_f16, vmul, vq3scales, vq5bits, vq6half, vsigmoid, vsplat, vstore, vsub, vsum8,
+                                  vzero)
 
 
 @njit(cache=True)
@@ -47,6 +51,81 @@ def test_every_operation_against_numpy():
     np.testing.assert_array_equal(out[9], np.full(8, -2.5, np.float32))
     np.testing.assert_array_equal(out[10], np.zeros(8, np.float32))
     assert abs(s - a.astype(np.float64).sum()) < 1e-5
+
+
+@njit(cache=True)
+def _decoders(b, f, kscales, q3s, q6, sums):
+    for i in range(kscales.shape[0]):               # one 12-byte K scale group every 16 bytes
+        sc, mn = vkscales(b, 16 * i)
+        vstore(kscales[i, 0], 0, sc)
+        vstore(kscales[i, 1], 0, mn)
+        s0, s1 = vq3scales(b, 16 * i)
+        vstore(q3s[i], 0, s0)
+        vstore(q3s[i], 8, s1)
+    for i in range(q6.shape[0]):                    # a Q6_K half: 64 ql bytes at 96i, 32 qh bytes after them
+        v = vq6half(b, 96 * i, 96 * i + 64)
+        for j in range(16):
+            vstore(q6[i], 8 * j, v[j])
+    vstore(sums, 0, vsum8(vload(f, 0), vload(f, 8), vload(f, 16), vload(f, 24),
+                          vload(f, 32), vload(f, 40), vload(f, 48), vload(f, 56)))
+
+
+def test_block_decoders_against_numpy():
+    """vkscales (a Q4_K/Q5_K block's 8 packed 6-bit scales and mins), vq3scales (a Q3_K block's 16
+    signed 6-bit scales), vq6half (128 6-bit Q6_K values) and vsum8 (8 vectors' sums in one)
+    against the GGML formulas written out in NumPy, on random bytes (every bit pattern of the
+    fields occurs)."""
+    rng = np.random.default_rng(7)
+    b = rng.integers(0, 256, 96 * 40, dtype=np.uint8)
+    f = rng.standard_normal(64).astype(np.float32)
+    ks = np.full((200, 2, 8), np.nan, np.float32)
+    q3s = np.full((200, 16), np.nan, np.float32)
+    q6 = np.full((40, 128), np.nan, np.float32)
+    sums = np.full(8, np.nan, np.float32)
+    _decoders(b, f, ks, q3s, q6, sums)
+    g = b[:16 * 200].reshape(200, 16).astype(np.int64)
+    lo = np.arange(4)
+    want_sc = np.concatenate([g[:, lo] & 63, (g[:, lo + 8] & 15) | ((g[:, lo] >> 6) << 4)], axis=1)
+    want_mn = np.concatenate([g[:, lo + 4] & 63, (g[:, lo + 8] >> 4) | ((g[:, lo + 4] >> 6) << 4)], axis=1)
+    np.testing.assert_array_equal(ks[:, 0], want_sc)
+    np.testing.assert_array_equal(ks[:, 1], want_mn)
+    i = np.arange(16)
+    want_q3 = (((g[:, i % 8] >> (4 * (i // 8))) & 15) | (((g[:, 8 + i % 4] >> (2 * (i // 4))) & 3) << 4)) - 32
+    np.testing.assert_array_equal(q3s, want_q3)
+    h = b.reshape(40, 96).astype(np.int64)
+    ql, qh = h[:, :64], h[:, 64:]
+    want = np.concatenate([(ql[:, :32] & 15) | ((qh & 3) << 4), (ql[:, 32:] & 15) | (((qh >> 2) & 3) << 4),
+                           (ql[:, :32] >> 4) | (((qh >> 4) & 3) << 4), (ql[:, 32:] >> 4) | (((qh >> 6) & 3) << 4)], axis=1)
+    np.testing.assert_array_equal(q6, want)
+    np.testing.assert_allclose(sums, f.reshape(8, 8).astype(np.float64).sum(1), rtol=1e-6, atol=1e-6)
+
+
+def _bit_decoders(b, u, out):
+    for i in range(4):
+        vstore(out[0], 8 * i, vbitsu32(u, 8 * i))           # bits 0..31 of u
+        vstore(out[1], 8 * i, viq4(b, 8 * i, 4 * (i % 2)))   # kvalues of low / high nibbles
+        vstore(out[2], 8 * i, vq5bits(b, 8 * i, 4 * (i % 2), 40 + 8 * i, i + 3))
+
+
+@pytest.mark.parametrize("avx2", [pytest.param(True, id="avx2", marks=pytest.mark.skipif(not S.AVX2,
+                                                                                        reason="CPU without AVX2")),
+                                  pytest.param(False, id="generic")])
+def test_bit_and_table_decoders_against_numpy(avx2, monkeypatch):
+    """vbitsu32 (Q5_0/Q5_1 fifth bits), viq4 (IQ4 kvalues: vpshufb with AVX2, compare-selects on
+    generic IR) and vq5bits (Q5_K values) against NumPy on random bytes, compiled both ways."""
+    monkeypatch.setattr(S, "AVX2", avx2)
+    fn = njit(cache=False)(_bit_decoders)
+    rng = np.random.default_rng(11)
+    b = rng.integers(0, 256, 80, dtype=np.uint8)
+    u = np.uint32(rng.integers(0, 2**32))
+    out = np.full((3, 32), np.nan, np.float32)
+    fn(b, u, out)
+    np.testing.assert_array_equal(out[0], (int(u) >> np.arange(32)) & 1)
+    shifts = np.repeat([0, 4, 0, 4], 8)
+    nib = (b[:32] >> shifts) & 15
+    np.testing.assert_array_equal(out[1], dq.KVALUES_IQ4[nib])
+    bits = np.repeat([3, 4, 5, 6], 8)
+    np.testing.assert_array_equal(out[2], nib | (((b[40:72] >> bits) & 1) << 4))
 
 
 def test_loads_refuse_non_contiguous_rows():
