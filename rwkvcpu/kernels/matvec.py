@@ -24,13 +24,30 @@ from numba import njit, prange
 
 from . import dequant as dq
 from .simd import (dot_f32, f16at, prefetch, vadd, vbits, vfma, vhsum, vload, vload_bf16, vload_f16, vload_w, vmul,
-                   vbitsu32, viq4, vkscales, vq3scales, vq5bits, vlane, vq6half, vsplat, vstore, vsum8, vzero, wat)
+                   viq4, vkscales, vq3scales, vq5bits, vq5u32, vlane, vq6half, vsplat, vstore, vsum8, vzero, wat)
 
 FLAGS = {"reassoc", "contract"}
 ROWS = 8                 # rows per parallel task
 TWO_112 = np.float32(2.0 ** 112)
-SIXTEEN, FOUR, MFOUR = np.float32(16.0), np.float32(4.0), np.float32(-4.0)
+FOUR, MFOUR = np.float32(4.0), np.float32(-4.0)
 PF_AHEAD = 4096          # bytes: how far ahead of a row-sequential kernel its weights are prefetched
+
+
+@njit(cache=True)
+def block_sums(x, n):
+    """[T, cols // n] float32: the sums of x's rows over each n-value block (for the offsets and
+    mins that whole blocks share).  Serial and not inlined, so that the parallel kernels calling
+    it before their parallel loop get no parallel loop of their own out of it (and no NumPy call
+    from Python: ~3 us a matvec less)."""
+    T, cols = x.shape
+    out = np.empty((T, cols // n), dtype=np.float32)
+    for t in range(T):
+        for k in range(cols // n):
+            acc = np.float32(0.0)
+            for i in range(k * n, k * n + n):
+                acc += x[t, i]
+            out[t, k] = acc
+    return out
 
 
 @njit(cache=True, inline="always")
@@ -118,10 +135,11 @@ def mv_q8_0(raw, raw_i8, x, out, lut):
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mv_q4_0(raw, x, xsum, out, lut):
-    """xsum[t, k]: sum of x[t] over block k (the -8 offset: sum((q-8)x) = sum(qx) - 8 sum(x))."""
+def mv_q4_0(raw, x, out, lut):
+    """xsum[t, k] (``block_sums``): sum of x[t] over block k (the -8 offset: sum((q-8)x) = sum(qx) - 8 sum(x))."""
     rows = raw.shape[0]
     T, cols = x.shape
+    xsum = block_sums(x, 32)
     nb = cols // 32
     for task in prange((rows + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
@@ -154,18 +172,18 @@ def _nib32(b, o, shift, xt, xo):
     return vfma(vbits(b, o + 24, shift, 15), vload(xt, xo + 24), s)
 
 
-@njit(cache=True, parallel=True, fastmath=FLAGS)
-def mv_q5_01(qtype, raw, x, xsum, out, lut):
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _q501(qtype, raw, x, out):
     """Q4_1, Q5_0 and Q5_1 (32-value blocks): as ``mv_q4_0``, with Q5's fifth bits (bit i of the
-    block's uint32 qh for value i) added as 16 * bit, and the block's m (Q4_1, Q5_1) times the
+    block's uint32 qh for value i) or-ed in (``vq5u32``), and the block's m (Q4_1, Q5_1) times the
     block sum of x, as llama.cpp applies it."""
     rows = raw.shape[0]
     T, cols = x.shape
+    xsum = block_sums(x, 32)
     nb = cols // 32
     bs = 20 if qtype == dq.Q4_1 else (22 if qtype == dq.Q5_0 else 24)
     five = qtype != dq.Q4_1
-    sixteen = vsplat(SIXTEEN)
-    m16 = vsplat(-SIXTEEN)
+    off = 16 if qtype == dq.Q5_0 else 0
     for task in prange((rows + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
             b = raw[r]
@@ -180,21 +198,17 @@ def mv_q5_01(qtype, raw, x, xsum, out, lut):
                     xo = k * 32
                     d = f16at(b, o)
                     qs = o + bs - 16
-                    q0 = vbits(b, qs, 0, 15)
-                    q1 = vbits(b, qs + 8, 0, 15)
-                    q2 = vbits(b, qs, 4, 15)
-                    q3 = vbits(b, qs + 8, 4, 15)
-                    if five:
-                        qh = dq._u32_at(b, qs - 4)
-                        if qtype == dq.Q5_0:            # q - 16 itself (-16..15), not q and 16 * sum(x)
-                            q0 = vadd(q0, m16)          # apart: that difference cancels ~4 bits, and
-                            q1 = vadd(q1, m16)          # llama numerics then flips the rounding of
-                            q2 = vadd(q2, m16)          # later activations (0.07 off llama.cpp)
-                            q3 = vadd(q3, m16)
-                        q0 = vfma(vbitsu32(qh, 0), sixteen, q0)
-                        q1 = vfma(vbitsu32(qh, 8), sixteen, q1)
-                        q2 = vfma(vbitsu32(qh, 16), sixteen, q2)
-                        q3 = vfma(vbitsu32(qh, 24), sixteen, q3)
+                    if five:                            # q (Q5_1) or q - 16 (Q5_0: -16..15, formed
+                        qh = dq._u32_at(b, qs - 4)      # before the products; as q and 16 * sum(x)
+                        q0 = vq5u32(b, qs, 0, qh, 0, off)       # apart, the difference cancels ~4 bits
+                        q1 = vq5u32(b, qs + 8, 0, qh, 8, off)   # and llama numerics then flips the
+                        q2 = vq5u32(b, qs, 4, qh, 16, off)      # rounding of later activations:
+                        q3 = vq5u32(b, qs + 8, 4, qh, 24, off)  # 0.07 off llama.cpp)
+                    else:
+                        q0 = vbits(b, qs, 0, 15)
+                        q1 = vbits(b, qs + 8, 0, 15)
+                        q2 = vbits(b, qs, 4, 15)
+                        q3 = vbits(b, qs + 8, 4, 15)
                     s = vmul(q0, vload(xt, xo))
                     s = vfma(q1, vload(xt, xo + 8), s)
                     s = vfma(q2, vload(xt, xo + 16), s)
@@ -205,8 +219,8 @@ def mv_q5_01(qtype, raw, x, xsum, out, lut):
                 out[t, r] = vhsum(acc) + accm
 
 
-@njit(cache=True, parallel=True, fastmath=FLAGS)
-def mv_iq4(qtype, raw, x, out, lut):
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _iq4(qtype, raw, x, out):
     """IQ4_NL (32-value blocks, one scale) and IQ4_XS (256-value blocks, 8 signed 6-bit sub-block
     scales): nibbles looked up in the kvalues table in registers (``viq4``), no offset term."""
     rows = raw.shape[0]
@@ -251,7 +265,7 @@ def _q23_16(q2, b, o, qs, h, j, l16, xt, xo):
     """The dot product of x[xo:xo+16] with the 2-bit values of 16-value group (h, j, l16) of a
     Q2_K/Q3_K block (bits 2j of qs[32h + 16 l16 + i]); Q3_K's values are those - 4 + 4 * their
     hmask bit (bit 4h + j of byte 16 l16 + i at o), -4..3, formed before the products (as for
-    Q5_0 in ``mv_q5_01``)."""
+    Q5_0 in ``_q501``)."""
     l = 16 * l16
     a = vbits(b, qs + 32 * h + l, 2 * j, 3)
     c = vbits(b, qs + 32 * h + l + 8, 2 * j, 3)
@@ -262,13 +276,14 @@ def _q23_16(q2, b, o, qs, h, j, l16, xt, xo):
     return vfma(c, vload(xt, xo + 8), vmul(a, vload(xt, xo)))
 
 
-@njit(cache=True, parallel=True, fastmath=FLAGS)
-def mv_q23_k(qtype, raw, x, xsum16, out, lut):
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _q23_k(qtype, raw, x, out):
     """Q2_K (y = d sc q - dmin mn) and Q3_K (y = d sc (q - 4), q = 2 low bits + 4 * hmask bit):
     16 groups of 16 values a block, whose sums are reduced into two vectors (``vsum8``) and scaled
     by the groups' scales as two vectors; Q2_K's mins through xsum16 (group sums of x)."""
     rows = raw.shape[0]
     T, cols = x.shape
+    xsum16 = block_sums(x, 16)
     q2 = qtype == dq.Q2_K
     bs = 84 if q2 else 110
     nb = cols // 256
@@ -312,14 +327,52 @@ def mv_q23_k(qtype, raw, x, xsum16, out, lut):
                 out[t, r] = vhsum(acc) + vhsum(accm)
 
 
+# The bodies above with the block type a constant (so its branches compile out), one kernel each.
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mv_q4_k(raw, x, xsum, out, lut):
-    """xsum[t, s]: sum of x[t] over 32-value sub-block s (for the dmin * min term).  A block's 8
-    scales and mins are unpacked as two vectors (``vkscales``) and its 8 sub-block sums reduced
-    into one (``vsum8``): one FMA per block for each, where scalar unpacking, a splat and an FMA
-    per sub-block took ~1/3 of the time (12 layers' matrices 6.7 -> 5.2 ms)."""
+def mv_q4_1(raw, x, out, lut):
+    _q501(dq.Q4_1, raw, x, out)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_q5_0(raw, x, out, lut):
+    _q501(dq.Q5_0, raw, x, out)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_q5_1(raw, x, out, lut):
+    _q501(dq.Q5_1, raw, x, out)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_iq4_nl(raw, x, out, lut):
+    _iq4(dq.IQ4_NL, raw, x, out)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_iq4_xs(raw, x, out, lut):
+    _iq4(dq.IQ4_XS, raw, x, out)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_q2_k(raw, x, out, lut):
+    _q23_k(dq.Q2_K, raw, x, out)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_q3_k(raw, x, out, lut):
+    _q23_k(dq.Q3_K, raw, x, out)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_q4_k(raw, x, out, lut):
+    """xsum[t, s] (``block_sums``): sum of x[t] over 32-value sub-block s (for the dmin * min
+    term).  A block's 8 scales and mins are unpacked as two vectors (``vkscales``) and its 8
+    sub-block sums reduced into one (``vsum8``): one FMA per block for each, where scalar
+    unpacking, a splat and an FMA per sub-block took ~1/3 of the time (12 layers' matrices
+    6.7 -> 5.2 ms)."""
     rows = raw.shape[0]
     T, cols = x.shape
+    xsum = block_sums(x, 32)
     nb = cols // 256
     for task in prange((rows + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
@@ -356,11 +409,12 @@ def _q5_32(b, o, shift, qh, bit, xt, xo):
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mv_q5_k(raw, x, xsum, out, lut):
+def mv_q5_k(raw, x, out, lut):
     """Q5_K as ``mv_q4_k``, with each value's fifth bit (bit sb of qh[i] for sub-block sb) or-ed in
     before the conversion (``vq5bits``)."""
     rows = raw.shape[0]
     T, cols = x.shape
+    xsum = block_sums(x, 32)
     nb = cols // 256
     for task in prange((rows + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
@@ -394,12 +448,13 @@ def _dot16(a, b, xt, xo):
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mv_q6_k(raw, raw_i8, x, xsum16, out, lut):
-    """xsum16[t, g]: sum of x[t] over 16-value group g (the -32 offset of every 6-bit value).
-    Per half-block: 128 values decoded by ``vq6half``, 8 group sums reduced into one vector
+def mv_q6_k(raw, raw_i8, x, out, lut):
+    """xsum16[t, g] (``block_sums``): sum of x[t] over 16-value group g (the -32 offset of every
+    6-bit value).  Per half-block: 128 values decoded by ``vq6half``, 8 group sums reduced into one vector
     (``vsum8``), scaled by the 8 int8 scales as one vector."""
     rows = raw.shape[0]
     T, cols = x.shape
+    xsum16 = block_sums(x, 16)
     nb = cols // 256
     for task in prange((rows + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
@@ -507,21 +562,23 @@ def _decode_row(qtype, b, q, buf, kv, lut):
             o = k * bs
             d = vsplat(f16at(b, o))
             if qtype == dq.Q5_0:                # y = d * (q - 16)
-                m = vsplat(np.float32(-16.0))
+                m = vzero()
                 qh = dq._u32_at(b, o + 2)
             else:                               # y = d * q + m
                 m = vsplat(f16at(b, o + 2))
                 qh = dq._u32_at(b, o + 4)
             qs = o + bs - 16
             for c in range(0, 16, 8):
-                lo = vbits(b, qs + c, 0, 15)
-                hi = vbits(b, qs + c, 4, 15)
-                if qtype != dq.Q4_1:            # fifth bits: bit i of qh for value i
-                    lo = vfma(vbitsu32(qh, c), vsplat(SIXTEEN), lo)
-                    hi = vfma(vbitsu32(qh, c + 16), vsplat(SIXTEEN), hi)
+                if qtype == dq.Q4_1:
+                    lo = vbits(b, qs + c, 0, 15)
+                    hi = vbits(b, qs + c, 4, 15)
+                else:                           # fifth bits: bit i of qh for value i
+                    off = 16 if qtype == dq.Q5_0 else 0
+                    lo = vq5u32(b, qs + c, 0, qh, c, off)
+                    hi = vq5u32(b, qs + c, 4, qh, c + 16, off)
                 if qtype == dq.Q5_0:
-                    vstore(buf, k * 32 + c, vmul(d, vadd(lo, m)))
-                    vstore(buf, k * 32 + 16 + c, vmul(d, vadd(hi, m)))
+                    vstore(buf, k * 32 + c, vmul(d, lo))
+                    vstore(buf, k * 32 + 16 + c, vmul(d, hi))
                 else:
                     vstore(buf, k * 32 + c, vfma(d, lo, m))
                     vstore(buf, k * 32 + 16 + c, vfma(d, hi, m))
@@ -595,12 +652,6 @@ def mv_buffered(qtype, raw, raw_i8, x, out, kv, lut):
     for task in prange((rows + ROWS - 1) // ROWS):
         buf = np.empty((2, cols), dtype=np.float32)
         end = min(rows, task * ROWS + ROWS)
-        if T < BATCH_T and qtype != dq.F16 and qtype != dq.F32:    # one or two rows of x: a row, then its dots
-            for r in range(task * ROWS, end):
-                _decode_row(qtype, raw[r], raw_i8[r], buf[0], kv, lut)
-                for t in range(T):
-                    out[t, r] = dot_f32(buf[0], x[t])
-            continue
         for r in range(task * ROWS, end, 2):
             two = r + 1 < end
             if cols % 8 == 0:               # F32 as is, F16 converted in registers (simd.vload_w): no buffer
@@ -693,8 +744,6 @@ def _tail(acc, wr, xt, c8):
 BATCH_T = 3              # from this many rows of x on, decode each weight row once for all of them
 
 
-def _block_sums(x: np.ndarray, n: int) -> np.ndarray:
-    return x.reshape(x.shape[0], -1, n).sum(-1, dtype=np.float32)
 
 
 def _bind_single(W):
@@ -713,19 +762,17 @@ def _bind_single(W):
     if qtype == dq.Q8_0:
         return lambda x, out: mv_q8_0(rb, ri, x, out, lut)
     if qtype == dq.Q4_0:
-        return lambda x, out: mv_q4_0(rb, x, _block_sums(x, 32), out, lut)
+        return lambda x, out: mv_q4_0(rb, x, out, lut)
     if qtype == dq.Q4_K:
-        return lambda x, out: mv_q4_k(rb, x, _block_sums(x, 32), out, lut)
+        return lambda x, out: mv_q4_k(rb, x, out, lut)
     if qtype == dq.Q5_K:
-        return lambda x, out: mv_q5_k(rb, x, _block_sums(x, 32), out, lut)
-    if qtype in (dq.Q4_1, dq.Q5_0, dq.Q5_1):
-        return lambda x, out: mv_q5_01(qtype, rb, x, _block_sums(x, 32), out, lut)
-    if qtype in (dq.IQ4_NL, dq.IQ4_XS):
-        return lambda x, out: mv_iq4(qtype, rb, x, out, lut)
-    if qtype in (dq.Q2_K, dq.Q3_K):
-        return lambda x, out: mv_q23_k(qtype, rb, x, _block_sums(x, 16), out, lut)
+        return lambda x, out: mv_q5_k(rb, x, out, lut)
+    f = {dq.Q4_1: mv_q4_1, dq.Q5_0: mv_q5_0, dq.Q5_1: mv_q5_1, dq.IQ4_NL: mv_iq4_nl, dq.IQ4_XS: mv_iq4_xs,
+         dq.Q2_K: mv_q2_k, dq.Q3_K: mv_q3_k}.get(qtype)
+    if f is not None:
+        return lambda x, out: f(rb, x, out, lut)
     if qtype == dq.Q6_K:
-        return lambda x, out: mv_q6_k(rb, ri, x, _block_sums(x, 16), out, lut)
+        return lambda x, out: mv_q6_k(rb, ri, x, out, lut)
     return None
 
 

@@ -332,20 +332,23 @@ def vq3scales(typingctx, arr, idx):
 
 
 @intrinsic
-def vbitsu32(typingctx, u, start):
-    """float32((u >> (start + j)) & 1) for lanes j < 8: 8 consecutive bits of a 32-bit word (the
-    fifth bits of Q5_0/Q5_1 values, which a block stores as one little-endian uint32)."""
-    if not (isinstance(u, types.Integer) and isinstance(start, types.Integer)):
+def vq5u32(typingctx, arr, idx, shift, u, start, off):
+    """float32((((arr[idx + j] >> shift) & 15) | (((u >> (start + j)) & 1) << 4)) - off) for lanes
+    j < 8: Q5_0/Q5_1 values, a nibble and a fifth bit from the block's little-endian uint32 u,
+    assembled (and offset: Q5_0's -16) in integers before the one conversion."""
+    if not (_is_row(arr, types.uint8) and all(isinstance(a, types.Integer) for a in (idx, shift, u, start, off))):
         return None
 
     def cg(ctx, builder, sig, args):
         v8i32 = ir.VectorType(_I32, 8)
-        uv = _splat(builder, builder.trunc(ctx.cast(builder, args[0], sig.args[0], types.uint64), _I32), v8i32)
-        sh = builder.add(_splat(builder, builder.trunc(ctx.cast(builder, args[1], sig.args[1], types.int64), _I32),
-                                v8i32), ir.Constant(v8i32, list(range(8))))
-        bits = builder.and_(builder.lshr(uv, sh), ir.Constant(v8i32, [1] * 8))
-        return builder.sitofp(bits, _V8F)
-    return f32x8(u, start), cg
+        i32 = lambda k: builder.trunc(ctx.cast(builder, args[k], sig.args[k], types.int64), _I32)   # noqa: E731
+        low = _bits_i32(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp),
+                        ctx.cast(builder, args[2], sig.args[2], types.int64), ir.Constant(ir.IntType(64), 15))
+        sh = builder.add(_splat(builder, i32(4), v8i32), ir.Constant(v8i32, list(range(8))))
+        bit = builder.and_(builder.lshr(_splat(builder, i32(3), v8i32), sh), ir.Constant(v8i32, [1] * 8))
+        q = builder.or_(low, builder.shl(bit, ir.Constant(v8i32, [4] * 8)))
+        return builder.sitofp(builder.sub(q, _splat(builder, i32(5), v8i32)), _V8F)
+    return f32x8(arr, idx, shift, u, start, off), cg
 
 
 @intrinsic

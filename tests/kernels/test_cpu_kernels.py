@@ -122,8 +122,8 @@ def test_f32_and_f16_matvec_ragged_rows(T, half):
 @pytest.mark.parametrize("typ", ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m",
                                  "q4_k_m", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs"])
 def test_decode_matvec_every_file_type(typ):
-    """The decode kernels (dedicated, and the vectorised row decoders of the batched path) on real
-    fixture tensors of every type, T = 1, 2 (one row of the weights at a time) and 4 (two)."""
+    """The decode kernels on real fixture tensors of every type: the fused one-or-two-row kernels
+    (T = 1, 2) and the batched path's vectorised row decoders (T = 4)."""
     from tests.conftest import require_fixtures
     from rwkvcpu.loaders import load
     ck = load(require_fixtures() / f"tiny-rwkv7-{typ}.gguf")

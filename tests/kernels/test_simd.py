@@ -5,9 +5,9 @@ from numba import njit
 
 from rwkvcpu.kernels import dequant as dq
 from rwkvcpu.kernels import simd as S
-from rwkvcpu.kernels.simd import (dot_f32, f16at, vadd, vbits, vbitsu32, vexp, vfma, vhsum, viq4, vkscales, vload,
-                                  vload_bf16, vload_f16, vmul, vq3scales, vq5bits, vq6half, vsigmoid, vsplat, vstore, vsub, vsum8,
-                                  vzero)
+from rwkvcpu.kernels.simd import (dot_f32, f16at, vadd, vbits, vexp, vfma, vhsum, viq4, vkscales, vload, vload_bf16,
+                                  vload_f16, vmul, vq3scales, vq5bits, vq5u32, vq6half, vsigmoid, vsplat, vstore, vsub,
+                                  vsum8, vzero)
 
 
 @njit(cache=True)
@@ -102,7 +102,7 @@ def test_block_decoders_against_numpy():
 
 def _bit_decoders(b, u, out):
     for i in range(4):
-        vstore(out[0], 8 * i, vbitsu32(u, 8 * i))           # bits 0..31 of u
+        vstore(out[0], 8 * i, vq5u32(b, 8 * i, 4 * (i % 2), u, 8 * i, 16 * (i % 2)))
         vstore(out[1], 8 * i, viq4(b, 8 * i, 4 * (i % 2)))   # kvalues of low / high nibbles
         vstore(out[2], 8 * i, vq5bits(b, 8 * i, 4 * (i % 2), 40 + 8 * i, i + 3))
 
@@ -111,8 +111,9 @@ def _bit_decoders(b, u, out):
                                                                                         reason="CPU without AVX2")),
                                   pytest.param(False, id="generic")])
 def test_bit_and_table_decoders_against_numpy(avx2, monkeypatch):
-    """vbitsu32 (Q5_0/Q5_1 fifth bits), viq4 (IQ4 kvalues: vpshufb with AVX2, compare-selects on
-    generic IR) and vq5bits (Q5_K values) against NumPy on random bytes, compiled both ways."""
+    """vq5u32 (Q5_0/Q5_1 values: nibbles, fifth bits from a uint32, an offset), viq4 (IQ4 kvalues:
+    vpshufb with AVX2, compare-selects on generic IR) and vq5bits (Q5_K values) against NumPy on
+    random bytes, compiled both ways."""
     monkeypatch.setattr(S, "AVX2", avx2)
     fn = njit(cache=False)(_bit_decoders)
     rng = np.random.default_rng(11)
@@ -120,9 +121,10 @@ def test_bit_and_table_decoders_against_numpy(avx2, monkeypatch):
     u = np.uint32(rng.integers(0, 2**32))
     out = np.full((3, 32), np.nan, np.float32)
     fn(b, u, out)
-    np.testing.assert_array_equal(out[0], (int(u) >> np.arange(32)) & 1)
     shifts = np.repeat([0, 4, 0, 4], 8)
     nib = (b[:32] >> shifts) & 15
+    fifth = ((int(u) >> np.arange(32)) & 1) << 4
+    np.testing.assert_array_equal(out[0], (nib | fifth) - np.repeat([0, 16, 0, 16], 8))
     np.testing.assert_array_equal(out[1], dq.KVALUES_IQ4[nib])
     bits = np.repeat([3, 4, 5, 6], 8)
     np.testing.assert_array_equal(out[2], nib | (((b[40:72] >> bits) & 1) << 4))
