@@ -8,7 +8,8 @@ rwkv pip package (torch, cpu fp32) on a BlinkDL .pth.
 
 Each engine runs in its own subprocess (so peak RSS is its own), A/B/A/B for ``--rounds``,
 best of the rounds kept.  Measured: decode tok/s (batch 1, after a 16-token prompt),
-prefill-512 tok/s, batched decode (8 sequences, one forward per step) in total tok/s,
+prefill-512 tok/s, batched decode (8 sequences, one forward per step; llama.cpp: 8 sequences in one
+context, one llama_decode per step) in total tok/s,
 peak RSS through decode (load, prompt, decode) and over the whole run (prefill-512 and the batch
 add their transients), and cold start (process start -> first generated token, second run, kernels cached).
 llama.cpp runs only when ``llama_cpp`` imports (an optional extra:
@@ -114,7 +115,9 @@ def _llama_batched(path, threads, batch, steps, rng):
     import llama_cpp as L
     quiet = L.llama_log_callback(lambda level, text, user: None)
     L.llama_log_set(quiet, ctypes.c_void_p())
-    model = L.llama_model_load_from_file(path.encode(), L.llama_model_default_params())
+    mp = L.llama_model_default_params()
+    mp.n_gpu_layers = 0                                     # as the Llama() above: the CPU
+    model = L.llama_model_load_from_file(path.encode(), mp)
     cp = L.llama_context_default_params()
     cp.n_ctx = (N_PROMPT + steps + 8) * batch
     cp.n_batch = cp.n_ubatch = N_PROMPT * batch
