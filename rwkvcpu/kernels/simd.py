@@ -224,6 +224,17 @@ def vq6half(typingctx, arr, lo, hi):
     return rty(arr, lo, hi), cg
 
 
+def _byte_picker(ctx, builder, sig, args):
+    """For a (uint8 row, index) intrinsic: load the 16 bytes at the index and return pick(ix), the
+    bytes ix (8 positions) zero-extended into <8 x i32> lanes (K blocks' packed scales)."""
+    v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 16)
+    und = ir.Constant(v.type, ir.Undefined)
+
+    def pick(ix):
+        return builder.zext(builder.shuffle_vector(v, und, _const_vec(ir.VectorType(_I32, 8), ix)), _V8I32)
+    return pick
+
+
 @intrinsic
 def vkscales(typingctx, arr, idx):
     """(scales, mins) of the 8 sub-blocks of a Q4_K/Q5_K block, unpacked from the 12 bytes at idx
@@ -235,12 +246,8 @@ def vkscales(typingctx, arr, idx):
     rty = types.UniTuple(f32x8, 2)
 
     def cg(ctx, builder, sig, args):
-        v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 16)
-        und = ir.Constant(v.type, ir.Undefined)
+        pick = _byte_picker(ctx, builder, sig, args)
         c = lambda vals: _const_vec(_V8I32, vals)       # noqa: E731
-
-        def pick(ix):
-            return builder.zext(builder.shuffle_vector(v, und, _const_vec(ir.VectorType(_I32, 8), ix)), _V8I32)
 
         def top2(ix):                                   # bits 6..7 of bytes ix moved to bits 4..5, lanes 4..7
             return builder.and_(builder.lshr(pick(ix), c([2] * 8)), c([0] * 4 + [0x30] * 4))
@@ -315,12 +322,8 @@ def vq3scales(typingctx, arr, idx):
     rty = types.UniTuple(f32x8, 2)
 
     def cg(ctx, builder, sig, args):
-        v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 16)
-        und = ir.Constant(v.type, ir.Undefined)
+        pick = _byte_picker(ctx, builder, sig, args)
         c = lambda vals: _const_vec(_V8I32, vals)       # noqa: E731
-
-        def pick(ix):
-            return builder.zext(builder.shuffle_vector(v, und, _const_vec(ir.VectorType(_I32, 8), ix)), _V8I32)
         out = []
         for half in range(2):                           # scales 8 half + i, i < 8
             low = builder.and_(builder.lshr(pick(range(8)), c([4 * half] * 8)), c([15] * 8))
