@@ -110,6 +110,22 @@ def round_like_llama_ref(x: np.ndarray, qtype: int) -> np.ndarray:
     return round_like_llama(x, qtype)
 
 
+def q8_1_sums_ref(x: np.ndarray) -> np.ndarray:
+    """Plain NumPy twin of the sums Q8_1 blocks carry (``intdot.quantize_q8_1``): per 32 values,
+    s = f16((amax / 127) x sum q), q the rounded values of ``round_like_llama_ref``.  ggml's Q4_1 /
+    Q5_1 dot products add the weight block's min times s, where the float32 product of the rounded
+    activations would use d x sum q with d already f16: the two differ by f16 roundings (<= 2**-10
+    of |s|)."""
+    x = np.asarray(x, dtype=np.float32)
+    T, n = x.shape
+    b = x.reshape(T, n // 32, 32)
+    amax = np.abs(b).max(-1)
+    with np.errstate(divide="ignore"):
+        idv = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
+    q = np.rint(b * idv[..., None]).sum(-1).astype(np.float32)
+    return ((amax / np.float32(127.0)).astype(np.float32) * q).astype(np.float16).astype(np.float32)
+
+
 # --- the same rounding inside Numba kernels (the fused decode path in llama mode) ---------------
 R_NONE, R_Q8_0, R_Q8_K, R_F16, R_BF16 = 0, 1, 2, 3, 4
 
@@ -133,12 +149,21 @@ def _f16r(v):
 
 
 @njit(cache=True, inline="always")
-def q8_0_scale(x, t, o):
-    """(d, 1/d as ggml computes it) of the Q8_0 block x[t, o:o+32]: d = f16(amax / 127), 127 / amax."""
+def q8_1_scale(x, t, o):
+    """(d, 1/d as ggml computes it, d before its f16 rounding) of the Q8_0/Q8_1 block
+    x[t, o:o+32]: f16(amax / 127), 127 / amax, amax / 127 (Q8_1's sum s = f16(amax / 127 x sum q))."""
     amax = np.float32(0.0)
     for i in range(32):
         amax = max(amax, abs(x[t, o + i]))
-    return _f16r(amax / np.float32(127.0)), (np.float32(127.0) / amax if amax > 0 else np.float32(0.0))
+    d = amax / np.float32(127.0)
+    return _f16r(d), (np.float32(127.0) / amax if amax > 0 else np.float32(0.0)), d
+
+
+@njit(cache=True, inline="always")
+def q8_0_scale(x, t, o):
+    """(d, 1/d as ggml computes it) of the Q8_0 block x[t, o:o+32]: d = f16(amax / 127), 127 / amax."""
+    d, idv, _ = q8_1_scale(x, t, o)
+    return d, idv
 
 
 @njit(cache=True)

@@ -28,12 +28,13 @@ from numba import njit, prange
 
 from . import dequant as dq
 from .matvec import FLAGS, ROWS, _prefetch_ahead
-from .actquant import q8_0_scale, q8_k_scale
-from .simd import (f16at, f16x8, i16add, i16load, i16s8, i8bc4, i8half, i8load, i8nib, i8nib16, i8q6, iadd, idot,
+from .actquant import _f16r, q8_0_scale, q8_1_scale, q8_k_scale
+from .simd import (f16at, f16x8, i16add, i16load, i16s8, i8bc4, i8half, i8iq4, i8load, i8nib, i8nib16, i8q5, i8q6,
+                   i8sub, iadd, idot,
                    imadd2, imaddp, imaddubs, i16sub, i8splat, i32load, imadd, imulc, iset8, isplat, isum8, itof, izero,
                    prefetch, vfma, vhsum, vlane, vload, vmul, vsplat, vsub, vzero)
 
-TYPES = (dq.Q8_0, dq.Q4_0, dq.Q4_K, dq.Q6_K)
+TYPES = (dq.Q8_0, dq.Q4_0, dq.Q4_K, dq.Q6_K, dq.Q4_1, dq.Q5_0, dq.Q5_1, dq.IQ4_NL)
 
 
 @njit(cache=True)
@@ -124,6 +125,118 @@ def mvi_q8_0(raw, raw_i8, x, out):
 
 
 @njit(cache=True)
+def quantize_q8_1(x, xq, xd, xs):
+    """Q8_1 blocks of each row of x [T, n]: ``quantize_q8_0``'s xq and xd, plus xs float32 [T, n/32],
+    the block's f16 sum s = f16(d x sum q) with d = amax / 127 before its own f16 rounding (as
+    ggml's AVX2 quantize_row_q8_1; Q4_1/Q5_1 multiply it by the weight block's min)."""
+    T, n = x.shape
+    for t in range(T):
+        for b in range(n // 32):
+            o = b * 32
+            d, idv, d32 = q8_1_scale(x, t, o)
+            xd[t, b] = d
+            s = np.int32(0)
+            for i in range(32):
+                q = np.int8(np.rint(x[t, o + i] * idv))
+                xq[t, o + i] = q
+                s += np.int32(q)
+            xs[t, b] = _f16r(d32 * np.float32(s))
+
+
+@njit(cache=True, inline="always")
+def _q32w(qtype, b, o):
+    """The 32 values of the block at byte o of a Q4_1 / Q5_1 row as unsigned bytes (0..15, 0..31),
+    of a Q5_0 row as signed ones (q - 16)."""
+    if qtype == dq.Q4_1:
+        return i8nib16(b, o + 4)
+    if qtype == dq.Q5_1:
+        return i8q5(b, o + 8, o + 4)
+    return i8sub(i8q5(b, o + 6, o + 2), 16)
+
+
+@njit(cache=True, inline="always")
+def _q32_block(qtype, w, b, o, k, xt, dx, sx, acc, summ):
+    """One weight block w (``_q32w``) times activation block k of one row (xt: its 8-bit values,
+    dx: its scale, sx: Q8_1's sum): llama.cpp's AVX2 ``ggml_vec_dot_*`` step for the type -- 8
+    exact int32 lanes, one FMA by d_w x d_x into acc, and Q4_1/Q5_1's m_w x s_x into the scalar
+    summ (added after the lanes are summed)."""
+    xv = i8load(xt, k * 32)
+    if qtype == dq.Q5_0:
+        s = idot(w, xv)
+    else:
+        s = imadd2(imaddubs(w, xv), 1, 1)
+        summ += f16at(b, o + 2) * sx
+    return vfma(vsplat(f16at(b, o) * dx), itof(s), acc), summ
+
+
+@njit(cache=True, inline="always")
+def _q32(qtype, raw, x, out):
+    """Q4_1, Q5_0 and Q5_1 weights x Q8_1 / Q8_0 / Q8_1 activations, one weight row at a time as
+    llama.cpp's AVX2 vec_dot does it (``_q32_block``; llama.cpp has no repacked kernel for them);
+    batches decode each block once for 4 activation rows, every row's arithmetic unchanged (so
+    bit-identical to the row alone)."""
+    rows = raw.shape[0]
+    T, cols = x.shape
+    nb = cols // 32
+    xq = np.empty((T, cols), dtype=np.int8)
+    xd = np.empty((T, nb), dtype=np.float32)
+    xs = np.zeros((T, nb), dtype=np.float32)
+    if qtype == dq.Q5_0:
+        quantize_q8_0(x, xq, xd)
+    else:
+        quantize_q8_1(x, xq, xd, xs)
+    bs = 20 if qtype == dq.Q4_1 else (22 if qtype == dq.Q5_0 else 24)
+    T4 = T - T % 4
+    f0 = np.float32(0.0)
+    for task in prange((rows + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
+            b = raw[r]
+            for t in range(0, T4, 4):
+                a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
+                s0, s1, s2, s3 = f0, f0, f0, f0
+                for k in range(nb):
+                    o = k * bs
+                    if t == 0 and k % 2 == 0:
+                        _prefetch_ahead(raw, r, o, 2 * bs)
+                    w = _q32w(qtype, b, o)
+                    a0, s0 = _q32_block(qtype, w, b, o, k, xq[t], xd[t, k], xs[t, k], a0, s0)
+                    a1, s1 = _q32_block(qtype, w, b, o, k, xq[t + 1], xd[t + 1, k], xs[t + 1, k], a1, s1)
+                    a2, s2 = _q32_block(qtype, w, b, o, k, xq[t + 2], xd[t + 2, k], xs[t + 2, k], a2, s2)
+                    a3, s3 = _q32_block(qtype, w, b, o, k, xq[t + 3], xd[t + 3, k], xs[t + 3, k], a3, s3)
+                out[t, r] = vhsum(a0) + s0
+                out[t + 1, r] = vhsum(a1) + s1
+                out[t + 2, r] = vhsum(a2) + s2
+                out[t + 3, r] = vhsum(a3) + s3
+            for t in range(T4, T):
+                a0 = vzero()
+                s0 = f0
+                for k in range(nb):
+                    o = k * bs
+                    if t == 0 and k % 2 == 0:
+                        _prefetch_ahead(raw, r, o, 2 * bs)
+                    a0, s0 = _q32_block(qtype, _q32w(qtype, b, o), b, o, k, xq[t], xd[t, k], xs[t, k], a0, s0)
+                out[t, r] = vhsum(a0) + s0
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvi_q4_1(raw, x, out):
+    """Q4_1 weights x Q8_1 activations (``_q32``)."""
+    _q32(dq.Q4_1, raw, x, out)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvi_q5_0(raw, x, out):
+    """Q5_0 weights x Q8_0 activations (``_q32``)."""
+    _q32(dq.Q5_0, raw, x, out)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvi_q5_1(raw, x, out):
+    """Q5_1 weights x Q8_1 activations (``_q32``)."""
+    _q32(dq.Q5_1, raw, x, out)
+
+
+@njit(cache=True)
 def quantize_q8_0_bs(x, xq, xd, xs):
     """``quantize_q8_0`` plus xs[t, k] = -8 x (the sum of block k's 32 values of xq[t]): the Q4_0
     offset of a whole block (``_rows8``)."""
@@ -171,28 +284,41 @@ def _q4_row(b, o, xv):
 
 
 @njit(cache=True, inline="always")
-def _q40_8(b0, b1, b2, b3, b4, b5, b6, b7, o, xv, c):
-    """A Q4_0 block of 8 rows: their exact int32 dot products with x's block xv (lanes summed by
-    ``isum8``) plus c = -8 x the block sum of x (the nibbles' offset)."""
-    return iadd(isum8(_q4_row(b0, o, xv), _q4_row(b1, o, xv), _q4_row(b2, o, xv), _q4_row(b3, o, xv),
-                      _q4_row(b4, o, xv), _q4_row(b5, o, xv), _q4_row(b6, o, xv), _q4_row(b7, o, xv)), isplat(c))
+def _q4w(b, o, iq):
+    """An 18-byte block's 32 values: Q4_0's unsigned nibbles, or IQ4_NL's kvalues (iq)."""
+    return i8iq4(b, o + 2) if iq else i8nib16(b, o + 2)
 
 
 @njit(cache=True, inline="always")
-def _q40_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, xv, xw, c, e):
-    """``_q40_8`` for two activation blocks xv, xw (offsets c, e), the nibbles decoded once."""
-    u0 = i8nib16(b0, o + 2)
-    u1 = i8nib16(b1, o + 2)
-    u2 = i8nib16(b2, o + 2)
-    u3 = i8nib16(b3, o + 2)
-    u4 = i8nib16(b4, o + 2)
-    u5 = i8nib16(b5, o + 2)
-    u6 = i8nib16(b6, o + 2)
-    u7 = i8nib16(b7, o + 2)
-    sa = isum8(_q4u(u0, xv), _q4u(u1, xv), _q4u(u2, xv), _q4u(u3, xv), _q4u(u4, xv), _q4u(u5, xv),
-               _q4u(u6, xv), _q4u(u7, xv))
-    sb = isum8(_q4u(u0, xw), _q4u(u1, xw), _q4u(u2, xw), _q4u(u3, xw), _q4u(u4, xw), _q4u(u5, xw),
-               _q4u(u6, xw), _q4u(u7, xw))
+def _q4d(u, xv, iq):
+    """``_q4w``'s values times x's block xv as 8 exact int32 lanes (signed for IQ4_NL)."""
+    return idot(u, xv) if iq else _q4u(u, xv)
+
+
+@njit(cache=True, inline="always")
+def _q40_8(b0, b1, b2, b3, b4, b5, b6, b7, o, xv, c, iq):
+    """A Q4_0 (IQ4_NL: iq) block of 8 rows: their exact int32 dot products with x's block xv
+    (lanes summed by ``isum8``) plus c = -8 x the block sum of x (Q4_0's offset; 0 for IQ4_NL)."""
+    return iadd(isum8(_q4d(_q4w(b0, o, iq), xv, iq), _q4d(_q4w(b1, o, iq), xv, iq), _q4d(_q4w(b2, o, iq), xv, iq),
+                      _q4d(_q4w(b3, o, iq), xv, iq), _q4d(_q4w(b4, o, iq), xv, iq), _q4d(_q4w(b5, o, iq), xv, iq),
+                      _q4d(_q4w(b6, o, iq), xv, iq), _q4d(_q4w(b7, o, iq), xv, iq)), isplat(c))
+
+
+@njit(cache=True, inline="always")
+def _q40_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, xv, xw, c, e, iq):
+    """``_q40_8`` for two activation blocks xv, xw (offsets c, e), the values decoded once."""
+    u0 = _q4w(b0, o, iq)
+    u1 = _q4w(b1, o, iq)
+    u2 = _q4w(b2, o, iq)
+    u3 = _q4w(b3, o, iq)
+    u4 = _q4w(b4, o, iq)
+    u5 = _q4w(b5, o, iq)
+    u6 = _q4w(b6, o, iq)
+    u7 = _q4w(b7, o, iq)
+    sa = isum8(_q4d(u0, xv, iq), _q4d(u1, xv, iq), _q4d(u2, xv, iq), _q4d(u3, xv, iq), _q4d(u4, xv, iq),
+               _q4d(u5, xv, iq), _q4d(u6, xv, iq), _q4d(u7, xv, iq))
+    sb = isum8(_q4d(u0, xw, iq), _q4d(u1, xw, iq), _q4d(u2, xw, iq), _q4d(u3, xw, iq), _q4d(u4, xw, iq),
+               _q4d(u5, xw, iq), _q4d(u6, xw, iq), _q4d(u7, xw, iq))
     return iadd(sa, isplat(c)), iadd(sb, isplat(e))
 
 
@@ -268,11 +394,12 @@ def _q4k_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, xa, xb, xo, ba, bb):
 
 
 @njit(cache=True, inline="always")
-def _rows8(raw, x, out, kq):
-    """Q4_0 (kq False: Q8_0 activations) or Q4_K (kq True: Q8_K activations) weights, 8 weight
-    rows per task (llama.cpp's repacked Q4_0 / Q4_K gemv does the same on an interleaved copy;
-    here the file's rows are read in place).  Per block each row's exact int32 sum -- Q4_0:
-    unsigned nibbles by vpmaddubsw plus -8 x the block sum of x; Q4_K: scale x (nibbles . x) over
+def _rows8(raw, x, out, kq, iq=False):
+    """Q4_0 (kq False: Q8_0 activations), IQ4_NL (iq: Q8_0 activations) or Q4_K (kq True: Q8_K
+    activations) weights, 8 weight rows per task (llama.cpp's repacked Q4_0 / IQ4_NL / Q4_K gemv
+    does the same on an interleaved copy; here the file's rows are read in place).  Per block each
+    row's exact int32 sum -- Q4_0: unsigned nibbles by vpmaddubsw plus -8 x the block sum of x;
+    IQ4_NL: its kvalues (one vpshufb) by ``idot``; Q4_K: scale x (nibbles . x) over
     its 8 sub-blocks, and separately min x (sum of x) -- is reduced across lanes for all 8 rows
     at once (``isum8``), then converted and scaled by one FMA for 8 rows (two for Q4_K: d x d_x
     and dmin x d_x): about half the vector operations of one row at a time, x's block loaded once
@@ -289,6 +416,8 @@ def _rows8(raw, x, out, kq):
     xs = np.empty((T, cols // 32), dtype=np.int32)     # Q8_K: sums per 32; Q8_0: -8 x block sums
     if kq:
         quantize_q8_k(x, xq, xd, xs)
+    elif iq:
+        quantize_q8_0(x, xq, xd)                         # (no offset: xs unused)
     else:
         quantize_q8_0_bs(x, xq, xd, xs)
     bb = 144 if kq else 18                               # bytes per block
@@ -327,7 +456,7 @@ def _rows8(raw, x, out, kq):
                     m1 = vfma(vmul(dm, vsplat(xd[t + 1, k])), itof(mb), m1)
                 else:
                     sa, sb = _q40_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, i8load(xa, k * 32), i8load(xb, k * 32),
-                                      xs[t, k], xs[t + 1, k])
+                                      0 if iq else xs[t, k], 0 if iq else xs[t + 1, k], iq)
                 a0 = vfma(da, itof(sa), a0)
                 a1 = vfma(db, itof(sb), a1)
             _store8(out, t, r, n, vsub(a0, m0))
@@ -347,7 +476,7 @@ def _rows8(raw, x, out, kq):
                     dm = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o + 2)
                     m0 = vfma(vmul(dm, vsplat(xd[t, k])), itof(ma), m0)
                 else:
-                    sa = _q40_8(b0, b1, b2, b3, b4, b5, b6, b7, o, i8load(xt, k * 32), xs[t, k])
+                    sa = _q40_8(b0, b1, b2, b3, b4, b5, b6, b7, o, i8load(xt, k * 32), 0 if iq else xs[t, k], iq)
                 a0 = vfma(da, itof(sa), a0)
             _store8(out, t, r, n, vsub(a0, m0))
 
@@ -598,6 +727,13 @@ def mvi_q4_0(raw, x, out):
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvi_iq4_nl(raw, x, out):
+    """IQ4_NL weights x Q8_0 activations: ``_rows8`` with its kvalues (llama.cpp's repacked 8-row
+    IQ4_NL gemv order), batches included."""
+    _rows8(raw, x, out, False, True)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
 def mvi_q4_k(raw, x, out):
     """Q4_K weights x Q8_K activations: ``_rows8`` with kq a constant (its other branch compiled out)."""
     _rows8(raw, x, out, True)
@@ -626,6 +762,9 @@ def _bind(W):
         return lambda x, out: (mvl_q4_0 if x.shape[0] >= LANES_MIN[dq.Q4_0] else mvi_q4_0)(rb, x, out)
     if qtype == dq.Q4_K:
         return lambda x, out: (mvl_q4_k if x.shape[0] >= LANES_MIN[dq.Q4_K] else mvi_q4_k)(rb, x, out)
+    f = {dq.Q4_1: mvi_q4_1, dq.Q5_0: mvi_q5_0, dq.Q5_1: mvi_q5_1, dq.IQ4_NL: mvi_iq4_nl}.get(qtype)
+    if f is not None:
+        return lambda x, out: f(rb, x, out)
     return lambda x, out: mvi_q6_k(rb, ri, x, out)
 
 

@@ -651,6 +651,15 @@ def _load_bytes(ctx, builder, aty, aval, i, n):
     return builder.load(builder.bitcast(p, ir.PointerType(ir.VectorType(_I8, n))), align=1)
 
 
+def _nib16(ctx, builder, aty, aval, i):
+    """The 16 bytes at element i of a row as 32 nibbles 0..15: the low ones, then the high ones."""
+    v = _load_bytes(ctx, builder, aty, aval, i, 16)
+    v16 = ir.VectorType(_I8, 16)
+    lo = builder.and_(v, ir.Constant(v16, [15] * 16))
+    hi = builder.lshr(v, ir.Constant(v16, [4] * 16))
+    return builder.shuffle_vector(lo, hi, _const_vec(ir.VectorType(_I32, 32), range(32)))
+
+
 @intrinsic
 def i8load(typingctx, arr, idx):
     """arr[idx:idx+32] of an int8 or uint8 row, as 32 bytes."""
@@ -670,11 +679,7 @@ def i8nib16(typingctx, arr, idx):
         return None
 
     def cg(ctx, builder, sig, args):
-        v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 16)
-        v16 = ir.VectorType(_I8, 16)
-        lo = builder.and_(v, ir.Constant(v16, [15] * 16))
-        hi = builder.lshr(v, ir.Constant(v16, [4] * 16))
-        return builder.shuffle_vector(lo, hi, _const_vec(ir.VectorType(_I32, 32), range(32)))
+        return _nib16(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp))
     return i8x32(arr, idx), cg
 
 
@@ -1062,3 +1067,42 @@ def ilane(typingctx, v, k):
     def cg(ctx, builder, sig, args):
         return builder.extract_element(args[0], ctx.cast(builder, args[1], sig.args[1], types.int32))
     return types.int32(v, k), cg
+
+
+@intrinsic
+def i8q5(typingctx, arr, qs, qh):
+    """Q5_0/Q5_1 block values 0..31 as 32 bytes: the nibbles of arr[qs:qs+16] in ``i8nib16``'s
+    order, with bit j of the little-endian uint32 at arr[qh:qh+4] as value j's fifth bit (the
+    uint32 becomes 32 one-bit lanes, widened; LLVM: a broadcast, a byte shuffle, a compare)."""
+    if not (_is_row(arr, types.uint8) and isinstance(qs, types.Integer) and isinstance(qh, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        nib = _nib16(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp))
+        ary = ctx.make_array(sig.args[0])(ctx, builder, args[0])
+        p = builder.gep(ary.data, [ctx.cast(builder, args[2], sig.args[2], types.intp)])
+        u = builder.load(builder.bitcast(p, ir.PointerType(_I32)), align=1)
+        bits = builder.zext(builder.bitcast(u, ir.VectorType(ir.IntType(1), 32)), _V32I8)
+        return builder.or_(nib, builder.shl(bits, _const_vec(_V32I8, [4] * 32)))
+    return i8x32(arr, qs, qh), cg
+
+
+@intrinsic
+def i8iq4(typingctx, arr, idx):
+    """IQ4_NL's kvalues of the 32 nibbles of arr[idx:idx+16] in ``i8nib16``'s order (signed bytes
+    -127..113): one ``vpshufb`` of the table with AVX2, 16 compare-selects elsewhere."""
+    if not (_is_row(arr, types.uint8) and isinstance(idx, types.Integer)):
+        return None
+    from .dequant import KVALUES_IQ4
+    table = [int(v) for v in KVALUES_IQ4]
+
+    def cg(ctx, builder, sig, args):
+        q = _nib16(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp))
+        if AVX2:
+            return _x86(builder, "llvm.x86.avx2.pshuf.b", _V32I8, [_const_vec(_V32I8, table * 2), q])
+        val = _const_vec(_V32I8, [0] * 32)
+        for n, kv in enumerate(table):
+            hit = builder.icmp_unsigned("==", q, _const_vec(_V32I8, [n] * 32))
+            val = builder.select(hit, _const_vec(_V32I8, [kv] * 32), val)
+        return val
+    return i8x32(arr, idx), cg

@@ -40,6 +40,8 @@ def _ops(w8, x8, u8, nib, q6, out):
     q = S.i16add(S.imaddubs(S.i8half(b, False), x), S.imaddubs(S.i8half(b, True), x))
     out[13, :16] = S.ilanes(q)
     out[14, :8] = S.ilanes(S.imaddp(q, 7, -3))
+    out[15, :32] = S.ilanes(S.i8q5(q6, 0, 16))       # nibbles of bytes 0..15, fifth bits from 16..19
+    out[16, :32] = S.ilanes(S.i8iq4(nib, 0))
     f = S.itof(S.iadd(S.idot(w, x), S.idot(x, x)))
     return S.vhsum(f)
 
@@ -55,7 +57,7 @@ def test_integer_vector_operations_against_numpy(avx2, monkeypatch):
     u8 = rng.integers(0, 64, 32).astype(np.uint8)  # Q6_K values
     nib = rng.integers(0, 256, 32).astype(np.uint8)
     q6 = rng.integers(0, 256, 96).astype(np.uint8)
-    out = np.zeros((15, 32), np.int64)
+    out = np.zeros((17, 32), np.int64)
     s = fn(w8, x8, u8, nib, q6, out)
     w, x, u = w8.astype(np.int64), x8.astype(np.int64), u8.astype(np.int64)
     np.testing.assert_array_equal(out[0, :8], (w * x).reshape(8, 4).sum(1))
@@ -77,6 +79,10 @@ def test_integer_vector_operations_against_numpy(avx2, monkeypatch):
     q = ((b4 & 15) * x + (b4 >> 4) * x).reshape(16, 2).sum(1)
     np.testing.assert_array_equal(out[13, :16], q)
     np.testing.assert_array_equal(out[14, :8], q[0::2] * 7 + q[1::2] * -3)
+    bits = (int.from_bytes(q6[16:20].tobytes(), "little") >> np.arange(32)) & 1
+    nib5 = np.concatenate([q6[:16] & 15, q6[:16] >> 4]).astype(np.int64)
+    np.testing.assert_array_equal(out[15, :32], nib5 | (bits << 4))
+    np.testing.assert_array_equal(out[16, :32], dq.KVALUES_IQ4[np.concatenate([lo, hi])])
     assert s == np.float32((w * x).sum() + (x * x).sum())
 
 
@@ -92,6 +98,13 @@ def test_activation_quantizers_match_llama_rounding_bit_for_bit():
     got = np.repeat(xd, 32, axis=1) * xq.astype(np.float32)
     ref = A.round_like_llama_ref(x, dq.Q8_0)
     assert np.array_equal(got, ref)
+    xq1 = np.empty(x.shape, np.int8)
+    xd1 = np.empty((3, 16), np.float32)
+    xs1 = np.empty((3, 16), np.float32)
+    I.quantize_q8_1(x, xq1, xd1, xs1)                 # Q8_1: Q8_0's values plus the f16 sums
+    assert np.array_equal(xq1, xq) and np.array_equal(xd1, xd)
+    assert np.array_equal(xs1, A.q8_1_sums_ref(x))
+    assert not np.array_equal(xs1, xd * xq.reshape(3, 16, 32).sum(-1))   # the f16 sum is its own rounding
     xd = np.empty((3, 2), np.float32)
     bs = np.empty((3, 16), np.int32)
     I.quantize_q8_k(x, xq, xd, bs)
@@ -105,11 +118,14 @@ def _random_weight(qtype, rows, cols, rng):
     if qtype in (dq.Q4_K, dq.Q6_K):
         a = rng.standard_normal((rows, cols)).astype(np.float32) * rng.uniform(0.1, 3, (rows, 1)).astype(np.float32)
         return quantize_blocks(a, qtype)
-    nbytes = {dq.Q8_0: 34, dq.Q4_0: 18}[qtype]
-    raw = rng.integers(0, 256, (rows, cols // 32 * nbytes), dtype=np.uint8)
+    nbytes = {dq.Q8_0: 34, dq.Q4_0: 18, dq.Q4_1: 20, dq.Q5_0: 22, dq.Q5_1: 24, dq.IQ4_NL: 18}[qtype]
+    raw = rng.integers(0, 256, (rows, cols // 32 * nbytes), dtype=np.uint8)     # random codes and bits
     d = rng.uniform(0.001, 0.1, (rows, cols // 32)).astype(np.float16) * rng.choice([-1, 1], (rows, cols // 32))
     blk = raw.reshape(rows, cols // 32, nbytes)
     blk[:, :, :2] = d.astype(np.float16).view(np.uint8).reshape(rows, cols // 32, 2)
+    if qtype in (dq.Q4_1, dq.Q5_1):                                              # the block min m
+        m = rng.uniform(-0.5, 0.5, (rows, cols // 32)).astype(np.float16)
+        blk[:, :, 2:4] = m.view(np.uint8).reshape(rows, cols // 32, 2)
     return raw
 
 
@@ -125,6 +141,11 @@ def _check(qtype, raw, x, out):
     dq.dequant_rows(qtype, raw, Wd, dq.KVALUES_IQ4, dq.F16_LUT)
     xr = A.round_like_llama_ref(x, qtype).astype(np.float64)
     ref = xr @ Wd.T.astype(np.float64)
+    if qtype in (dq.Q4_1, dq.Q5_1):
+        # ggml adds min x the Q8_1 block's f16 sum s in place of min x (the rounded block's sum)
+        nb = x.shape[1] // 32
+        m = raw.reshape(rows, nb, -1)[:, :, 2:4].copy().view(np.float16)[..., 0].astype(np.float64)
+        ref += (A.q8_1_sums_ref(x).astype(np.float64) - xr.reshape(x.shape[0], nb, 32).sum(-1)) @ m.T
     # integer block sums are exact; what remains is float32 accumulation over the row's blocks
     # (one product of two scales, one FMA per block): far below 1e-5 of sum |x||w|
     bound = 1e-5 * (np.abs(xr) @ np.abs(Wd.T.astype(np.float64)))
@@ -164,7 +185,9 @@ def test_batched_rows_equal_rows_computed_alone(qtype, T):
 
 @pytest.mark.parametrize("qtype,name,T", [pytest.param(q, n, T, id=f"{n}-T{T}") for q, n, T in
                                           [(dq.Q4_0, "mvi_q4_0", 2), (dq.Q4_K, "mvi_q4_k", 2), (dq.Q6_K, "mvi_q6_k", 2),
-                                           (dq.Q4_0, "mvl_q4_0", 9), (dq.Q4_K, "mvl_q4_k", 9)]])
+                                           (dq.Q4_0, "mvl_q4_0", 9), (dq.Q4_K, "mvl_q4_k", 9),
+                                           (dq.Q5_0, "mvi_q5_0", 5), (dq.Q5_1, "mvi_q5_1", 5),
+                                           (dq.IQ4_NL, "mvi_iq4_nl", 5)]])
 def test_generic_ir_kernels_equal_the_avx2_ones(qtype, name, T, monkeypatch):
     """The kernels compiled on the generic IR give the same numbers (integer sums are exact and
     the float accumulation is written the same way); the batch kernels in lanes (mvl_*) too."""
@@ -182,7 +205,8 @@ def test_generic_ir_kernels_equal_the_avx2_ones(qtype, name, T, monkeypatch):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("typ,qtype", [("q8_0", dq.Q8_0), ("q4_0", dq.Q4_0), ("q4_k_m", dq.Q4_K), ("q6_k", dq.Q6_K)])
+@pytest.mark.parametrize("typ,qtype", [("q8_0", dq.Q8_0), ("q4_0", dq.Q4_0), ("q4_k_m", dq.Q4_K), ("q6_k", dq.Q6_K),
+                                       ("q4_1", dq.Q4_1), ("q5_0", dq.Q5_0), ("q5_1", dq.Q5_1), ("iq4_nl", dq.IQ4_NL)])
 def test_kernels_on_fixture_tensors(typ, qtype):
     from loaders import load
     ck = load(str(require_fixtures() / f"tiny-rwkv7-{typ}.gguf"))
@@ -199,7 +223,7 @@ def test_kernels_on_fixture_tensors(typ, qtype):
 
 
 def test_other_types_are_declined():
-    assert not I.matvec_q8(_W(dq.Q5_0, np.zeros((1, 22), np.uint8)), np.zeros((1, 32), np.float32),
+    assert not I.matvec_q8(_W(dq.Q2_K, np.zeros((1, 84), np.uint8)), np.zeros((1, 256), np.float32),
                            np.zeros((1, 1), np.float32))
 
 
