@@ -13,7 +13,7 @@ operations of ``simd.py`` (vpsignb / vpmaddubsw / vpmaddwd on AVX2):
   AVX2 ``ggml_vec_dot_*`` (so the numbers stay close to llama.cpp's, not only the rounding).
   Q4_0 instead follows llama.cpp's repacked 8-row Q4_0 kernels (which it uses on AVX2 CPUs):
   each block's lanes summed to one exact int32 per row, 8 rows' sums converted and scaled by
-  one FMA (``_rows8``);
+  one FMA (``_rows8_task``);
 * they read about half as many vector operations per weight as the float32 kernels of
   ``matvec.py`` (32 products per vpmaddubsw), which is why this mode is the fast one.
 
@@ -170,76 +170,89 @@ def _q32_block(qtype, w, b, o, k, xt, dx, sx, acc, summ):
 
 
 @njit(cache=True, inline="always")
-def _q32(qtype, raw, x, out):
+def _q32_row(qtype, raw, xq, xd, xs, out, r):
     """Q4_1, Q5_0 and Q5_1 weights x Q8_1 / Q8_0 / Q8_1 activations, one weight row at a time as
     llama.cpp's AVX2 vec_dot does it (``_q32_block``; llama.cpp has no repacked kernel for them);
     batches decode each block once for 4 activation rows, every row's arithmetic unchanged (so
     bit-identical to the row alone)."""
-    rows = raw.shape[0]
-    T, cols = x.shape
+    T, cols = xq.shape
     nb = cols // 32
-    xq = np.empty((T, cols), dtype=np.int8)
-    xd = np.empty((T, nb), dtype=np.float32)
-    xs = np.zeros((T, nb), dtype=np.float32)
-    if qtype == dq.Q5_0:
-        quantize_q8_0(x, xq, xd)
-    else:
-        quantize_q8_1(x, xq, xd, xs)
     bs = 20 if qtype == dq.Q4_1 else (22 if qtype == dq.Q5_0 else 24)
     T4 = T - T % 4
     f0 = np.float32(0.0)
-    for task in prange((rows + ROWS - 1) // ROWS):
-        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
-            b = raw[r]
-            for t in range(0, T4, 4):
-                a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
-                s0, s1, s2, s3 = f0, f0, f0, f0
-                for k in range(nb):
-                    o = k * bs
-                    if t == 0 and k % 2 == 0:
-                        _prefetch_ahead(raw, r, o, 2 * bs)
-                    w = _q32w(qtype, b, o)
-                    a0, s0 = _q32_block(qtype, w, b, o, k, xq[t], xd[t, k], xs[t, k], a0, s0)
-                    a1, s1 = _q32_block(qtype, w, b, o, k, xq[t + 1], xd[t + 1, k], xs[t + 1, k], a1, s1)
-                    a2, s2 = _q32_block(qtype, w, b, o, k, xq[t + 2], xd[t + 2, k], xs[t + 2, k], a2, s2)
-                    a3, s3 = _q32_block(qtype, w, b, o, k, xq[t + 3], xd[t + 3, k], xs[t + 3, k], a3, s3)
-                out[t, r] = vhsum(a0) + s0
-                out[t + 1, r] = vhsum(a1) + s1
-                out[t + 2, r] = vhsum(a2) + s2
-                out[t + 3, r] = vhsum(a3) + s3
-            for t in range(T4, T):
-                a0 = vzero()
-                s0 = f0
-                for k in range(nb):
-                    o = k * bs
-                    if t == 0 and k % 2 == 0:
-                        _prefetch_ahead(raw, r, o, 2 * bs)
-                    a0, s0 = _q32_block(qtype, _q32w(qtype, b, o), b, o, k, xq[t], xd[t, k], xs[t, k], a0, s0)
-                out[t, r] = vhsum(a0) + s0
+    b = raw[r]
+    for t in range(0, T4, 4):
+        a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
+        s0, s1, s2, s3 = f0, f0, f0, f0
+        for k in range(nb):
+            o = k * bs
+            if t == 0 and k % 2 == 0:
+                _prefetch_ahead(raw, r, o, 2 * bs)
+            w = _q32w(qtype, b, o)
+            a0, s0 = _q32_block(qtype, w, b, o, k, xq[t], xd[t, k], xs[t, k], a0, s0)
+            a1, s1 = _q32_block(qtype, w, b, o, k, xq[t + 1], xd[t + 1, k], xs[t + 1, k], a1, s1)
+            a2, s2 = _q32_block(qtype, w, b, o, k, xq[t + 2], xd[t + 2, k], xs[t + 2, k], a2, s2)
+            a3, s3 = _q32_block(qtype, w, b, o, k, xq[t + 3], xd[t + 3, k], xs[t + 3, k], a3, s3)
+        out[t, r] = vhsum(a0) + s0
+        out[t + 1, r] = vhsum(a1) + s1
+        out[t + 2, r] = vhsum(a2) + s2
+        out[t + 3, r] = vhsum(a3) + s3
+    for t in range(T4, T):
+        a0 = vzero()
+        s0 = f0
+        for k in range(nb):
+            o = k * bs
+            if t == 0 and k % 2 == 0:
+                _prefetch_ahead(raw, r, o, 2 * bs)
+            a0, s0 = _q32_block(qtype, _q32w(qtype, b, o), b, o, k, xq[t], xd[t, k], xs[t, k], a0, s0)
+        out[t, r] = vhsum(a0) + s0
+
+
+@njit(cache=True)
+def _quantize32(x, q8_1):
+    """The activation rows for ``_q32_row``: (xq, xd, xs) as Q8_1 (xs its sums) or Q8_0 (xs 0)."""
+    T, cols = x.shape
+    xq = np.empty((T, cols), dtype=np.int8)
+    xd = np.empty((T, cols // 32), dtype=np.float32)
+    xs = np.zeros((T, cols // 32), dtype=np.float32)
+    if q8_1:
+        quantize_q8_1(x, xq, xd, xs)
+    else:
+        quantize_q8_0(x, xq, xd)
+    return xq, xd, xs
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mvi_q4_1(raw, x, out):
-    """Q4_1 weights x Q8_1 activations (``_q32``)."""
-    _q32(dq.Q4_1, raw, x, out)
+    """Q4_1 weights x Q8_1 activations (``_q32_row``)."""
+    xq, xd, xs = _quantize32(x, True)
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
+            _q32_row(dq.Q4_1, raw, xq, xd, xs, out, r)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mvi_q5_0(raw, x, out):
-    """Q5_0 weights x Q8_0 activations (``_q32``)."""
-    _q32(dq.Q5_0, raw, x, out)
+    """Q5_0 weights x Q8_0 activations (``_q32_row``)."""
+    xq, xd, xs = _quantize32(x, False)
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
+            _q32_row(dq.Q5_0, raw, xq, xd, xs, out, r)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mvi_q5_1(raw, x, out):
-    """Q5_1 weights x Q8_1 activations (``_q32``)."""
-    _q32(dq.Q5_1, raw, x, out)
+    """Q5_1 weights x Q8_1 activations (``_q32_row``)."""
+    xq, xd, xs = _quantize32(x, True)
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
+            _q32_row(dq.Q5_1, raw, xq, xd, xs, out, r)
 
 
 @njit(cache=True)
 def quantize_q8_0_bs(x, xq, xd, xs):
     """``quantize_q8_0`` plus xs[t, k] = -8 x (the sum of block k's 32 values of xq[t]): the Q4_0
-    offset of a whole block (``_rows8``)."""
+    offset of a whole block (``_rows8_task``)."""
     quantize_q8_0(x, xq, xd)
     T, n = xq.shape
     for t in range(T):
@@ -394,7 +407,7 @@ def _q4k_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, xa, xb, xo, ba, bb):
 
 
 @njit(cache=True, inline="always")
-def _rows8(raw, x, out, kq, iq=False):
+def _rows8_task(raw, xq, xd, xs, out, task, kq, iq):
     """Q4_0 (kq False: Q8_0 activations), IQ4_NL (iq: Q8_0 activations) or Q4_K (kq True: Q8_K
     activations) weights, 8 weight rows per task (llama.cpp's repacked Q4_0 / IQ4_NL / Q4_K gemv
     does the same on an interleaved copy; here the file's rows are read in place).  Per block each
@@ -409,80 +422,87 @@ def _rows8(raw, x, out, kq, iq=False):
     past it; Q4_0's cannot reach it).  Rows past the end (the last task) repeat the last row
     and are not stored."""
     rows = raw.shape[0]
+    T, cols = xq.shape
+    nb = cols // 256 if kq else cols // 32
+    bb = 144 if kq else 18                               # bytes per block
+    rb = raw.shape[1]
+    r = task * 8
+    b0 = raw[r]                    # (a tuple of the 8 views trips Numba's parfor analysis)
+    b1 = _rowc(raw, r + 1)
+    b2 = _rowc(raw, r + 2)
+    b3 = _rowc(raw, r + 3)
+    b4 = _rowc(raw, r + 4)
+    b5 = _rowc(raw, r + 5)
+    b6 = _rowc(raw, r + 6)
+    b7 = _rowc(raw, r + 7)
+    n = min(8, rows - r)
+    nxt = (r + 8) * rb
+    for t in range(0, T - 1, 2):
+        xa = xq[t]
+        xb = xq[t + 1]
+        a0 = vzero()
+        m0 = vzero()
+        a1 = vzero()
+        m1 = vzero()
+        for k in range(nb):
+            o = k * bb
+            if t == 0:
+                _prefetch_next(raw, nxt, k, 8 * bb)
+            dw = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o)
+            da = vmul(dw, vsplat(xd[t, k]))
+            db = vmul(dw, vsplat(xd[t + 1, k]))
+            if kq:
+                sa, ma, sb, mb = _q4k_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, xa, xb, k * 256,
+                                          xs[t, k * 8:k * 8 + 8], xs[t + 1, k * 8:k * 8 + 8])
+                dm = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o + 2)
+                m0 = vfma(vmul(dm, vsplat(xd[t, k])), itof(ma), m0)
+                m1 = vfma(vmul(dm, vsplat(xd[t + 1, k])), itof(mb), m1)
+            else:
+                sa, sb = _q40_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, i8load(xa, k * 32), i8load(xb, k * 32),
+                                  0 if iq else xs[t, k], 0 if iq else xs[t + 1, k], iq)
+            a0 = vfma(da, itof(sa), a0)
+            a1 = vfma(db, itof(sb), a1)
+        _store8(out, t, r, n, vsub(a0, m0))
+        _store8(out, t + 1, r, n, vsub(a1, m1))
+    if T % 2:
+        t = T - 1
+        xt = xq[t]
+        a0 = vzero()
+        m0 = vzero()
+        for k in range(nb):
+            o = k * bb
+            if t == 0:
+                _prefetch_next(raw, nxt, k, 8 * bb)
+            da = vmul(f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o), vsplat(xd[t, k]))
+            if kq:
+                sa, ma = _q4k_8(b0, b1, b2, b3, b4, b5, b6, b7, o, xt, k * 256, xs[t, k * 8:k * 8 + 8])
+                dm = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o + 2)
+                m0 = vfma(vmul(dm, vsplat(xd[t, k])), itof(ma), m0)
+            else:
+                sa = _q40_8(b0, b1, b2, b3, b4, b5, b6, b7, o, i8load(xt, k * 32), 0 if iq else xs[t, k], iq)
+            a0 = vfma(da, itof(sa), a0)
+        _store8(out, t, r, n, vsub(a0, m0))
+
+
+@njit(cache=True)
+def _quantize8(x, kq, iq):
+    """The activation rows for ``_rows8_task``: (xq, xd, xs) as Q8_K (kq; xs: sums per 32), or
+    Q8_0 (xs: -8 x the block sums, Q4_0's offset; unused for IQ4_NL)."""
     T, cols = x.shape
     xq = np.empty((T, cols), dtype=np.int8)
-    nb = cols // 256 if kq else cols // 32
-    xd = np.empty((T, nb), dtype=np.float32)
-    xs = np.empty((T, cols // 32), dtype=np.int32)     # Q8_K: sums per 32; Q8_0: -8 x block sums
+    xd = np.empty((T, cols // 256 if kq else cols // 32), dtype=np.float32)
+    xs = np.empty((T, cols // 32), dtype=np.int32)
     if kq:
         quantize_q8_k(x, xq, xd, xs)
     elif iq:
-        quantize_q8_0(x, xq, xd)                         # (no offset: xs unused)
+        quantize_q8_0(x, xq, xd)
     else:
         quantize_q8_0_bs(x, xq, xd, xs)
-    bb = 144 if kq else 18                               # bytes per block
-    rb = raw.shape[1]
-    for task in prange((rows + 7) // 8):
-        r = task * 8
-        b0 = raw[r]                    # (a tuple of the 8 views trips Numba's parfor analysis)
-        b1 = _rowc(raw, r + 1)
-        b2 = _rowc(raw, r + 2)
-        b3 = _rowc(raw, r + 3)
-        b4 = _rowc(raw, r + 4)
-        b5 = _rowc(raw, r + 5)
-        b6 = _rowc(raw, r + 6)
-        b7 = _rowc(raw, r + 7)
-        n = min(8, rows - r)
-        nxt = (r + 8) * rb
-        for t in range(0, T - 1, 2):
-            xa = xq[t]
-            xb = xq[t + 1]
-            a0 = vzero()
-            m0 = vzero()
-            a1 = vzero()
-            m1 = vzero()
-            for k in range(nb):
-                o = k * bb
-                if t == 0:
-                    _prefetch_next(raw, nxt, k, 8 * bb)
-                dw = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o)
-                da = vmul(dw, vsplat(xd[t, k]))
-                db = vmul(dw, vsplat(xd[t + 1, k]))
-                if kq:
-                    sa, ma, sb, mb = _q4k_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, xa, xb, k * 256,
-                                              xs[t, k * 8:k * 8 + 8], xs[t + 1, k * 8:k * 8 + 8])
-                    dm = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o + 2)
-                    m0 = vfma(vmul(dm, vsplat(xd[t, k])), itof(ma), m0)
-                    m1 = vfma(vmul(dm, vsplat(xd[t + 1, k])), itof(mb), m1)
-                else:
-                    sa, sb = _q40_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, i8load(xa, k * 32), i8load(xb, k * 32),
-                                      0 if iq else xs[t, k], 0 if iq else xs[t + 1, k], iq)
-                a0 = vfma(da, itof(sa), a0)
-                a1 = vfma(db, itof(sb), a1)
-            _store8(out, t, r, n, vsub(a0, m0))
-            _store8(out, t + 1, r, n, vsub(a1, m1))
-        if T % 2:
-            t = T - 1
-            xt = xq[t]
-            a0 = vzero()
-            m0 = vzero()
-            for k in range(nb):
-                o = k * bb
-                if t == 0:
-                    _prefetch_next(raw, nxt, k, 8 * bb)
-                da = vmul(f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o), vsplat(xd[t, k]))
-                if kq:
-                    sa, ma = _q4k_8(b0, b1, b2, b3, b4, b5, b6, b7, o, xt, k * 256, xs[t, k * 8:k * 8 + 8])
-                    dm = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o + 2)
-                    m0 = vfma(vmul(dm, vsplat(xd[t, k])), itof(ma), m0)
-                else:
-                    sa = _q40_8(b0, b1, b2, b3, b4, b5, b6, b7, o, i8load(xt, k * 32), 0 if iq else xs[t, k], iq)
-                a0 = vfma(da, itof(sa), a0)
-            _store8(out, t, r, n, vsub(a0, m0))
+    return xq, xd, xs
 
 
-# Batches of at least this many rows use ``_lanes``: it costs the same for 1..8 rows, the 8-row
-# kernels (``_rows8``) grow with the rows; the crossing measured on a 3072 x 768 matrix from DRAM.
+# Batches of at least this many rows use ``_lanes_row``: it costs the same for 1..8 rows, the 8-row
+# kernels (``_rows8_task``) grow with the rows; the crossing measured on a 3072 x 768 matrix from DRAM.
 LANES_MIN = {dq.Q4_0: 6, dq.Q4_K: 3}
 
 
@@ -524,7 +544,7 @@ def _to_lanes(x, kq):
 
 
 @njit(cache=True, inline="always")
-def _lanes(raw, x, out, kq):
+def _lanes_row(raw, xi, xdv, xsv, xs16, out, r, kq):
     """Q4_0 (kq False) or Q4_K (kq True) weights times a batch of activation rows held in lanes:
     one weight row at a time against 8 activation rows.  Each 4 weight values are broadcast
     (``i8bc4``), split into nibbles and multiplied with the 8 rows' 4 values by one vpmaddubsw; a
@@ -532,60 +552,57 @@ def _lanes(raw, x, out, kq):
     vpmaddwd by ones (Q4_0) or by the sub-block scale (Q4_K) gives lane t = row t's exact int32
     sum.  The block's float step is then one vector: FMA of (weight scale x row scales) by the
     converted sums -- per (weight row, activation row) the same integers and the same float
-    operations in the same order as ``_rows8``, so each row's result is bit for bit the one it
+    operations in the same order as ``_rows8_task``, so each row's result is bit for bit the one it
     gets alone.  No horizontal reductions, and the nibbles are decoded once for 8 rows."""
-    rows = raw.shape[0]
-    T, cols = x.shape
+    T = out.shape[0]
     ntg = (T + 7) // 8
+    cols = xi.shape[1] // 8
     nb = cols // 256 if kq else cols // 32
-    xi, xdv, xsv, xs16 = _to_lanes(x, kq)
     bb = 144 if kq else 18
-    for task in prange((rows + ROWS - 1) // ROWS):
-        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
-            b = raw[r]
-            for tg in range(ntg):
-                xg = xi[tg]
-                dg = xdv[tg]
-                a = vzero()
-                m = vzero()
-                for k in range(nb):
-                    o = k * bb
-                    if tg == 0 and (kq or k % 4 == 0):
-                        _prefetch_ahead(raw, r, o, 144 if kq else 72)
-                    if kq:
-                        s = izero()
-                        mi = izero()
-                        for sp in range(4):
-                            sc0, mn0 = dq._k_scale_min(b, o + 4, 2 * sp)
-                            sc1, mn1 = dq._k_scale_min(b, o + 4, 2 * sp + 1)
-                            base = o + 16 + sp * 32
-                            xo = (k * 64 + sp * 16) * 32
-                            v = i8bc4(b, base)
-                            lo = imaddubs(i8half(v, False), i8load(xg, xo))
-                            hi = imaddubs(i8half(v, True), i8load(xg, xo + 256))
-                            for g in range(1, 8):
-                                v = i8bc4(b, base + 4 * g)
-                                lo = i16add(lo, imaddubs(i8half(v, False), i8load(xg, xo + 32 * g)))
-                                hi = i16add(hi, imaddubs(i8half(v, True), i8load(xg, xo + 256 + 32 * g)))
-                            s = iadd(s, iadd(imadd2(lo, sc0, sc0), imadd2(hi, sc1, sc1)))
-                            mi = iadd(mi, imaddp(i16load(xs16[tg], (k * 4 + sp) * 16), mn0, mn1))
-                        xv = vload(dg, k * 8)
-                        a = vfma(vmul(vsplat(f16at(b, o)), xv), itof(s), a)
-                        m = vfma(vmul(vsplat(f16at(b, o + 2)), xv), itof(mi), m)
-                    else:
-                        xo = k * 256
-                        v = i8bc4(b, o + 2)
-                        p = i16add(imaddubs(i8half(v, False), i8load(xg, xo)),
-                                   imaddubs(i8half(v, True), i8load(xg, xo + 128)))
-                        for j in range(1, 4):
-                            v = i8bc4(b, o + 2 + 4 * j)
-                            p = i16add(p, imaddubs(i8half(v, False), i8load(xg, xo + 32 * j)))
-                            p = i16add(p, imaddubs(i8half(v, True), i8load(xg, xo + 128 + 32 * j)))
-                        s = iadd(imadd2(p, 1, 1), i32load(xsv[tg], k * 8))
-                        a = vfma(vmul(vsplat(f16at(b, o)), vload(dg, k * 8)), itof(s), a)
-                res = vsub(a, m)
-                for tt in range(min(8, T - 8 * tg)):
-                    out[8 * tg + tt, r] = vlane(res, tt)
+    b = raw[r]
+    for tg in range(ntg):
+        xg = xi[tg]
+        dg = xdv[tg]
+        a = vzero()
+        m = vzero()
+        for k in range(nb):
+            o = k * bb
+            if tg == 0 and (kq or k % 4 == 0):
+                _prefetch_ahead(raw, r, o, 144 if kq else 72)
+            if kq:
+                s = izero()
+                mi = izero()
+                for sp in range(4):
+                    sc0, mn0 = dq._k_scale_min(b, o + 4, 2 * sp)
+                    sc1, mn1 = dq._k_scale_min(b, o + 4, 2 * sp + 1)
+                    base = o + 16 + sp * 32
+                    xo = (k * 64 + sp * 16) * 32
+                    v = i8bc4(b, base)
+                    lo = imaddubs(i8half(v, False), i8load(xg, xo))
+                    hi = imaddubs(i8half(v, True), i8load(xg, xo + 256))
+                    for g in range(1, 8):
+                        v = i8bc4(b, base + 4 * g)
+                        lo = i16add(lo, imaddubs(i8half(v, False), i8load(xg, xo + 32 * g)))
+                        hi = i16add(hi, imaddubs(i8half(v, True), i8load(xg, xo + 256 + 32 * g)))
+                    s = iadd(s, iadd(imadd2(lo, sc0, sc0), imadd2(hi, sc1, sc1)))
+                    mi = iadd(mi, imaddp(i16load(xs16[tg], (k * 4 + sp) * 16), mn0, mn1))
+                xv = vload(dg, k * 8)
+                a = vfma(vmul(vsplat(f16at(b, o)), xv), itof(s), a)
+                m = vfma(vmul(vsplat(f16at(b, o + 2)), xv), itof(mi), m)
+            else:
+                xo = k * 256
+                v = i8bc4(b, o + 2)
+                p = i16add(imaddubs(i8half(v, False), i8load(xg, xo)),
+                           imaddubs(i8half(v, True), i8load(xg, xo + 128)))
+                for j in range(1, 4):
+                    v = i8bc4(b, o + 2 + 4 * j)
+                    p = i16add(p, imaddubs(i8half(v, False), i8load(xg, xo + 32 * j)))
+                    p = i16add(p, imaddubs(i8half(v, True), i8load(xg, xo + 128 + 32 * j)))
+                s = iadd(imadd2(p, 1, 1), i32load(xsv[tg], k * 8))
+                a = vfma(vmul(vsplat(f16at(b, o)), vload(dg, k * 8)), itof(s), a)
+        res = vsub(a, m)
+        for tt in range(min(8, T - 8 * tg)):
+            out[8 * tg + tt, r] = vlane(res, tt)
 
 
 @njit(cache=True, inline="always")
@@ -722,33 +739,47 @@ def mvi_q6_k(raw, raw_i8, x, out):
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mvi_q4_0(raw, x, out):
-    """Q4_0 weights x Q8_0 activations: ``_rows8`` with kq a constant (its other branch compiled out)."""
-    _rows8(raw, x, out, False)
+    """Q4_0 weights x Q8_0 activations: ``_rows8_task`` with kq a constant written inside the
+    parallel loop (so the other branch compiles out)."""
+    xq, xd, xs = _quantize8(x, False, False)
+    for task in prange((raw.shape[0] + 7) // 8):
+        _rows8_task(raw, xq, xd, xs, out, task, False, False)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mvi_iq4_nl(raw, x, out):
-    """IQ4_NL weights x Q8_0 activations: ``_rows8`` with its kvalues (llama.cpp's repacked 8-row
+    """IQ4_NL weights x Q8_0 activations: ``_rows8_task`` with its kvalues (llama.cpp's repacked 8-row
     IQ4_NL gemv order), batches included."""
-    _rows8(raw, x, out, False, True)
+    xq, xd, xs = _quantize8(x, False, True)
+    for task in prange((raw.shape[0] + 7) // 8):
+        _rows8_task(raw, xq, xd, xs, out, task, False, True)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mvi_q4_k(raw, x, out):
-    """Q4_K weights x Q8_K activations: ``_rows8`` with kq a constant (its other branch compiled out)."""
-    _rows8(raw, x, out, True)
+    """Q4_K weights x Q8_K activations: ``_rows8_task`` with kq a constant written inside the
+    parallel loop (so the other branch compiles out)."""
+    xq, xd, xs = _quantize8(x, True, False)
+    for task in prange((raw.shape[0] + 7) // 8):
+        _rows8_task(raw, xq, xd, xs, out, task, True, False)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mvl_q4_0(raw, x, out):
-    """Q4_0 weights x a batch of Q8_0 activation rows in lanes (``_lanes``)."""
-    _lanes(raw, x, out, False)
+    """Q4_0 weights x a batch of Q8_0 activation rows in lanes (``_lanes_row``)."""
+    xi, xdv, xsv, xs16 = _to_lanes(x, False)
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
+            _lanes_row(raw, xi, xdv, xsv, xs16, out, r, False)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mvl_q4_k(raw, x, out):
-    """Q4_K weights x a batch of Q8_K activation rows in lanes (``_lanes``)."""
-    _lanes(raw, x, out, True)
+    """Q4_K weights x a batch of Q8_K activation rows in lanes (``_lanes_row``)."""
+    xi, xdv, xsv, xs16 = _to_lanes(x, True)
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
+            _lanes_row(raw, xi, xdv, xsv, xs16, out, r, True)
 
 
 def _bind(W):

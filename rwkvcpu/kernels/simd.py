@@ -1106,3 +1106,18 @@ def i8iq4(typingctx, arr, idx):
             val = builder.select(hit, _const_vec(_V32I8, [kv] * 32), val)
         return val
     return i8x32(arr, idx), cg
+
+
+@intrinsic
+def vi8f(typingctx, v, j):
+    """float32 of bytes 8j..8j+7 (j a literal 0..3) of an i8x32, as signed values: a block decoded
+    once in bytes (``i8q5``, ``i8iq4``), then widened 8 at a time (``vpmovsxbd``, ``vcvtdq2ps``)."""
+    if not (v == i8x32 and isinstance(j, types.IntegerLiteral)):
+        return None
+    k = j.literal_value
+
+    def cg(ctx, builder, sig, args):
+        part = builder.shuffle_vector(args[0], ir.Constant(_V32I8, ir.Undefined),
+                                      _const_vec(ir.VectorType(_I32, 8), range(8 * k, 8 * k + 8)))
+        return builder.sitofp(builder.sext(part, ir.VectorType(_I32, 8)), _V8F)
+    return f32x8(v, j), cg

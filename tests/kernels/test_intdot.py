@@ -42,6 +42,11 @@ def _ops(w8, x8, u8, nib, q6, out):
     out[14, :8] = S.ilanes(S.imaddp(q, 7, -3))
     out[15, :32] = S.ilanes(S.i8q5(q6, 0, 16))       # nibbles of bytes 0..15, fifth bits from 16..19
     out[16, :32] = S.ilanes(S.i8iq4(nib, 0))
+    v1 = S.vi8f(w, 1)                                  # bytes 8..15 and 24..31 as signed floats
+    v3 = S.vi8f(w, 3)
+    for i in range(8):
+        out[17, i] = np.int64(S.vlane(v1, i))
+        out[17, 8 + i] = np.int64(S.vlane(v3, i))
     f = S.itof(S.iadd(S.idot(w, x), S.idot(x, x)))
     return S.vhsum(f)
 
@@ -57,7 +62,7 @@ def test_integer_vector_operations_against_numpy(avx2, monkeypatch):
     u8 = rng.integers(0, 64, 32).astype(np.uint8)  # Q6_K values
     nib = rng.integers(0, 256, 32).astype(np.uint8)
     q6 = rng.integers(0, 256, 96).astype(np.uint8)
-    out = np.zeros((17, 32), np.int64)
+    out = np.zeros((18, 32), np.int64)
     s = fn(w8, x8, u8, nib, q6, out)
     w, x, u = w8.astype(np.int64), x8.astype(np.int64), u8.astype(np.int64)
     np.testing.assert_array_equal(out[0, :8], (w * x).reshape(8, 4).sum(1))
@@ -83,6 +88,7 @@ def test_integer_vector_operations_against_numpy(avx2, monkeypatch):
     nib5 = np.concatenate([q6[:16] & 15, q6[:16] >> 4]).astype(np.int64)
     np.testing.assert_array_equal(out[15, :32], nib5 | (bits << 4))
     np.testing.assert_array_equal(out[16, :32], dq.KVALUES_IQ4[np.concatenate([lo, hi])])
+    np.testing.assert_array_equal(out[17, :16], np.concatenate([w[8:16], w[24:32]]))
     assert s == np.float32((w * x).sum() + (x * x).sum())
 
 
