@@ -79,7 +79,7 @@ def test_unknown_numerics_mode_is_refused(fx):
                                  "q5_k_m", "q6_k", "iq4_xs"])
 def test_llama_mode_decode_path_reproduces_llama_cpp(typ):
     """Token by token (the decode path: fused layer kernels with in-kernel activation rounding,
-    integer-dot matvecs for Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL/Q4_K/Q6_K, float kernels on the
+    integer-dot matvecs for Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL/Q4_K/Q5_K/Q6_K, float kernels on the
     rounded activations for the other types): the same criterion as the prompt path above.
     Q4_1/Q5_1 are in here, unlike there: their integer kernels add the weight block's min times
     the Q8_1 block's own f16 sum, as ggml does (``intdot.quantize_q8_1``).

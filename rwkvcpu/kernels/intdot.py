@@ -29,12 +29,13 @@ from numba import njit, prange
 from . import dequant as dq
 from .matvec import FLAGS, ROWS, _prefetch_ahead
 from .actquant import _f16r, q8_0_scale, q8_1_scale, q8_k_scale
-from .simd import (f16at, f16x8, i16add, i16load, i16s8, i8bc4, i8half, i8iq4, i8load, i8nib, i8nib16, i8q5, i8q6,
+from .simd import (f16at, f16x8, i16add, i16load, i16s8, i8bc4, i8bit4, i8half, i8iq4, i8load, i8nib, i8nib16, i8or,
+                   i8q5, i8q6,
                    i8sub, iadd, idot,
                    imadd2, imaddp, imaddubs, i16sub, i8splat, i32load, imadd, imulc, iset8, isplat, isum8, itof, izero,
                    prefetch, vfma, vhsum, vlane, vload, vmul, vsplat, vsub, vzero)
 
-TYPES = (dq.Q8_0, dq.Q4_0, dq.Q4_K, dq.Q6_K, dq.Q4_1, dq.Q5_0, dq.Q5_1, dq.IQ4_NL)
+TYPES = (dq.Q8_0, dq.Q4_0, dq.Q4_K, dq.Q6_K, dq.Q4_1, dq.Q5_0, dq.Q5_1, dq.IQ4_NL, dq.Q5_K)
 
 
 @njit(cache=True)
@@ -336,24 +337,37 @@ def _q40_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, xv, xw, c, e, iq):
 
 
 @njit(cache=True, inline="always")
-def _q4k_row(b, o, xt, xo, bs):
-    """One Q4_K block of one row: (the 8 int32 lanes of sum_j scale_j (nibbles_j . x_j), the int
-    sum_j min_j bsum_j) -- exact; x_j, bsum_j: Q8_K values and sums of sub-block j."""
+def _k45(b, o, sp, q5):
+    """Sub-blocks 2sp and 2sp + 1 of a Q4_K block (the low and high nibbles of 32 bytes) or of a
+    Q5_K block (q5: bits 2sp and 2sp + 1 of its 32 qh bytes as the fifth bits): unsigned bytes."""
+    base = o + (48 if q5 else 16) + sp * 32
+    lo = i8nib(b, base, False)
+    hi = i8nib(b, base, True)
+    if q5:
+        lo = i8or(lo, i8bit4(b, o + 16, 2 * sp))
+        hi = i8or(hi, i8bit4(b, o + 16, 2 * sp + 1))
+    return lo, hi
+
+
+@njit(cache=True, inline="always")
+def _q4k_row(b, o, xt, xo, bs, q5):
+    """One Q4_K (Q5_K: q5) block of one row: (the 8 int32 lanes of sum_j scale_j (values_j . x_j),
+    the int sum_j min_j bsum_j) -- exact; x_j, bsum_j: Q8_K values and sums of sub-block j."""
     s = izero()
     m = 0
     for sp in range(4):                 # sub-blocks 2sp (low nibbles) and 2sp+1 (high), 32 bytes
         sc0, mn0 = dq._k_scale_min(b, o + 4, 2 * sp)
         sc1, mn1 = dq._k_scale_min(b, o + 4, 2 * sp + 1)
-        base = o + 16 + sp * 32
+        lo, hi = _k45(b, o, sp, q5)
         x0 = xo + sp * 64
-        s = iadd(s, imadd2(imaddubs(i8nib(b, base, False), i8load(xt, x0)), sc0, sc0))
-        s = iadd(s, imadd2(imaddubs(i8nib(b, base, True), i8load(xt, x0 + 32)), sc1, sc1))
+        s = iadd(s, imadd2(imaddubs(lo, i8load(xt, x0)), sc0, sc0))
+        s = iadd(s, imadd2(imaddubs(hi, i8load(xt, x0 + 32)), sc1, sc1))
         m += np.int32(mn0) * bs[2 * sp] + np.int32(mn1) * bs[2 * sp + 1]
     return s, m
 
 
 @njit(cache=True, inline="always")
-def _q4k_row2(b, o, xa, xb, xo, ba, bb):
+def _q4k_row2(b, o, xa, xb, xo, ba, bb, q5):
     """``_q4k_row`` for two activation rows xa, xb (sums ba, bb) at once: the scales, mins and
     nibbles of the block decoded once for both."""
     sa = izero()
@@ -363,10 +377,8 @@ def _q4k_row2(b, o, xa, xb, xo, ba, bb):
     for sp in range(4):
         sc0, mn0 = dq._k_scale_min(b, o + 4, 2 * sp)
         sc1, mn1 = dq._k_scale_min(b, o + 4, 2 * sp + 1)
-        base = o + 16 + sp * 32
+        lo, hi = _k45(b, o, sp, q5)
         x0 = xo + sp * 64
-        lo = i8nib(b, base, False)
-        hi = i8nib(b, base, True)
         sa = iadd(sa, imadd2(imaddubs(lo, i8load(xa, x0)), sc0, sc0))
         sa = iadd(sa, imadd2(imaddubs(hi, i8load(xa, x0 + 32)), sc1, sc1))
         sb = iadd(sb, imadd2(imaddubs(lo, i8load(xb, x0)), sc0, sc0))
@@ -377,39 +389,39 @@ def _q4k_row2(b, o, xa, xb, xo, ba, bb):
 
 
 @njit(cache=True, inline="always")
-def _q4k_8(b0, b1, b2, b3, b4, b5, b6, b7, o, xt, xo, bs):
+def _q4k_8(b0, b1, b2, b3, b4, b5, b6, b7, o, xt, xo, bs, q5):
     """A Q4_K block of 8 rows: (their int32 sums of scale x (nibbles . x), their sums of min x
     (sum of x)) as two i32x8 (``_q4k_row`` per row)."""
-    s0, m0 = _q4k_row(b0, o, xt, xo, bs)
-    s1, m1 = _q4k_row(b1, o, xt, xo, bs)
-    s2, m2 = _q4k_row(b2, o, xt, xo, bs)
-    s3, m3 = _q4k_row(b3, o, xt, xo, bs)
-    s4, m4 = _q4k_row(b4, o, xt, xo, bs)
-    s5, m5 = _q4k_row(b5, o, xt, xo, bs)
-    s6, m6 = _q4k_row(b6, o, xt, xo, bs)
-    s7, m7 = _q4k_row(b7, o, xt, xo, bs)
+    s0, m0 = _q4k_row(b0, o, xt, xo, bs, q5)
+    s1, m1 = _q4k_row(b1, o, xt, xo, bs, q5)
+    s2, m2 = _q4k_row(b2, o, xt, xo, bs, q5)
+    s3, m3 = _q4k_row(b3, o, xt, xo, bs, q5)
+    s4, m4 = _q4k_row(b4, o, xt, xo, bs, q5)
+    s5, m5 = _q4k_row(b5, o, xt, xo, bs, q5)
+    s6, m6 = _q4k_row(b6, o, xt, xo, bs, q5)
+    s7, m7 = _q4k_row(b7, o, xt, xo, bs, q5)
     return isum8(s0, s1, s2, s3, s4, s5, s6, s7), iset8(m0, m1, m2, m3, m4, m5, m6, m7)
 
 
 @njit(cache=True, inline="always")
-def _q4k_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, xa, xb, xo, ba, bb):
+def _q4k_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, xa, xb, xo, ba, bb, q5):
     """``_q4k_8`` for two activation rows, each block decoded once (``_q4k_row2``)."""
-    s0, m0, u0, n0 = _q4k_row2(b0, o, xa, xb, xo, ba, bb)
-    s1, m1, u1, n1 = _q4k_row2(b1, o, xa, xb, xo, ba, bb)
-    s2, m2, u2, n2 = _q4k_row2(b2, o, xa, xb, xo, ba, bb)
-    s3, m3, u3, n3 = _q4k_row2(b3, o, xa, xb, xo, ba, bb)
-    s4, m4, u4, n4 = _q4k_row2(b4, o, xa, xb, xo, ba, bb)
-    s5, m5, u5, n5 = _q4k_row2(b5, o, xa, xb, xo, ba, bb)
-    s6, m6, u6, n6 = _q4k_row2(b6, o, xa, xb, xo, ba, bb)
-    s7, m7, u7, n7 = _q4k_row2(b7, o, xa, xb, xo, ba, bb)
+    s0, m0, u0, n0 = _q4k_row2(b0, o, xa, xb, xo, ba, bb, q5)
+    s1, m1, u1, n1 = _q4k_row2(b1, o, xa, xb, xo, ba, bb, q5)
+    s2, m2, u2, n2 = _q4k_row2(b2, o, xa, xb, xo, ba, bb, q5)
+    s3, m3, u3, n3 = _q4k_row2(b3, o, xa, xb, xo, ba, bb, q5)
+    s4, m4, u4, n4 = _q4k_row2(b4, o, xa, xb, xo, ba, bb, q5)
+    s5, m5, u5, n5 = _q4k_row2(b5, o, xa, xb, xo, ba, bb, q5)
+    s6, m6, u6, n6 = _q4k_row2(b6, o, xa, xb, xo, ba, bb, q5)
+    s7, m7, u7, n7 = _q4k_row2(b7, o, xa, xb, xo, ba, bb, q5)
     return (isum8(s0, s1, s2, s3, s4, s5, s6, s7), iset8(m0, m1, m2, m3, m4, m5, m6, m7),
             isum8(u0, u1, u2, u3, u4, u5, u6, u7), iset8(n0, n1, n2, n3, n4, n5, n6, n7))
 
 
 @njit(cache=True, inline="always")
 def _rows8_task(raw, xq, xd, xs, out, task, kq, iq):
-    """Q4_0 (kq False: Q8_0 activations), IQ4_NL (iq: Q8_0 activations) or Q4_K (kq True: Q8_K
-    activations) weights, 8 weight rows per task (llama.cpp's repacked Q4_0 / IQ4_NL / Q4_K gemv
+    """Q4_0 (kq 0: Q8_0 activations), IQ4_NL (iq: Q8_0 activations), Q4_K (kq 4) or Q5_K (kq 5;
+    Q8_K activations) weights, 8 weight rows per task (llama.cpp's repacked Q4_0 / IQ4_NL / Q4_K gemv
     does the same on an interleaved copy; here the file's rows are read in place).  Per block each
     row's exact int32 sum -- Q4_0: unsigned nibbles by vpmaddubsw plus -8 x the block sum of x;
     IQ4_NL: its kvalues (one vpshufb) by ``idot``; Q4_K: scale x (nibbles . x) over
@@ -418,13 +430,14 @@ def _rows8_task(raw, xq, xd, xs, out, task, kq, iq):
     and dmin x d_x): about half the vector operations of one row at a time, x's block loaded once
     for 8 rows.  Pairs of activation rows share the decoding.  Each (activation row, weight row)
     is computed the same way whatever T is, so a batch's rows are bit-identical to the rows
-    alone.  A Q4_K block's int32 total converts to float32 exactly below 2**24 (a relative 6e-8
-    past it; Q4_0's cannot reach it).  Rows past the end (the last task) repeat the last row
+    alone.  Q5_K is Q4_K with the fifth bits or-ed onto the nibbles (``_k45``).  A K block's int32
+    total converts to float32 exactly below 2**24 (a relative 6e-8 past it; Q4_0's cannot reach
+    it).  Rows past the end (the last task) repeat the last row
     and are not stored."""
     rows = raw.shape[0]
     T, cols = xq.shape
     nb = cols // 256 if kq else cols // 32
-    bb = 144 if kq else 18                               # bytes per block
+    bb = (176 if kq == 5 else 144) if kq else 18         # bytes per block
     rb = raw.shape[1]
     r = task * 8
     b0 = raw[r]                    # (a tuple of the 8 views trips Numba's parfor analysis)
@@ -453,7 +466,7 @@ def _rows8_task(raw, xq, xd, xs, out, task, kq, iq):
             db = vmul(dw, vsplat(xd[t + 1, k]))
             if kq:
                 sa, ma, sb, mb = _q4k_8x2(b0, b1, b2, b3, b4, b5, b6, b7, o, xa, xb, k * 256,
-                                          xs[t, k * 8:k * 8 + 8], xs[t + 1, k * 8:k * 8 + 8])
+                                          xs[t, k * 8:k * 8 + 8], xs[t + 1, k * 8:k * 8 + 8], kq == 5)
                 dm = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o + 2)
                 m0 = vfma(vmul(dm, vsplat(xd[t, k])), itof(ma), m0)
                 m1 = vfma(vmul(dm, vsplat(xd[t + 1, k])), itof(mb), m1)
@@ -475,7 +488,7 @@ def _rows8_task(raw, xq, xd, xs, out, task, kq, iq):
                 _prefetch_next(raw, nxt, k, 8 * bb)
             da = vmul(f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o), vsplat(xd[t, k]))
             if kq:
-                sa, ma = _q4k_8(b0, b1, b2, b3, b4, b5, b6, b7, o, xt, k * 256, xs[t, k * 8:k * 8 + 8])
+                sa, ma = _q4k_8(b0, b1, b2, b3, b4, b5, b6, b7, o, xt, k * 256, xs[t, k * 8:k * 8 + 8], kq == 5)
                 dm = f16x8(b0, b1, b2, b3, b4, b5, b6, b7, o + 2)
                 m0 = vfma(vmul(dm, vsplat(xd[t, k])), itof(ma), m0)
             else:
@@ -743,7 +756,7 @@ def mvi_q4_0(raw, x, out):
     parallel loop (so the other branch compiles out)."""
     xq, xd, xs = _quantize8(x, False, False)
     for task in prange((raw.shape[0] + 7) // 8):
-        _rows8_task(raw, xq, xd, xs, out, task, False, False)
+        _rows8_task(raw, xq, xd, xs, out, task, 0, False)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -752,7 +765,7 @@ def mvi_iq4_nl(raw, x, out):
     IQ4_NL gemv order), batches included."""
     xq, xd, xs = _quantize8(x, False, True)
     for task in prange((raw.shape[0] + 7) // 8):
-        _rows8_task(raw, xq, xd, xs, out, task, False, True)
+        _rows8_task(raw, xq, xd, xs, out, task, 0, True)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -761,7 +774,16 @@ def mvi_q4_k(raw, x, out):
     parallel loop (so the other branch compiles out)."""
     xq, xd, xs = _quantize8(x, True, False)
     for task in prange((raw.shape[0] + 7) // 8):
-        _rows8_task(raw, xq, xd, xs, out, task, True, False)
+        _rows8_task(raw, xq, xd, xs, out, task, 4, False)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvi_q5_k(raw, x, out):
+    """Q5_K weights x Q8_K activations: ``_rows8_task`` as Q4_K plus the fifth bits, batches
+    included (llama.cpp repacks Q5_K only for ARM; its x86 vec_dot sums in another order)."""
+    xq, xd, xs = _quantize8(x, True, False)
+    for task in prange((raw.shape[0] + 7) // 8):
+        _rows8_task(raw, xq, xd, xs, out, task, 5, False)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -793,7 +815,7 @@ def _bind(W):
         return lambda x, out: (mvl_q4_0 if x.shape[0] >= LANES_MIN[dq.Q4_0] else mvi_q4_0)(rb, x, out)
     if qtype == dq.Q4_K:
         return lambda x, out: (mvl_q4_k if x.shape[0] >= LANES_MIN[dq.Q4_K] else mvi_q4_k)(rb, x, out)
-    f = {dq.Q4_1: mvi_q4_1, dq.Q5_0: mvi_q5_0, dq.Q5_1: mvi_q5_1, dq.IQ4_NL: mvi_iq4_nl}.get(qtype)
+    f = {dq.Q4_1: mvi_q4_1, dq.Q5_0: mvi_q5_0, dq.Q5_1: mvi_q5_1, dq.IQ4_NL: mvi_iq4_nl, dq.Q5_K: mvi_q5_k}.get(qtype)
     if f is not None:
         return lambda x, out: f(rb, x, out)
     return lambda x, out: mvi_q6_k(rb, ri, x, out)

@@ -1121,3 +1121,28 @@ def vi8f(typingctx, v, j):
                                       _const_vec(ir.VectorType(_I32, 8), range(8 * k, 8 * k + 8)))
         return builder.sitofp(builder.sext(part, ir.VectorType(_I32, 8)), _V8F)
     return f32x8(v, j), cg
+
+
+@intrinsic
+def i8or(typingctx, a, b):
+    """a | b bytewise (a K block's fifth bits onto its nibbles)."""
+    if not (a == b == i8x32):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return builder.or_(args[0], args[1])
+    return i8x32(a, b), cg
+
+
+@intrinsic
+def i8bit4(typingctx, arr, idx, bit):
+    """((arr[idx + l] >> bit) & 1) << 4 for the 32 bytes l < 32 (Q5_K's high bits, in place)."""
+    if not (_is_row(arr, types.uint8) and isinstance(idx, types.Integer) and isinstance(bit, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 32)
+        sh = _splat(builder, builder.trunc(ctx.cast(builder, args[2], sig.args[2], types.int64), _I8), _V32I8)
+        one = builder.and_(builder.lshr(v, sh), _const_vec(_V32I8, [1] * 32))
+        return builder.shl(one, _const_vec(_V32I8, [4] * 32))
+    return i8x32(arr, idx, bit), cg

@@ -121,7 +121,7 @@ def test_activation_quantizers_match_llama_rounding_bit_for_bit():
 
 
 def _random_weight(qtype, rows, cols, rng):
-    if qtype in (dq.Q4_K, dq.Q6_K):
+    if qtype in (dq.Q4_K, dq.Q5_K, dq.Q6_K):
         a = rng.standard_normal((rows, cols)).astype(np.float32) * rng.uniform(0.1, 3, (rows, 1)).astype(np.float32)
         return quantize_blocks(a, qtype)
     nbytes = {dq.Q8_0: 34, dq.Q4_0: 18, dq.Q4_1: 20, dq.Q5_0: 22, dq.Q5_1: 24, dq.IQ4_NL: 18}[qtype]
@@ -192,8 +192,8 @@ def test_batched_rows_equal_rows_computed_alone(qtype, T):
 @pytest.mark.parametrize("qtype,name,T", [pytest.param(q, n, T, id=f"{n}-T{T}") for q, n, T in
                                           [(dq.Q4_0, "mvi_q4_0", 2), (dq.Q4_K, "mvi_q4_k", 2), (dq.Q6_K, "mvi_q6_k", 2),
                                            (dq.Q4_0, "mvl_q4_0", 9), (dq.Q4_K, "mvl_q4_k", 9),
-                                           (dq.Q5_0, "mvi_q5_0", 5), (dq.Q5_1, "mvi_q5_1", 5),
-                                           (dq.IQ4_NL, "mvi_iq4_nl", 5)]])
+                                           (dq.Q5_1, "mvi_q5_1", 5),
+                                           (dq.IQ4_NL, "mvi_iq4_nl", 5), (dq.Q5_K, "mvi_q5_k", 3)]])
 def test_generic_ir_kernels_equal_the_avx2_ones(qtype, name, T, monkeypatch):
     """The kernels compiled on the generic IR give the same numbers (integer sums are exact and
     the float accumulation is written the same way); the batch kernels in lanes (mvl_*) too."""
@@ -212,7 +212,8 @@ def test_generic_ir_kernels_equal_the_avx2_ones(qtype, name, T, monkeypatch):
 
 
 @pytest.mark.parametrize("typ,qtype", [("q8_0", dq.Q8_0), ("q4_0", dq.Q4_0), ("q4_k_m", dq.Q4_K), ("q6_k", dq.Q6_K),
-                                       ("q4_1", dq.Q4_1), ("q5_0", dq.Q5_0), ("q5_1", dq.Q5_1), ("iq4_nl", dq.IQ4_NL)])
+                                       ("q4_1", dq.Q4_1), ("q5_0", dq.Q5_0), ("q5_1", dq.Q5_1), ("iq4_nl", dq.IQ4_NL),
+                                       ("q5_k_m", dq.Q5_K)])
 def test_kernels_on_fixture_tensors(typ, qtype):
     from loaders import load
     ck = load(str(require_fixtures() / f"tiny-rwkv7-{typ}.gguf"))
