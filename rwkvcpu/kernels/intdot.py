@@ -29,13 +29,14 @@ from numba import njit, prange
 from . import dequant as dq
 from .matvec import FLAGS, ROWS, _prefetch_ahead
 from .actquant import _f16r, q8_0_scale, q8_1_scale, q8_k_scale
-from .simd import (f16at, f16x8, i16add, i16load, i16s8, i8bc4, i8bit4, i8half, i8iq4, i8load, i8nib, i8nib16, i8or,
+from .simd import (f16at, f16x8, i16add, i16nib, i16q3sc, i16sel2, i16load, i16s8, i8bc4, i8bit, i8crumb, i8half, i8iq4, i8load, i8nib, i8nib16, i8or,
                    i8q5, i8q6,
-                   i8sub, iadd, idot,
+                   i8sub, iadd, idot, imaddss,
                    imadd2, imaddp, imaddubs, i16sub, i8splat, i32load, imadd, imulc, iset8, isplat, isum8, itof, izero,
                    prefetch, vfma, vhsum, vlane, vload, vmul, vsplat, vsub, vzero)
 
-TYPES = (dq.Q8_0, dq.Q4_0, dq.Q4_K, dq.Q6_K, dq.Q4_1, dq.Q5_0, dq.Q5_1, dq.IQ4_NL, dq.Q5_K)
+TYPES = (dq.Q8_0, dq.Q4_0, dq.Q4_K, dq.Q6_K, dq.Q4_1, dq.Q5_0, dq.Q5_1, dq.IQ4_NL, dq.Q5_K, dq.Q2_K, dq.Q3_K,
+         dq.IQ4_XS)
 
 
 @njit(cache=True)
@@ -344,8 +345,8 @@ def _k45(b, o, sp, q5):
     lo = i8nib(b, base, False)
     hi = i8nib(b, base, True)
     if q5:
-        lo = i8or(lo, i8bit4(b, o + 16, 2 * sp))
-        hi = i8or(hi, i8bit4(b, o + 16, 2 * sp + 1))
+        lo = i8or(lo, i8bit(b, o + 16, 2 * sp, 4))
+        hi = i8or(hi, i8bit(b, o + 16, 2 * sp + 1, 4))
     return lo, hi
 
 
@@ -618,6 +619,211 @@ def _lanes_row(raw, xi, xdv, xsv, xs16, out, r, kq):
             out[8 * tg + tt, r] = vlane(res, tt)
 
 
+@njit(cache=True)
+def _quantize16(x):
+    """Q8_K activation rows with their 16-value group sums: (xq, xd, xs16), xs16 int16 [T, n/16]
+    (|sum| <= 16 x 127), for the types with 16-value scales (Q2_K, Q3_K, Q6_K)."""
+    T, cols = x.shape
+    xq = np.empty((T, cols), dtype=np.int8)
+    xd = np.empty((T, cols // 256), dtype=np.float32)
+    bsum32 = np.empty((T, cols // 32), dtype=np.int32)
+    quantize_q8_k(x, xq, xd, bsum32)
+    xs16 = np.empty((T, cols // 16), dtype=np.int16)
+    for t in range(T):
+        for g in range(cols // 16):
+            a = np.int32(0)
+            for i in range(16):
+                a += np.int32(xq[t, 16 * g + i])
+            xs16[t, g] = a
+    return xq, xd, xs16
+
+
+@njit(cache=True, inline="always")
+def _k23_run(q2, b, o, h, j, ga, gb, sc, x0, x1, x2, x3, xo, s0, s1, s2, s3):
+    """Run j of half h (values 128h + 32j .. +32) of a Q2_K / Q3_K block at o, decoded once into
+    unsigned bytes (Q2_K: 2 bits, 0..3; Q3_K: 2 bits | the hmask bit << 2, 0..7: q + 4), times up
+    to 4 activation rows, by the run's two 16-value scales (lanes ga, gb of sc; literals) into
+    int32 lanes."""
+    w = i8crumb(b, o + (16 if q2 else 32) + 32 * h, 2 * j)
+    if not q2:
+        w = i8or(w, i8bit(b, o, 4 * h + j, 2))
+    sv = i16sel2(sc, ga, gb)
+    xr = xo + 128 * h + 32 * j
+    s0 = iadd(s0, imadd(imaddubs(w, i8load(x0, xr)), sv))
+    s1 = iadd(s1, imadd(imaddubs(w, i8load(x1, xr)), sv))
+    s2 = iadd(s2, imadd(imaddubs(w, i8load(x2, xr)), sv))
+    s3 = iadd(s3, imadd(imaddubs(w, i8load(x3, xr)), sv))
+    return s0, s1, s2, s3
+
+
+@njit(cache=True, inline="always")
+def _k23_base(q2, sc, mn, xs, g):
+    """A row's block start: Q2_K 0 (its mins go apart: ``_k23_rows``); Q3_K the -4 offset,
+    -4 x sum_g scale_g x (sum of x over group g), one vpmaddwd (as ``_q6_fix``)."""
+    if q2:
+        return izero()
+    return imulc(imadd(sc, i16load(xs, g)), -4)
+
+
+@njit(cache=True, inline="always")
+def _k23_rows(q2, raw, b, xq, xs16, xd, out, r, t, n):
+    """Rows t .. t+n-1 (n <= 4, a constant at each call) of a batch times Q2_K (q2) or Q3_K weight
+    row r: per 256-value block the 8 runs (``_k23_run``) in int32 lanes, exact; then one FMA by
+    d x d_x (Q2_K: and its mins, sum_g min_g x group sum, by dmin x d_x, subtracted at the end).
+    Rows past n are clamped and never stored (dropped by the compiler), so each row's arithmetic
+    does not depend on n."""
+    T = xq.shape[0]
+    nb = xq.shape[1] // 256
+    bs = 84 if q2 else 110
+    t0 = min(t + 0, T - 1)
+    t1 = min(t + 1, T - 1)
+    t2 = min(t + 2, T - 1)
+    t3 = min(t + 3, T - 1)
+    x0 = xq[t0]
+    x1 = xq[t1]
+    x2 = xq[t2]
+    x3 = xq[t3]
+    a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
+    m0, m1, m2, m3 = vzero(), vzero(), vzero(), vzero()
+    for k in range(nb):
+        o = k * bs
+        if t == 0:
+            _prefetch_ahead(raw, r, o, bs)
+        if q2:
+            sc = i16nib(b, o, False)
+            mn = i16nib(b, o, True)
+            d = f16at(b, o + 80)
+        else:
+            sc = i16q3sc(b, o + 96)
+            mn = sc
+            d = f16at(b, o + 108)
+        g = k * 16
+        s0 = _k23_base(q2, sc, mn, xs16[t0], g)
+        s1 = _k23_base(q2, sc, mn, xs16[t1], g)
+        s2 = _k23_base(q2, sc, mn, xs16[t2], g)
+        s3 = _k23_base(q2, sc, mn, xs16[t3], g)
+        xo = k * 256
+        s0, s1, s2, s3 = _k23_run(q2, b, o, 0, 0, 0, 1, sc, x0, x1, x2, x3, xo, s0, s1, s2, s3)
+        s0, s1, s2, s3 = _k23_run(q2, b, o, 0, 1, 2, 3, sc, x0, x1, x2, x3, xo, s0, s1, s2, s3)
+        s0, s1, s2, s3 = _k23_run(q2, b, o, 0, 2, 4, 5, sc, x0, x1, x2, x3, xo, s0, s1, s2, s3)
+        s0, s1, s2, s3 = _k23_run(q2, b, o, 0, 3, 6, 7, sc, x0, x1, x2, x3, xo, s0, s1, s2, s3)
+        s0, s1, s2, s3 = _k23_run(q2, b, o, 1, 0, 8, 9, sc, x0, x1, x2, x3, xo, s0, s1, s2, s3)
+        s0, s1, s2, s3 = _k23_run(q2, b, o, 1, 1, 10, 11, sc, x0, x1, x2, x3, xo, s0, s1, s2, s3)
+        s0, s1, s2, s3 = _k23_run(q2, b, o, 1, 2, 12, 13, sc, x0, x1, x2, x3, xo, s0, s1, s2, s3)
+        s0, s1, s2, s3 = _k23_run(q2, b, o, 1, 3, 14, 15, sc, x0, x1, x2, x3, xo, s0, s1, s2, s3)
+        a0 = vfma(vsplat(xd[t0, k] * d), itof(s0), a0)
+        a1 = vfma(vsplat(xd[t1, k] * d), itof(s1), a1)
+        a2 = vfma(vsplat(xd[t2, k] * d), itof(s2), a2)
+        a3 = vfma(vsplat(xd[t3, k] * d), itof(s3), a3)
+        if q2:
+            dm = f16at(b, o + 82)
+            m0 = vfma(vsplat(xd[t0, k] * dm), itof(imadd(mn, i16load(xs16[t0], g))), m0)
+            m1 = vfma(vsplat(xd[t1, k] * dm), itof(imadd(mn, i16load(xs16[t1], g))), m1)
+            m2 = vfma(vsplat(xd[t2, k] * dm), itof(imadd(mn, i16load(xs16[t2], g))), m2)
+            m3 = vfma(vsplat(xd[t3, k] * dm), itof(imadd(mn, i16load(xs16[t3], g))), m3)
+    out[t, r] = vhsum(a0) - vhsum(m0)
+    if n > 1:
+        out[t + 1, r] = vhsum(a1) - vhsum(m1)
+    if n > 2:
+        out[t + 2, r] = vhsum(a2) - vhsum(m2)
+    if n > 3:
+        out[t + 3, r] = vhsum(a3) - vhsum(m3)
+
+
+@njit(cache=True, inline="always")
+def _k23(q2, raw, xq, xd, xs16, out, r):
+    """Weight row r times every activation row: 4 rows at a time, then 1 (``_k23_rows``)."""
+    T = xq.shape[0]
+    T4 = T - T % 4
+    b = raw[r]
+    for t in range(0, T4, 4):
+        _k23_rows(q2, raw, b, xq, xs16, xd, out, r, t, 4)
+    for t in range(T4, T):
+        _k23_rows(q2, raw, b, xq, xs16, xd, out, r, t, 1)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvi_q2_k(raw, x, out):
+    """Q2_K weights x Q8_K activations (``_k23_rows``; llama.cpp's repacked Q2_K kernel sums in
+    another order)."""
+    xq, xd, xs16 = _quantize16(x)
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
+            _k23(True, raw, xq, xd, xs16, out, r)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvi_q3_k(raw, x, out):
+    """Q3_K weights x Q8_K activations (``_k23_rows``)."""
+    xq, xd, xs16 = _quantize16(x)
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
+            _k23(False, raw, xq, xd, xs16, out, r)
+
+
+@njit(cache=True, inline="always")
+def _iq4xs_rows(raw, b, xq, xd, out, r, t, n):
+    """Rows t .. t+n-1 (n <= 4, a constant at each call) of a batch times IQ4_XS weight row r: per
+    32-value sub-block its kvalues (one vpshufb) times x with signs (``imaddss``), by the signed
+    6-bit sub-block scale (vpmaddwd) into int32 lanes; one FMA by d x d_x per 256 (llama.cpp's
+    AVX2 vec_dot does the same per block).  Rows past n: as ``_k23_rows``."""
+    T = xq.shape[0]
+    nb = xq.shape[1] // 256
+    t0 = min(t + 0, T - 1)
+    t1 = min(t + 1, T - 1)
+    t2 = min(t + 2, T - 1)
+    t3 = min(t + 3, T - 1)
+    x0 = xq[t0]
+    x1 = xq[t1]
+    x2 = xq[t2]
+    x3 = xq[t3]
+    a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
+    for k in range(nb):
+        o = k * 136
+        if t == 0:
+            _prefetch_ahead(raw, r, o, 136)
+        sh = np.int32(b[o + 2]) | (np.int32(b[o + 3]) << 8)
+        s0, s1, s2, s3 = izero(), izero(), izero(), izero()
+        for sb in range(8):
+            ls = (((b[o + 4 + sb // 2] >> (4 * (sb % 2))) & 15) | (((sh >> (2 * sb)) & 3) << 4)) - 32
+            w = i8iq4(b, o + 8 + sb * 16)
+            xo = k * 256 + sb * 32
+            s0 = iadd(s0, imadd2(imaddss(w, i8load(x0, xo)), ls, ls))
+            s1 = iadd(s1, imadd2(imaddss(w, i8load(x1, xo)), ls, ls))
+            s2 = iadd(s2, imadd2(imaddss(w, i8load(x2, xo)), ls, ls))
+            s3 = iadd(s3, imadd2(imaddss(w, i8load(x3, xo)), ls, ls))
+        d = f16at(b, o)
+        a0 = vfma(vsplat(d * xd[t0, k]), itof(s0), a0)
+        a1 = vfma(vsplat(d * xd[t1, k]), itof(s1), a1)
+        a2 = vfma(vsplat(d * xd[t2, k]), itof(s2), a2)
+        a3 = vfma(vsplat(d * xd[t3, k]), itof(s3), a3)
+    out[t, r] = vhsum(a0)
+    if n > 1:
+        out[t + 1, r] = vhsum(a1)
+    if n > 2:
+        out[t + 2, r] = vhsum(a2)
+    if n > 3:
+        out[t + 3, r] = vhsum(a3)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvi_iq4_xs(raw, x, out):
+    """IQ4_XS weights x Q8_K activations (``_iq4xs_rows``: 4 activation rows at a time, then 1)."""
+    T, cols = x.shape
+    xq = np.empty((T, cols), dtype=np.int8)
+    xd = np.empty((T, cols // 256), dtype=np.float32)
+    bsum32 = np.empty((T, cols // 32), dtype=np.int32)
+    quantize_q8_k(x, xq, xd, bsum32)
+    T4 = T - T % 4
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
+            b = raw[r]
+            for t in range(0, T4, 4):
+                _iq4xs_rows(raw, b, xq, xd, out, r, t, 4)
+            for t in range(T4, T):
+                _iq4xs_rows(raw, b, xq, xd, out, r, t, 1)
+
+
 @njit(cache=True, inline="always")
 def _q6_fix(sb, o, xs, g):
     """The -32 offset of a Q6_K block in int32 lanes: -32 x sum_g scale_g x (sum of x over group g),
@@ -719,18 +925,8 @@ def mvi_q6_k(raw, raw_i8, x, out):
     and 1 for the rest (``_q6_rows``); integer lanes are exact, so every row's numbers
     are those of the row alone."""
     rows = raw.shape[0]
-    T, cols = x.shape
-    xq = np.empty((T, cols), dtype=np.int8)
-    xd = np.empty((T, cols // 256), dtype=np.float32)
-    bsum32 = np.empty((T, cols // 32), dtype=np.int32)
-    quantize_q8_k(x, xq, xd, bsum32)
-    xs16 = np.empty((T, cols // 16), dtype=np.int16)
-    for t in range(T):
-        for g in range(cols // 16):
-            a = np.int32(0)
-            for i in range(16):
-                a += np.int32(xq[t, 16 * g + i])
-            xs16[t, g] = a                     # |a| <= 16 x 127: an int16
+    T = x.shape[0]
+    xq, xd, xs16 = _quantize16(x)
     T8 = T - T % 8
     for task in prange((rows + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
@@ -815,7 +1011,8 @@ def _bind(W):
         return lambda x, out: (mvl_q4_0 if x.shape[0] >= LANES_MIN[dq.Q4_0] else mvi_q4_0)(rb, x, out)
     if qtype == dq.Q4_K:
         return lambda x, out: (mvl_q4_k if x.shape[0] >= LANES_MIN[dq.Q4_K] else mvi_q4_k)(rb, x, out)
-    f = {dq.Q4_1: mvi_q4_1, dq.Q5_0: mvi_q5_0, dq.Q5_1: mvi_q5_1, dq.IQ4_NL: mvi_iq4_nl, dq.Q5_K: mvi_q5_k}.get(qtype)
+    f = {dq.Q4_1: mvi_q4_1, dq.Q5_0: mvi_q5_0, dq.Q5_1: mvi_q5_1, dq.IQ4_NL: mvi_iq4_nl, dq.Q5_K: mvi_q5_k,
+         dq.Q2_K: mvi_q2_k, dq.Q3_K: mvi_q3_k, dq.IQ4_XS: mvi_iq4_xs}.get(qtype)
     if f is not None:
         return lambda x, out: f(rb, x, out)
     return lambda x, out: mvi_q6_k(rb, ri, x, out)

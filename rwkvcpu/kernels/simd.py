@@ -1135,14 +1135,90 @@ def i8or(typingctx, a, b):
 
 
 @intrinsic
-def i8bit4(typingctx, arr, idx, bit):
-    """((arr[idx + l] >> bit) & 1) << 4 for the 32 bytes l < 32 (Q5_K's high bits, in place)."""
-    if not (_is_row(arr, types.uint8) and isinstance(idx, types.Integer) and isinstance(bit, types.Integer)):
+def i8bit(typingctx, arr, idx, bit, to):
+    """((arr[idx + l] >> bit) & 1) << to for the 32 bytes l < 32: a K block's high bits moved into
+    place (Q5_K: to 4; Q3_K: to 2), to be or-ed onto the low bits (``i8or``)."""
+    if not (_is_row(arr, types.uint8) and all(isinstance(a, types.Integer) for a in (idx, bit, to))):
         return None
 
     def cg(ctx, builder, sig, args):
         v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 32)
         sh = _splat(builder, builder.trunc(ctx.cast(builder, args[2], sig.args[2], types.int64), _I8), _V32I8)
+        to = _splat(builder, builder.trunc(ctx.cast(builder, args[3], sig.args[3], types.int64), _I8), _V32I8)
         one = builder.and_(builder.lshr(v, sh), _const_vec(_V32I8, [1] * 32))
-        return builder.shl(one, _const_vec(_V32I8, [4] * 32))
-    return i8x32(arr, idx, bit), cg
+        return builder.shl(one, to)
+    return i8x32(arr, idx, bit, to), cg
+
+
+@intrinsic
+def i8crumb(typingctx, arr, idx, shift):
+    """(arr[idx + l] >> shift) & 3 for the 32 bytes l < 32: Q2_K/Q3_K's 2-bit values."""
+    if not (_is_row(arr, types.uint8) and isinstance(idx, types.Integer) and isinstance(shift, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 32)
+        sh = _splat(builder, builder.trunc(ctx.cast(builder, args[2], sig.args[2], types.int64), _I8), _V32I8)
+        return builder.and_(builder.lshr(v, sh), _const_vec(_V32I8, [3] * 32))
+    return i8x32(arr, idx, shift), cg
+
+
+@intrinsic
+def i16nib(typingctx, arr, idx, high):
+    """The low (high False) or high nibbles of arr[idx:idx+16] as 16 int16 lanes (Q2_K's scales
+    and mins)."""
+    if not (_is_row(arr, types.uint8) and isinstance(idx, types.Integer) and isinstance(high, types.Boolean)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 16)
+        v16 = ir.VectorType(_I8, 16)
+        n = builder.select(args[2], builder.lshr(v, ir.Constant(v16, [4] * 16)), builder.and_(v, ir.Constant(v16, [15] * 16)))
+        return builder.zext(n, _V16I16)
+    return i16x16(arr, idx, high), cg
+
+
+@intrinsic
+def i16q3sc(typingctx, arr, idx):
+    """The 16 signed 6-bit scales of a Q3_K block (12 packed bytes at idx; reads 16) as int16
+    lanes: ``vq3scales``' decoding kept in integers."""
+    if not (_is_row(arr, types.uint8) and isinstance(idx, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 16)
+        und = ir.Constant(v.type, ir.Undefined)
+        pick = lambda ix: builder.zext(builder.shuffle_vector(v, und, _const_vec(ir.VectorType(_I32, 16), ix)),  # noqa: E731
+                                       _V16I16)
+        c = lambda vals: _const_vec(_V16I16, vals)       # noqa: E731
+        low = builder.and_(builder.lshr(pick(list(range(8)) * 2), c([0] * 8 + [4] * 8)), c([15] * 16))
+        high = builder.and_(builder.lshr(pick([8, 9, 10, 11] * 4), c([0] * 4 + [2] * 4 + [4] * 4 + [6] * 4)), c([3] * 16))
+        return builder.sub(builder.or_(low, builder.shl(high, c([4] * 16))), c([32] * 16))
+    return i16x16(arr, idx), cg
+
+
+@intrinsic
+def i16sel2(typingctx, v, i, j):
+    """Lanes 0..7 = v[i], lanes 8..15 = v[j] (i, j literals): a 32-value run's two 16-value scales
+    for ``imadd`` after ``imaddubs`` (whose lanes 0..7 hold values 0..15)."""
+    if not (v == i16x16 and isinstance(i, types.IntegerLiteral) and isinstance(j, types.IntegerLiteral)):
+        return None
+    a, b = i.literal_value, j.literal_value
+
+    def cg(ctx, builder, sig, args):
+        return builder.shuffle_vector(args[0], ir.Constant(_V16I16, ir.Undefined),
+                                      _const_vec(ir.VectorType(_I32, 16), [a] * 8 + [b] * 8))
+    return i16x16(v, i, j), cg
+
+
+@intrinsic
+def imaddss(typingctx, w, x):
+    """Signed bytes w x signed bytes x, adjacent pairs added: <16 x i16> (|w| by x with w's sign,
+    ``vpsignb`` twice and ``vpmaddubsw``; no saturation while |w|, |x| <= 127), for a scale to
+    multiply in by ``imadd2`` (IQ4_XS)."""
+    if not (w == i8x32 and x == i8x32):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        return _maddubs(builder, _sign(builder, args[0], args[0]), _sign(builder, args[1], args[0]))
+    return i16x16(w, x), cg

@@ -42,6 +42,12 @@ def _ops(w8, x8, u8, nib, q6, out):
     out[14, :8] = S.ilanes(S.imaddp(q, 7, -3))
     out[15, :32] = S.ilanes(S.i8q5(q6, 0, 16))       # nibbles of bytes 0..15, fifth bits from 16..19
     out[16, :32] = S.ilanes(S.i8iq4(nib, 0))
+    out[18, :32] = S.ilanes(S.i8or(S.i8crumb(q6, 0, 4), S.i8bit(q6, 32, 5, 2)))   # Q3_K run values
+    out[19, :16] = S.ilanes(S.i16nib(nib, 0, True))
+    sc = S.i16q3sc(q6, 0)
+    out[20, :16] = S.ilanes(sc)
+    out[21, :16] = S.ilanes(S.i16sel2(sc, 3, 12))
+    out[22, :16] = S.ilanes(S.imaddss(w, x))
     v1 = S.vi8f(w, 1)                                  # bytes 8..15 and 24..31 as signed floats
     v3 = S.vi8f(w, 3)
     for i in range(8):
@@ -62,7 +68,7 @@ def test_integer_vector_operations_against_numpy(avx2, monkeypatch):
     u8 = rng.integers(0, 64, 32).astype(np.uint8)  # Q6_K values
     nib = rng.integers(0, 256, 32).astype(np.uint8)
     q6 = rng.integers(0, 256, 96).astype(np.uint8)
-    out = np.zeros((18, 32), np.int64)
+    out = np.zeros((23, 32), np.int64)
     s = fn(w8, x8, u8, nib, q6, out)
     w, x, u = w8.astype(np.int64), x8.astype(np.int64), u8.astype(np.int64)
     np.testing.assert_array_equal(out[0, :8], (w * x).reshape(8, 4).sum(1))
@@ -89,6 +95,13 @@ def test_integer_vector_operations_against_numpy(avx2, monkeypatch):
     np.testing.assert_array_equal(out[15, :32], nib5 | (bits << 4))
     np.testing.assert_array_equal(out[16, :32], dq.KVALUES_IQ4[np.concatenate([lo, hi])])
     np.testing.assert_array_equal(out[17, :16], np.concatenate([w[8:16], w[24:32]]))
+    q6i = q6.astype(np.int64)
+    np.testing.assert_array_equal(out[18, :32], ((q6i[:32] >> 4) & 3) | (((q6i[32:64] >> 5) & 1) << 2))
+    np.testing.assert_array_equal(out[19, :16], nib[:16] >> 4)
+    sc = np.array([dq._k_scale6(q6, 0, i) for i in range(16)])
+    np.testing.assert_array_equal(out[20, :16], sc)
+    np.testing.assert_array_equal(out[21, :16], [sc[3]] * 8 + [sc[12]] * 8)
+    np.testing.assert_array_equal(out[22, :16], (w * x).reshape(16, 2).sum(1))
     assert s == np.float32((w * x).sum() + (x * x).sum())
 
 
@@ -121,7 +134,7 @@ def test_activation_quantizers_match_llama_rounding_bit_for_bit():
 
 
 def _random_weight(qtype, rows, cols, rng):
-    if qtype in (dq.Q4_K, dq.Q5_K, dq.Q6_K):
+    if qtype in (dq.Q2_K, dq.Q3_K, dq.Q4_K, dq.Q5_K, dq.Q6_K, dq.IQ4_XS):
         a = rng.standard_normal((rows, cols)).astype(np.float32) * rng.uniform(0.1, 3, (rows, 1)).astype(np.float32)
         return quantize_blocks(a, qtype)
     nbytes = {dq.Q8_0: 34, dq.Q4_0: 18, dq.Q4_1: 20, dq.Q5_0: 22, dq.Q5_1: 24, dq.IQ4_NL: 18}[qtype]
@@ -189,11 +202,14 @@ def test_batched_rows_equal_rows_computed_alone(qtype, T):
         assert np.array_equal(one[0], out[t]), t
 
 
+# (compiled uncached on the generic IR: 6-50 s each.  Every operation's generic IR is checked
+# above; these cover each kernel body: the 8-row one through Q4_0 and Q5_K, lanes, Q6_K, the
+# 32-value vec_dot one through Q5_1, the 16-value K one through Q3_K, IQ4_XS.)
 @pytest.mark.parametrize("qtype,name,T", [pytest.param(q, n, T, id=f"{n}-T{T}") for q, n, T in
-                                          [(dq.Q4_0, "mvi_q4_0", 2), (dq.Q4_K, "mvi_q4_k", 2), (dq.Q6_K, "mvi_q6_k", 2),
+                                          [(dq.Q4_0, "mvi_q4_0", 2), (dq.Q5_K, "mvi_q5_k", 3), (dq.Q6_K, "mvi_q6_k", 2),
                                            (dq.Q4_0, "mvl_q4_0", 9), (dq.Q4_K, "mvl_q4_k", 9),
-                                           (dq.Q5_1, "mvi_q5_1", 5),
-                                           (dq.IQ4_NL, "mvi_iq4_nl", 5), (dq.Q5_K, "mvi_q5_k", 3)]])
+                                           (dq.Q5_1, "mvi_q5_1", 5), (dq.Q3_K, "mvi_q3_k", 5),
+                                           (dq.IQ4_XS, "mvi_iq4_xs", 1)]])
 def test_generic_ir_kernels_equal_the_avx2_ones(qtype, name, T, monkeypatch):
     """The kernels compiled on the generic IR give the same numbers (integer sums are exact and
     the float accumulation is written the same way); the batch kernels in lanes (mvl_*) too."""
@@ -213,7 +229,8 @@ def test_generic_ir_kernels_equal_the_avx2_ones(qtype, name, T, monkeypatch):
 
 @pytest.mark.parametrize("typ,qtype", [("q8_0", dq.Q8_0), ("q4_0", dq.Q4_0), ("q4_k_m", dq.Q4_K), ("q6_k", dq.Q6_K),
                                        ("q4_1", dq.Q4_1), ("q5_0", dq.Q5_0), ("q5_1", dq.Q5_1), ("iq4_nl", dq.IQ4_NL),
-                                       ("q5_k_m", dq.Q5_K)])
+                                       ("q5_k_m", dq.Q5_K), ("q2_k", dq.Q2_K), ("q3_k_m", dq.Q3_K),
+                                       ("iq4_xs", dq.IQ4_XS)])
 def test_kernels_on_fixture_tensors(typ, qtype):
     from loaders import load
     ck = load(str(require_fixtures() / f"tiny-rwkv7-{typ}.gguf"))
@@ -230,7 +247,8 @@ def test_kernels_on_fixture_tensors(typ, qtype):
 
 
 def test_other_types_are_declined():
-    assert not I.matvec_q8(_W(dq.Q2_K, np.zeros((1, 84), np.uint8)), np.zeros((1, 256), np.float32),
+    """Float weights (F16 here) have no integer kernel: the caller rounds and takes the float path."""
+    assert not I.matvec_q8(_W(dq.F16, np.zeros((1, 64), np.uint8)), np.zeros((1, 32), np.float32),
                            np.zeros((1, 1), np.float32))
 
 
