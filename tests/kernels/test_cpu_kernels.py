@@ -100,6 +100,8 @@ def test_matmul_all_paths(qtype, T):
         raw = quantize(Wf, GGMLQuantizationType.BF16).view(np.uint16)
     else:
         raw = quantize(Wf, GGMLQuantizationType(qtype))
+    raw = np.ascontiguousarray(raw)
+    raw.setflags(write=False)       # read-only like a loaded file's: the kernels' one compiled signature
     W = QTensor("w", qtype, (rows, cols), raw)
     x = rand(T, cols)
     ref = x.astype(np.float64) @ W.dequantize().astype(np.float64).T
