@@ -9,6 +9,7 @@ transposes the low-rank ``w1/a1/v1/g1`` ([C, D] in BlinkDL files, used as
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -183,6 +184,31 @@ class Weights:
             for k in LAYER_MATRICES:
                 yield f"blocks.{i}.{k}", getattr(L, k)
         yield "head", self.head
+
+
+def readonly(a):
+    """a, or a read-only view of it."""
+    if isinstance(a, np.ndarray) and a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+def freeze_weights(w: Weights) -> None:
+    """Make every array of w read-only (views; nothing is copied).  Writability is part of the
+    array type Numba compiles a kernel for: a .pth's converted arrays, a GGUF's widened F16
+    vectors and its mapped F32 ones would otherwise each compile the layer kernels again (tens
+    of seconds a kernel on a first run).  Weights are never written after loading."""
+    for obj in [w, *w.layers]:
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if isinstance(v, QTensor):
+                v.raw = readonly(v.raw)
+                v.__dict__.pop("_row_bytes", None)
+            elif isinstance(v, dict):
+                setattr(obj, f.name, {k: readonly(a) for k, a in v.items()})
+            else:
+                setattr(obj, f.name, readonly(v))
 
 
 @dataclass

@@ -35,7 +35,7 @@ def device_option(f):
     f = click.option("--numerics", type=click.Choice(["exact", "llama"]), default="exact", show_default=True,
                      help="exact: float32 activations on the file's exact weights; llama: round "
                           "activations as llama.cpp's CPU matmuls do (Q8_0/Q8_K/f16/bf16) and use integer dot "
-                          "products (Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL/Q4_K/Q5_K/Q6_K): llama.cpp's numbers, faster decode on those types; on "
+                          "products (every quantized type): llama.cpp's numbers, faster decode; on "
                           "the GPU, f16 activations against F16 weights take one MMA per product (faster prompts).")(f)
     return click.option("--device", "device", default="cpu", show_default=True,
                         help="Where the layers run: cpu, cuda, cuda:N, or a split such as "

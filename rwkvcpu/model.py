@@ -23,6 +23,7 @@ from rwkvcpu.kernels.actquant import round_like_llama, rounding_mode
 from rwkvcpu.kernels.intdot import matvec_q8
 from rwkvcpu.kernels.reference import DECAY_SCALE, GROUP_NORM_EPS, L2_EPS
 from rwkvcpu.loaders import Checkpoint, load
+from rwkvcpu.loaders.checkpoint import freeze_weights, readonly
 from rwkvcpu.state import State, StateCache
 
 NUMERICS = ("exact", "llama")
@@ -47,6 +48,7 @@ class Model:
         self.ckpt = ckpt
         self.hparams = hp = ckpt.hparams
         self.weights = ckpt.weights
+        freeze_weights(self.weights)         # one compiled signature per kernel, whatever the file
         self.set_threads(threads)
         self.device = device
         if numerics not in NUMERICS:
@@ -105,7 +107,7 @@ class Model:
                 if r[j] is None:
                     r[j] = np.zeros((1, self.hparams.n_embd) if j == 4 else (self.hparams.n_embd, 1),
                                     dtype=np.float32 if ref is None else ref.dtype)
-        return [tuple(r) for r in rows]
+        return [tuple(readonly(m) for m in r) for r in rows]      # placeholders too (see freeze_weights)
 
     def _mm(self, x, W):
         if self.numerics == "llama":

@@ -243,3 +243,23 @@ def test_f16_low_rank_matrices_read_as_the_files_bits_give_the_same_bits():
         f32 = run()
         for a, b in zip(f16, f32):
             np.testing.assert_array_equal(a, b)
+
+
+def test_kernel_arguments_have_one_type_whatever_the_file_or_layer(pth_model, f32_model):
+    """Numba compiles a kernel once per argument types, and an array's writability is part of its
+    type.  A .pth's arrays (converted in memory), a GGUF's mapped ones (read-only) and layer 0's
+    value-residual placeholders must all reach the layer kernels as the same types, or a first run
+    compiles the biggest kernel (fused.tmix_in, 20-40 s) two or three times.  Weights are frozen
+    at load: writing to one fails instead of silently changing the model."""
+    from numba import typeof
+    for m in (pth_model, f32_model):
+        assert [typeof(t) for t in m._lowrank[0]] == [typeof(t) for t in m._lowrank[1]]
+        L = m.weights.layers[0]
+        with pytest.raises(ValueError):
+            L.k_k[0] = 1.0
+        with pytest.raises(ValueError):
+            L.receptance.raw[0, 0] = 0
+    for name in ("ln1_w", "k_k", "w1", "a2", "g1"):
+        a, b = getattr(pth_model.weights.layers[1], name), getattr(f32_model.weights.layers[1], name)
+        assert typeof(a) == typeof(b), name
+    assert [typeof(t) for t in pth_model._lowrank[1]] == [typeof(t) for t in f32_model._lowrank[1]]

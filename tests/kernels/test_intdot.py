@@ -210,15 +210,32 @@ def test_batched_rows_equal_rows_computed_alone(qtype, T):
         assert np.array_equal(one[0], out[t]), t
 
 
+def _fresh_helpers(monkeypatch):
+    """Replace intdot's row and block bodies (``forceinline``: separate functions LLVM inlines, each
+    compiled once, on AVX2 here) by uncompiled copies, so that a kernel compiled now compiles them
+    again, on the generic IR too; the ``inline="always"`` ones are recompiled as part of it."""
+    from numba.core.registry import CPUDispatcher
+    n = 0
+    for name, d in list(vars(I).items()):
+        if isinstance(d, CPUDispatcher) and d.targetoptions.get("forceinline"):
+            opts = {k: v for k, v in d.targetoptions.items() if k not in ("nopython", "boundscheck")}
+            monkeypatch.setattr(I, name, njit(cache=False, **opts)(d.py_func))
+            n += 1
+    assert n, "no forceinline helpers found in intdot"
+
+
 # (compiled uncached on the generic IR: 6-60 s each.  Every operation's generic IR is checked
 # above, the 8-row kernels' cross-row operations in test_eight_row_operations_against_numpy; these
-# cover the other kernel bodies: lanes, Q6_K, the 32-value vec_dot one through Q5_1, the 16-value
-# K one through Q3_K, IQ4_XS.  The 8-row bodies, 30-60 s each to compile, are left out.)
+# cover the kernel bodies: lanes, Q6_K, the 32-value vec_dot one through Q5_1, the 16-value K one
+# through Q3_K, IQ4_XS, and the 8-row ones (Q4_0, IQ4_NL; Q4_K through Q5_K, the same body with fifth
+# bits), pairs of rows and a single one.)
 @pytest.mark.parametrize("qtype,name,T", [pytest.param(q, n, T, id=f"{n}-T{T}") for q, n, T in
                                           [(dq.Q6_K, "mvi_q6_k", 2),
                                            (dq.Q4_0, "mvl_q4_0", 9), (dq.Q4_K, "mvl_q4_k", 9),
                                            (dq.Q5_1, "mvi_q5_1", 5), (dq.Q3_K, "mvi_q3_k", 5),
-                                           (dq.IQ4_XS, "mvi_iq4_xs", 1)]])
+                                           (dq.IQ4_XS, "mvi_iq4_xs", 1),
+                                           (dq.Q5_K, "mvi_q5_k", 3), (dq.IQ4_NL, "mvi_iq4_nl", 3),
+                                           (dq.Q4_0, "mvi_q4_0", 3)]])
 def test_generic_ir_kernels_equal_the_avx2_ones(qtype, name, T, monkeypatch):
     """The kernels compiled on the generic IR give the same numbers (integer sums are exact and
     the float accumulation is written the same way); the batch kernels in lanes (mvl_*) too."""
@@ -228,6 +245,7 @@ def test_generic_ir_kernels_equal_the_avx2_ones(qtype, name, T, monkeypatch):
     a = np.empty((T, 16), np.float32)
     I.matvec_q8(_W(qtype, raw), x, a)
     monkeypatch.setattr(S, "AVX2", False)
+    _fresh_helpers(monkeypatch)
     generic = njit(cache=False, parallel=True, fastmath=I.FLAGS)(getattr(I, name).py_func)
     monkeypatch.setattr(I, name, generic)
     b = np.empty((T, 16), np.float32)
