@@ -34,6 +34,9 @@ class TensorInfo:
     data: np.ndarray | None = None    # uint8 view of the tensor's bytes
 
 
+_U64 = struct.Struct("<Q")
+
+
 class GGUFFile:
     def __init__(self, path: str):
         self.path = path
@@ -66,6 +69,24 @@ class GGUFFile:
         self.off += n
         return s
 
+    def _strings(self, n: int) -> list:
+        """n strings as bytes: ``_str`` n times, in one loop with locals (a 65536-token vocabulary
+        took 0.3 s of every start through ``_str``; ~0.05 s here)."""
+        buf, off, end = self.buf, self.off, len(self.buf)
+        if n > (end - off) // 8:
+            raise ValueError("string array runs past the end of the file")
+        unpack = _U64.unpack_from
+        out = [b""] * n
+        for i in range(n):
+            k = unpack(buf, off)[0]
+            off += 8
+            if off + k > end:
+                raise ValueError("string runs past the end of the file")
+            out[i] = buf[off:off + k].tobytes()
+            off += k
+        self.off = off
+        return out
+
     def _value(self, t):
         if t in _SCALAR:
             return self._take(_SCALAR[t])
@@ -79,7 +100,7 @@ class GGUFFile:
                 self.off += a.nbytes
                 return a
             if et == _STRING:
-                return [self._str() for _ in range(n)]      # raw bytes (token lists)
+                return self._strings(n)                     # raw bytes (token lists)
             return [self._value(et) for _ in range(n)]
         raise ValueError(f"unknown GGUF value type {t}")
 

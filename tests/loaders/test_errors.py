@@ -117,3 +117,24 @@ def test_pth_that_is_not_rwkv7(tmp_path):
         z.writestr("x/data.pkl", pickle.dumps({"foo": 1}, protocol=2))
     with pytest.raises(LoadError, match=r"x\.pth: no blocks\.N\.\* tensors"):
         load(p)
+
+
+@pytest.mark.parametrize("how", ["cut inside the token list", "token count past the file"])
+def test_damaged_token_list_in_gguf_header(fx, tmp_path, how):
+    """The vocabulary (tens of thousands of strings in the header) is read in one fast loop
+    (``GGUFFile._strings``); a cut or a corrupt count still names the file, without first
+    allocating a list of the corrupt length."""
+    data = bytearray((fx / "tiny-rwkv7-q8_0.gguf").read_bytes())
+    key = b"tokenizer.ggml.tokens"
+    at = data.find(key)
+    assert at > 0, "fixture without a token list"
+    count_at = at + len(key) + 4 + 4                       # value type (array), element type (string)
+    assert int.from_bytes(data[count_at:count_at + 8], "little") > 100
+    if how == "token count past the file":
+        data[count_at:count_at + 8] = (1 << 62).to_bytes(8, "little")
+    else:
+        data = data[:count_at + 8 + 500]
+    p = tmp_path / "bad.gguf"
+    p.write_bytes(bytes(data))
+    with pytest.raises(LoadError, match=r"bad\.gguf.*(damaged|truncated|corrupted)"):
+        load(p)
