@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from . import dequant as dq
 from .simd import (dot_f32, f16at, i8q5, i8sub, prefetch, vadd, vbits, vfma, vhsum, vload, vload_bf16, vload_f16, vload_w, vmul,
-                   viq4, vkscales, vq3scales, vq5bits, vq5u32, vlane, vq6half, vsplat, vstore, vsum8, vzero, vi8f, wat)
+                   viq4, vkscales, vq3scales, vq5bits, vq5u32, vlane, vpair4, vq6half, vq6lanes, vsplat, vstore, vsum8, vzero, vi8f, wat)
 
 FLAGS = {"reassoc", "contract"}
 ROWS = 8                 # rows per parallel task
@@ -453,29 +453,53 @@ def mv_q5_k(raw, x, out, lut):
                 out[t, r] = vhsum(acc) - vhsum(accm)
 
 
+@njit(cache=True)
+def q6_x_order(x):
+    """x's rows in the order ``mv_q6_k`` reads them, each value scaled by the power of two its
+    weight carries in ``vq6lanes`` (exact): per 32 values, position 8k + i holds
+    x[4i + k] * 2**(-8k).  Serial, once a call (like ``block_sums``)."""
+    T, cols = x.shape
+    out = np.empty_like(x)
+    for t in range(T):
+        for r in range(0, cols - cols % 32, 32):
+            for k in range(4):
+                s = np.float32(2.0 ** (-8 * k))
+                for i in range(8):
+                    out[t, r + 8 * k + i] = x[t, r + 4 * i + k] * s
+    return out
+
+
 @njit(cache=True, inline="always", fastmath=FLAGS)
-def _dot16(a, b, xt, xo):
-    """a . x[xo:xo+8] + b . x[xo+8:xo+16], as 8 lanes."""
-    return vfma(b, vload(xt, xo + 8), vmul(a, vload(xt, xo)))
+def _q6_run(v, i, xt, xo):
+    """The 32 products of one run of ``vq6lanes`` (vectors i..i+3) with x read in that order,
+    as 8 lanes (two chains)."""
+    a = vfma(v[i + 2], vload(xt, xo + 16), vmul(v[i], vload(xt, xo)))
+    b = vfma(v[i + 3], vload(xt, xo + 24), vmul(v[i + 1], vload(xt, xo + 8)))
+    return vadd(a, b)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mv_q6_k(raw, raw_i8, x, out, lut):
-    """xsum16[t, g] (``block_sums``): sum of x[t] over 16-value group g (the -32 offset of every
-    6-bit value).  Per half-block: 128 values decoded by ``vq6half``, 8 group sums reduced into one vector
-    (``vsum8``), scaled by the 8 int8 scales as one vector."""
+    """Per half-block: 128 values decoded in place in 32-bit lanes (``vq6lanes``) against x in the
+    matching order (``q6_x_order``); each run's lanes hold two 16-value groups, whose scales
+    (``vpair4`` of d * the 8 int8 scales) multiply the run's products in one FMA.
+    xsum16[t, g] (``block_sums``): sum of x[t] over group g, for the -32 offset of every value.
+    Hot, 768 x 768 on Zen 3: 41 -> 28 us against summing each group and reducing the 8 sums
+    (``vq6half`` + ``vsum8``), which spent its time on the widening shuffles."""
     rows = raw.shape[0]
     T, cols = x.shape
     xsum16 = block_sums(x, 16)
+    xq = q6_x_order(x)
     nb = cols // 256
     for task in prange((rows + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
             b = raw[r]
             sb8 = raw_i8[r]
             for t in range(T):
-                xt = x[t]
+                xt = xq[t]
                 xs = xsum16[t]
-                acc = vzero()
+                acc0 = vzero()
+                acc1 = vzero()
                 accm = vzero()
                 for k in range(nb):
                     o = k * 210
@@ -484,15 +508,14 @@ def mv_q6_k(raw, raw_i8, x, out, lut):
                     d = vsplat(f16at(b, o + 208))
                     for h in range(2):
                         xo = k * 256 + h * 128
-                        v = vq6half(b, o + h * 64, o + 128 + h * 32)
-                        s = vsum8(_dot16(v[0], v[1], xt, xo), _dot16(v[2], v[3], xt, xo + 16),
-                                  _dot16(v[4], v[5], xt, xo + 32), _dot16(v[6], v[7], xt, xo + 48),
-                                  _dot16(v[8], v[9], xt, xo + 64), _dot16(v[10], v[11], xt, xo + 80),
-                                  _dot16(v[12], v[13], xt, xo + 96), _dot16(v[14], v[15], xt, xo + 112))
+                        v = vq6lanes(b, o + h * 64, o + 128 + h * 32)
                         sc = vmul(d, vload(sb8, o + 192 + h * 8))
-                        acc = vfma(sc, s, acc)
+                        acc0 = vfma(vpair4(sc, 0, 1), _q6_run(v, 0, xt, xo), acc0)
+                        acc1 = vfma(vpair4(sc, 2, 3), _q6_run(v, 4, xt, xo + 32), acc1)
+                        acc0 = vfma(vpair4(sc, 4, 5), _q6_run(v, 8, xt, xo + 64), acc0)
+                        acc1 = vfma(vpair4(sc, 6, 7), _q6_run(v, 12, xt, xo + 96), acc1)
                         accm = vfma(sc, vload(xs, xo // 16), accm)
-                out[t, r] = vhsum(acc) - np.float32(32.0) * vhsum(accm)
+                out[t, r] = vhsum(vadd(acc0, acc1)) - np.float32(32.0) * vhsum(accm)
 
 
 @njit(cache=True, inline="always", fastmath=FLAGS)

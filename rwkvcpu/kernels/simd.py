@@ -203,25 +203,70 @@ def vq6half(typingctx, arr, lo, hi):
     rty = types.UniTuple(f32x8, 16)
 
     def cg(ctx, builder, sig, args):
-        i_lo = ctx.cast(builder, args[1], sig.args[1], types.intp)
-        i_hi = ctx.cast(builder, args[2], sig.args[2], types.intp)
-        c = lambda n: ir.Constant(_V32I8, [n] * 32)     # noqa: E731
-        l0 = _load_bytes(ctx, builder, sig.args[0], args[0], i_lo, 32)
-        l1 = _load_bytes(ctx, builder, sig.args[0], args[0], builder.add(i_lo, ir.Constant(i_lo.type, 32)), 32)
-        h = _load_bytes(ctx, builder, sig.args[0], args[0], i_hi, 32)
         und = ir.Constant(_V32I8, ir.Undefined)
         out = []
-        for p in range(4):
-            low = l0 if p % 2 == 0 else l1
-            low = builder.and_(low, c(15)) if p < 2 else builder.lshr(low, c(4))
-            sh = 4 - 2 * p                                  # bits 2p..2p+1 of h moved to bits 4..5
-            high = builder.shl(h, c(sh)) if sh > 0 else (builder.lshr(h, c(-sh)) if sh < 0 else h)
-            q = builder.or_(low, builder.and_(high, c(0x30)))
+        for q in _q6_runs(ctx, builder, sig, args):
             for j in range(4):
                 part = builder.shuffle_vector(q, und, _const_vec(ir.VectorType(_I32, 8), range(8 * j, 8 * j + 8)))
                 out.append(builder.sitofp(builder.zext(part, _V8I32), _V8F))
         return ctx.make_tuple(builder, rty, out)
     return rty(arr, lo, hi), cg
+
+
+def _q6_runs(ctx, builder, sig, args):
+    """The four 32-byte runs of a Q6_K half-block (args: row, ql index, qh index), each value
+    0..63 in a byte: 3 loads, ~4 byte operations per run."""
+    i_lo = ctx.cast(builder, args[1], sig.args[1], types.intp)
+    i_hi = ctx.cast(builder, args[2], sig.args[2], types.intp)
+    c = lambda n: ir.Constant(_V32I8, [n] * 32)     # noqa: E731
+    l0 = _load_bytes(ctx, builder, sig.args[0], args[0], i_lo, 32)
+    l1 = _load_bytes(ctx, builder, sig.args[0], args[0], builder.add(i_lo, ir.Constant(i_lo.type, 32)), 32)
+    h = _load_bytes(ctx, builder, sig.args[0], args[0], i_hi, 32)
+    runs = []
+    for p in range(4):
+        low = l0 if p % 2 == 0 else l1
+        low = builder.and_(low, c(15)) if p < 2 else builder.lshr(low, c(4))
+        sh = 4 - 2 * p                                  # bits 2p..2p+1 of h moved to bits 4..5
+        high = builder.shl(h, c(sh)) if sh > 0 else (builder.lshr(h, c(-sh)) if sh < 0 else h)
+        runs.append(builder.or_(low, builder.and_(high, c(0x30))))
+    return runs
+
+
+@intrinsic
+def vq6lanes(typingctx, arr, lo, hi):
+    """The 128 values of one Q6_K half-block, unsigned (0..63), as 16 float32 vectors *in 32-bit
+    lanes where they lie*: vector 4p + k, lane i = 2**(8k) * value(32p + 4i + k), run p < 4,
+    byte k < 4 (values as in ``vq6half``).  Each run's 32 values are assembled in bytes (as in
+    ``vq6half``), then every byte position is masked out of the 32-bit lanes and converted as it
+    stands (``vpand`` + ``vcvtdq2ps``, exact: 6 significant bits): no widening shuffle per 8
+    values, which is what bounded ``vq6half``'s users (Zen 3: shuffles and shifts share two of
+    the four vector pipes).  The caller reads x in the matching order, scaled by 2**(-8k)
+    (``q6_x_order``); lanes 0-3 of vector 4p + k are group 2p, lanes 4-7 group 2p + 1."""
+    if not (_is_row(arr, types.uint8) and isinstance(lo, types.Integer) and isinstance(hi, types.Integer)):
+        return None
+    rty = types.UniTuple(f32x8, 16)
+
+    def cg(ctx, builder, sig, args):
+        out = []
+        for q in _q6_runs(ctx, builder, sig, args):
+            q = builder.bitcast(q, _V8I32)
+            for k in range(4):
+                out.append(builder.sitofp(builder.and_(q, _const_vec(_V8I32, [0x3F << (8 * k)] * 8)), _V8F))
+        return ctx.make_tuple(builder, rty, out)
+    return rty(arr, lo, hi), cg
+
+
+@intrinsic
+def vpair4(typingctx, v, a, b):
+    """(v[a] x 4, v[b] x 4) for literal lanes a, b: two groups' scales over ``vq6lanes``' lanes."""
+    if not (v == f32x8 and isinstance(a, types.IntegerLiteral) and isinstance(b, types.IntegerLiteral)):
+        return None
+    ia, ib = a.literal_value, b.literal_value
+
+    def cg(ctx, builder, sig, args):
+        return builder.shuffle_vector(args[0], ir.Constant(_V8F, ir.Undefined),
+                                      _const_vec(ir.VectorType(_I32, 8), [ia] * 4 + [ib] * 4))
+    return f32x8(v, a, b), cg
 
 
 def _byte_picker(ctx, builder, sig, args):

@@ -6,7 +6,7 @@ from numba import njit
 from rwkvcpu.kernels import dequant as dq
 from rwkvcpu.kernels import simd as S
 from rwkvcpu.kernels.simd import (dot_f32, f16at, vadd, vbits, vexp, vfma, vhsum, viq4, vkscales, vload, vload_bf16,
-                                  vload_f16, vmul, vq3scales, vq5bits, vq5u32, vq6half, vsigmoid, vsplat, vstore, vsub,
+                                  vload_f16, vmul, vq3scales, vq5bits, vq5u32, vpair4, vq6half, vq6lanes, vsigmoid, vsplat, vstore, vsub,
                                   vsum8, vzero)
 
 
@@ -54,7 +54,7 @@ def test_every_operation_against_numpy():
 
 
 @njit(cache=True)
-def _decoders(b, f, kscales, q3s, q6, sums):
+def _decoders(b, f, kscales, q3s, q6, q6l, sums, pairs):
     for i in range(kscales.shape[0]):               # one 12-byte K scale group every 16 bytes
         sc, mn = vkscales(b, 16 * i)
         vstore(kscales[i, 0], 0, sc)
@@ -64,25 +64,33 @@ def _decoders(b, f, kscales, q3s, q6, sums):
         vstore(q3s[i], 8, s1)
     for i in range(q6.shape[0]):                    # a Q6_K half: 64 ql bytes at 96i, 32 qh bytes after them
         v = vq6half(b, 96 * i, 96 * i + 64)
+        w = vq6lanes(b, 96 * i, 96 * i + 64)
         for j in range(16):
             vstore(q6[i], 8 * j, v[j])
+            vstore(q6l[i], 8 * j, w[j])
+    g = vload(f, 0)
+    vstore(pairs, 0, vpair4(g, 0, 1))
+    vstore(pairs, 8, vpair4(g, 6, 3))
     vstore(sums, 0, vsum8(vload(f, 0), vload(f, 8), vload(f, 16), vload(f, 24),
                           vload(f, 32), vload(f, 40), vload(f, 48), vload(f, 56)))
 
 
 def test_block_decoders_against_numpy():
     """vkscales (a Q4_K/Q5_K block's 8 packed 6-bit scales and mins), vq3scales (a Q3_K block's 16
-    signed 6-bit scales), vq6half (128 6-bit Q6_K values) and vsum8 (8 vectors' sums in one)
-    against the GGML formulas written out in NumPy, on random bytes (every bit pattern of the
-    fields occurs)."""
+    signed 6-bit scales), vq6half (128 6-bit Q6_K values), vq6lanes (the same values in their
+    32-bit lanes, scaled by 2**(8 * byte)), vpair4 and vsum8 (8 vectors' sums in one) against
+    the GGML formulas written out in NumPy, on random bytes (every bit pattern of the fields
+    occurs)."""
     rng = np.random.default_rng(7)
     b = rng.integers(0, 256, 96 * 40, dtype=np.uint8)
     f = rng.standard_normal(64).astype(np.float32)
     ks = np.full((200, 2, 8), np.nan, np.float32)
     q3s = np.full((200, 16), np.nan, np.float32)
     q6 = np.full((40, 128), np.nan, np.float32)
+    q6l = np.full((40, 128), np.nan, np.float32)
     sums = np.full(8, np.nan, np.float32)
-    _decoders(b, f, ks, q3s, q6, sums)
+    pairs = np.full(16, np.nan, np.float32)
+    _decoders(b, f, ks, q3s, q6, q6l, sums, pairs)
     g = b[:16 * 200].reshape(200, 16).astype(np.int64)
     lo = np.arange(4)
     want_sc = np.concatenate([g[:, lo] & 63, (g[:, lo + 8] & 15) | ((g[:, lo] >> 6) << 4)], axis=1)
@@ -97,6 +105,11 @@ def test_block_decoders_against_numpy():
     want = np.concatenate([(ql[:, :32] & 15) | ((qh & 3) << 4), (ql[:, 32:] & 15) | (((qh >> 2) & 3) << 4),
                            (ql[:, :32] >> 4) | (((qh >> 4) & 3) << 4), (ql[:, 32:] >> 4) | (((qh >> 6) & 3) << 4)], axis=1)
     np.testing.assert_array_equal(q6, want)
+    # vq6lanes: vector 4p + k, lane i = 2**(8k) * value 32p + 4i + k
+    p_, k_, i_ = np.meshgrid(np.arange(4), np.arange(4), np.arange(8), indexing="ij")
+    src = (32 * p_ + 4 * i_ + k_).reshape(-1)
+    np.testing.assert_array_equal(q6l, want[:, src] * (2.0 ** (8 * k_.reshape(-1))))
+    np.testing.assert_array_equal(pairs, np.repeat(f[[0, 1, 6, 3]], 4))
     np.testing.assert_allclose(sums, f.reshape(8, 8).astype(np.float64).sum(1), rtol=1e-6, atol=1e-6)
 
 
