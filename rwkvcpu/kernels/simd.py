@@ -241,7 +241,7 @@ def vq6lanes(typingctx, arr, lo, hi):
     stands (``vpand`` + ``vcvtdq2ps``, exact: 6 significant bits): no widening shuffle per 8
     values, which is what bounded ``vq6half``'s users (Zen 3: shuffles and shifts share two of
     the four vector pipes).  The caller reads x in the matching order, scaled by 2**(-8k)
-    (``q6_x_order``); lanes 0-3 of vector 4p + k are group 2p, lanes 4-7 group 2p + 1."""
+    (``lanes_x_order``); lanes 0-3 of vector 4p + k are group 2p, lanes 4-7 group 2p + 1."""
     if not (_is_row(arr, types.uint8) and isinstance(lo, types.Integer) and isinstance(hi, types.Integer)):
         return None
     rty = types.UniTuple(f32x8, 16)
@@ -257,8 +257,30 @@ def vq6lanes(typingctx, arr, lo, hi):
 
 
 @intrinsic
+def vnlanes(typingctx, arr, idx):
+    """The 64 nibbles of the 32 bytes arr[idx:idx+32] as 8 float32 vectors in their 32-bit lanes
+    (``vq6lanes``' layout for 4-bit values): vector k (< 4), lane i = 2**(8k) * (low nibble of
+    byte 4i + k); vector 4 + k the same of the high nibbles (one shift of the 32 bytes).  Each is
+    ``vpand`` + ``vcvtdq2ps``, exact; x is read in ``lanes_x_order``."""
+    if not (_is_row(arr, types.uint8) and isinstance(idx, types.Integer)):
+        return None
+    rty = types.UniTuple(f32x8, 8)
+
+    def cg(ctx, builder, sig, args):
+        v = builder.bitcast(_load_bytes(ctx, builder, sig.args[0], args[0],
+                                        ctx.cast(builder, args[1], sig.args[1], types.intp), 32), _V8I32)
+        out = []
+        for w in (v, builder.lshr(v, _const_vec(_V8I32, [4] * 8))):
+            for k in range(4):
+                out.append(builder.sitofp(builder.and_(w, _const_vec(_V8I32, [0xF << (8 * k)] * 8)), _V8F))
+        return ctx.make_tuple(builder, rty, out)
+    return rty(arr, idx), cg
+
+
+@intrinsic
 def vpair4(typingctx, v, a, b):
-    """(v[a] x 4, v[b] x 4) for literal lanes a, b: two groups' scales over ``vq6lanes``' lanes."""
+    """(v[a] x 4, v[b] x 4) for literal lanes a, b: two groups' scales over ``vq6lanes``' lanes
+    (a == b: a broadcast)."""
     if not (v == f32x8 and isinstance(a, types.IntegerLiteral) and isinstance(b, types.IntegerLiteral)):
         return None
     ia, ib = a.literal_value, b.literal_value
