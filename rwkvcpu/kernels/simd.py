@@ -277,6 +277,55 @@ def vnlanes(typingctx, arr, idx):
     return rty(arr, idx), cg
 
 
+def _k23_lanes(builder, qv, hv, hbit):
+    """``vq6lanes``' 16 in-lane vectors for a Q2_K/Q3_K half-block: run j of the 32 bytes qv is
+    bits 2j..2j+1 (values 0..3); with hv (Q3_K's hmask bytes), bit hbit + j of hv is or-ed in
+    as 4 (values 0..7)."""
+    c = lambda n: ir.Constant(_V32I8, [n] * 32)     # noqa: E731
+    out = []
+    for j in range(4):
+        q = builder.and_(builder.lshr(qv, c(2 * j)) if j else qv, c(3))
+        if hv is not None:
+            sh = hbit + j - 2                               # bit hbit + j moved to bit 2
+            hb = builder.lshr(hv, c(sh)) if sh > 0 else (builder.shl(hv, c(-sh)) if sh < 0 else hv)
+            q = builder.or_(q, builder.and_(hb, c(4)))
+        q = builder.bitcast(q, _V8I32)
+        for k in range(4):
+            out.append(builder.sitofp(builder.and_(q, _const_vec(_V8I32, [0x7 << (8 * k)] * 8)), _V8F))
+    return out
+
+
+@intrinsic
+def vq3lanes(typingctx, arr, qs, hm, hbit):
+    """The 128 values of a Q3_K half-block before their -4 (0..7: 2 bits of qs bytes arr[qs:qs+32]
+    at 2j for run j, plus 4 x bit hbit + j of hmask bytes arr[hm:hm+32]) in ``vq6lanes``' layout:
+    vector 4j + k, lane i = 2**(8k) * value(32j + 4i + k).  hbit: a literal (0 or 4)."""
+    if not (_is_row(arr, types.uint8) and isinstance(qs, types.Integer) and isinstance(hm, types.Integer)
+            and isinstance(hbit, types.IntegerLiteral)):
+        return None
+    rty = types.UniTuple(f32x8, 16)
+    hb = hbit.literal_value
+
+    def cg(ctx, builder, sig, args):
+        ld = lambda k: _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[k], sig.args[k], types.intp), 32)  # noqa: E731
+        return ctx.make_tuple(builder, rty, _k23_lanes(builder, ld(1), ld(2), hb))
+    return rty(arr, qs, hm, hbit), cg
+
+
+@intrinsic
+def vq2lanes(typingctx, arr, qs):
+    """The 128 2-bit values (0..3) of a Q2_K half-block, qs bytes arr[qs:qs+32], in ``vq3lanes``'
+    layout."""
+    if not (_is_row(arr, types.uint8) and isinstance(qs, types.Integer)):
+        return None
+    rty = types.UniTuple(f32x8, 16)
+
+    def cg(ctx, builder, sig, args):
+        qv = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 32)
+        return ctx.make_tuple(builder, rty, _k23_lanes(builder, qv, None, 0))
+    return rty(arr, qs), cg
+
+
 @intrinsic
 def vpair4(typingctx, v, a, b):
     """(v[a] x 4, v[b] x 4) for literal lanes a, b: two groups' scales over ``vq6lanes``' lanes

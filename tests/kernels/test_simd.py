@@ -6,7 +6,7 @@ from numba import njit
 from rwkvcpu.kernels import dequant as dq
 from rwkvcpu.kernels import simd as S
 from rwkvcpu.kernels.simd import (dot_f32, f16at, vadd, vbits, vexp, vfma, vhsum, viq4, vkscales, vload, vload_bf16,
-                                  vload_f16, vmul, vq3scales, vq5bits, vq5u32, vnlanes, vpair4, vq6half, vq6lanes, vsigmoid, vsplat, vstore, vsub,
+                                  vload_f16, vmul, vq3scales, vq5bits, vq5u32, vnlanes, vpair4, vq2lanes, vq3lanes, vq6half, vq6lanes, vsigmoid, vsplat, vstore, vsub,
                                   vsum8, vzero)
 
 
@@ -54,7 +54,7 @@ def test_every_operation_against_numpy():
 
 
 @njit(cache=True)
-def _decoders(b, f, kscales, q3s, q6, q6l, nl, sums, pairs):
+def _decoders(b, f, kscales, q3s, q6, q6l, nl, k23, sums, pairs):
     for i in range(kscales.shape[0]):               # one 12-byte K scale group every 16 bytes
         sc, mn = vkscales(b, 16 * i)
         vstore(kscales[i, 0], 0, sc)
@@ -72,6 +72,14 @@ def _decoders(b, f, kscales, q3s, q6, q6l, nl, sums, pairs):
         w = vnlanes(b, 32 * i)
         for j in range(8):
             vstore(nl[i], 8 * j, w[j])
+    for i in range(k23.shape[0]):                   # 32 qs bytes at 64i, 32 hmask bytes after them
+        w2 = vq2lanes(b, 64 * i)
+        w3 = vq3lanes(b, 64 * i, 64 * i + 32, 0)
+        w4 = vq3lanes(b, 64 * i, 64 * i + 32, 4)
+        for j in range(16):
+            vstore(k23[i, 0], 8 * j, w2[j])
+            vstore(k23[i, 1], 8 * j, w3[j])
+            vstore(k23[i, 2], 8 * j, w4[j])
     g = vload(f, 0)
     vstore(pairs, 0, vpair4(g, 0, 1))
     vstore(pairs, 8, vpair4(g, 6, 3))
@@ -82,7 +90,7 @@ def _decoders(b, f, kscales, q3s, q6, q6l, nl, sums, pairs):
 def test_block_decoders_against_numpy():
     """vkscales (a Q4_K/Q5_K block's 8 packed 6-bit scales and mins), vq3scales (a Q3_K block's 16
     signed 6-bit scales), vq6half (128 6-bit Q6_K values), vq6lanes (the same values in their
-    32-bit lanes, scaled by 2**(8 * byte)), vnlanes (nibbles likewise), vpair4 and vsum8 (8 vectors' sums in one) against
+    32-bit lanes, scaled by 2**(8 * byte)), vnlanes (nibbles likewise), vq2lanes/vq3lanes (Q2_K/Q3_K half-blocks likewise), vpair4 and vsum8 (8 vectors' sums in one) against
     the GGML formulas written out in NumPy, on random bytes (every bit pattern of the fields
     occurs)."""
     rng = np.random.default_rng(7)
@@ -95,7 +103,8 @@ def test_block_decoders_against_numpy():
     sums = np.full(8, np.nan, np.float32)
     pairs = np.full(16, np.nan, np.float32)
     nl = np.full((100, 64), np.nan, np.float32)
-    _decoders(b, f, ks, q3s, q6, q6l, nl, sums, pairs)
+    k23 = np.full((60, 3, 128), np.nan, np.float32)
+    _decoders(b, f, ks, q3s, q6, q6l, nl, k23, sums, pairs)
     g = b[:16 * 200].reshape(200, 16).astype(np.int64)
     lo = np.arange(4)
     want_sc = np.concatenate([g[:, lo] & 63, (g[:, lo + 8] & 15) | ((g[:, lo] >> 6) << 4)], axis=1)
@@ -113,7 +122,8 @@ def test_block_decoders_against_numpy():
     # vq6lanes: vector 4p + k, lane i = 2**(8k) * value 32p + 4i + k
     p_, k_, i_ = np.meshgrid(np.arange(4), np.arange(4), np.arange(8), indexing="ij")
     src = (32 * p_ + 4 * i_ + k_).reshape(-1)
-    np.testing.assert_array_equal(q6l, want[:, src] * (2.0 ** (8 * k_.reshape(-1))))
+    k_q6 = k_.reshape(-1)
+    np.testing.assert_array_equal(q6l, want[:, src] * (2.0 ** (8 * k_q6)))
     np.testing.assert_array_equal(pairs, np.repeat(f[[0, 1, 6, 3]], 4))
     # vnlanes: vector k, lane i = 2**(8k) * low nibble of byte 4i + k; vector 4 + k the high nibble
     n32 = b[:3200].reshape(100, 32).astype(np.int64)
@@ -121,6 +131,13 @@ def test_block_decoders_against_numpy():
     byte = (4 * i_ + k_).reshape(-1)
     pw = 2.0 ** (8 * k_.reshape(-1))
     np.testing.assert_array_equal(nl, np.concatenate([(n32[:, byte] & 15) * pw, (n32[:, byte] >> 4) * pw], axis=1))
+    # vq2lanes / vq3lanes: run j = bits 2j of the qs bytes (+ 4 x hmask bit hbit + j), in vq6lanes' layout
+    g64 = b[:64 * 60].reshape(60, 64).astype(np.int64)
+    qs, hm = g64[:, :32], g64[:, 32:]
+    for which, hbit in ((0, None), (1, 0), (2, 4)):
+        vals = np.concatenate([((qs >> (2 * j)) & 3) + (0 if hbit is None else 4 * ((hm >> (hbit + j)) & 1))
+                               for j in range(4)], axis=1)
+        np.testing.assert_array_equal(k23[:, which], vals[:, src] * (2.0 ** (8 * k_q6)), err_msg=str(which))
     np.testing.assert_allclose(sums, f.reshape(8, 8).astype(np.float64).sum(1), rtol=1e-6, atol=1e-6)
 
 
