@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from . import dequant as dq
 from .simd import (dot_f32, f16at, i8q5, i8sub, prefetch, vadd, vbits, vfma, vhsum, vload, vload_bf16, vload_f16, vload_w, vmul,
-                   viq4, vkscales, vq3scales, vq5bits, vq5u32, vlane, vpair4, vq2lanes, vq3lanes, vq6half, vq6lanes, vnlanes, vsplat, vstore, vsum8, vzero, vi8f, wat)
+                   viq4, vkscales, vq3scales, vq5bits, vq5u32, vlane, vpair4, vq2lanes, vq3lanes, vq5lanes, vq6half, vq6lanes, vnlanes, vsplat, vstore, vsum8, vzero, vi8f, wat)
 
 FLAGS = {"reassoc", "contract"}
 ROWS = 8                 # rows per parallel task
@@ -161,15 +161,6 @@ def mv_q4_0(raw, x, out, lut):
                     acc = vfma(vsplat(d), s, acc)
                     accm += d * xsum[t, k]
                 out[t, r] = vhsum(acc) - np.float32(8.0) * accm
-
-
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _nib32(b, o, shift, xt, xo):
-    """The dot product of x[xo:xo+32] with the nibbles at shift of bytes o..o+31, as 8 lanes."""
-    s = vmul(vbits(b, o, shift, 15), vload(xt, xo))
-    s = vfma(vbits(b, o + 8, shift, 15), vload(xt, xo + 8), s)
-    s = vfma(vbits(b, o + 16, shift, 15), vload(xt, xo + 16), s)
-    return vfma(vbits(b, o + 24, shift, 15), vload(xt, xo + 24), s)
 
 
 @njit(cache=True, inline="always", fastmath=FLAGS)
@@ -397,92 +388,74 @@ def mv_q3_k(raw, x, out, lut):
             _q23_k_row(dq.Q3_K, raw, xq, xsum16, out, r)
 
 
-@njit(cache=True, parallel=True, fastmath=FLAGS)
-def mv_q4_k(raw, x, out, lut):
-    """xsum[t, s] (``block_sums``): sum of x[t] over 32-value sub-block s (for the dmin * min
-    term).  A block's 8 scales and mins are unpacked as two vectors (``vkscales``); each 32 bytes
-    of nibbles are converted where they lie (``vnlanes``) against x in the matching order
-    (``lanes_x_order``): every vector holds one sub-block, whose scale is broadcast into its FMA.
-    Hot, 768 x 768 on Zen 3: 29 -> 27 us (3072 x 768: 111 -> 100) against widening each 8 nibbles and reducing 8
-    sub-block sums (``vsum8``)."""
-    rows = raw.shape[0]
-    T, cols = x.shape
-    xsum = block_sums(x, 32)
-    xq = lanes_x_order(x)
-    nb = cols // 256
-    for task in prange((rows + ROWS - 1) // ROWS):
-        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
-            b = raw[r]
-            for t in range(T):
-                xt = xq[t]
-                xs = xsum[t]
-                acc0 = vzero()
-                acc1 = vzero()
-                accm = vzero()
-                for k in range(nb):
-                    o = k * 144
-                    if t == 0:
-                        _prefetch_ahead(raw, r, o, 144)
-                    sc, mn = vkscales(b, o + 4)
-                    accm = vfma(vmul(vsplat(f16at(b, o + 2)), mn), vload(xs, k * 8), accm)
-                    sc = vmul(vsplat(f16at(b, o)), sc)
-                    xo = k * 256
-                    v = vnlanes(b, o + 16)
-                    acc0 = vfma(vpair4(sc, 0, 0), _lanes32(v, 0, xt, xo), acc0)
-                    acc1 = vfma(vpair4(sc, 1, 1), _lanes32(v, 4, xt, xo + 32), acc1)
-                    v = vnlanes(b, o + 48)
-                    acc0 = vfma(vpair4(sc, 2, 2), _lanes32(v, 0, xt, xo + 64), acc0)
-                    acc1 = vfma(vpair4(sc, 3, 3), _lanes32(v, 4, xt, xo + 96), acc1)
-                    v = vnlanes(b, o + 80)
-                    acc0 = vfma(vpair4(sc, 4, 4), _lanes32(v, 0, xt, xo + 128), acc0)
-                    acc1 = vfma(vpair4(sc, 5, 5), _lanes32(v, 4, xt, xo + 160), acc1)
-                    v = vnlanes(b, o + 112)
-                    acc0 = vfma(vpair4(sc, 6, 6), _lanes32(v, 0, xt, xo + 192), acc0)
-                    acc1 = vfma(vpair4(sc, 7, 7), _lanes32(v, 4, xt, xo + 224), acc1)
-                out[t, r] = vhsum(vadd(acc0, acc1)) - vhsum(accm)
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _k45_chunk(q5, b, q, qh, c):
+    """The 64 values of 32 nibble bytes (chunk c, a literal) of a Q4_K/Q5_K block, in lanes."""
+    if q5:
+        return vq5lanes(b, q, qh, c)
+    return vnlanes(b, q)
 
 
 @njit(cache=True, inline="always", fastmath=FLAGS)
-def _q5_32(b, o, shift, qh, bit, xt, xo):
-    """The dot product of x[xo:xo+32] with the 5-bit values of bytes o..o+31 (nibbles at shift,
-    fifth bits at bit of bytes qh..qh+31), as 8 lanes."""
-    s = vmul(vq5bits(b, o, shift, qh, bit), vload(xt, xo))
-    s = vfma(vq5bits(b, o + 8, shift, qh + 8, bit), vload(xt, xo + 8), s)
-    s = vfma(vq5bits(b, o + 16, shift, qh + 16, bit), vload(xt, xo + 16), s)
-    return vfma(vq5bits(b, o + 24, shift, qh + 24, bit), vload(xt, xo + 24), s)
+def _k45_row(q5, raw, x, xsum, out, r):
+    """Q4_K and Q5_K.  xsum[t, s] (``block_sums``): sum of x[t] over 32-value sub-block s (for
+    the dmin * min term).  A block's 8 scales and mins are unpacked as two vectors
+    (``vkscales``); each 32 bytes of nibbles (Q5_K: with their fifth bits, bit sb of qh[i] for
+    sub-block sb) are converted where they lie (``vnlanes``, ``vq5lanes``) against x in the
+    matching order (x: ``lanes_x_order``): every vector holds one sub-block, whose scale is
+    broadcast into its FMA.  Hot, 768 x 768 on Zen 3, against widening each 8 values and
+    reducing 8 sub-block sums (``vsum8``): Q4_K 29 -> 27 us, Q5_K 40 -> 30 us."""
+    T, cols = x.shape
+    bs = 176 if q5 else 144
+    qo = 48 if q5 else 16
+    nb = cols // 256
+    b = raw[r]
+    for t in range(T):
+        xt = x[t]
+        xs = xsum[t]
+        acc0 = vzero()
+        acc1 = vzero()
+        accm = vzero()
+        for k in range(nb):
+            o = k * bs
+            if t == 0:
+                _prefetch_ahead(raw, r, o, bs)
+            sc, mn = vkscales(b, o + 4)
+            accm = vfma(vmul(vsplat(f16at(b, o + 2)), mn), vload(xs, k * 8), accm)
+            sc = vmul(vsplat(f16at(b, o)), sc)
+            xo = k * 256
+            q = o + qo
+            v = _k45_chunk(q5, b, q, o + 16, 0)
+            acc0 = vfma(vpair4(sc, 0, 0), _lanes32(v, 0, xt, xo), acc0)
+            acc1 = vfma(vpair4(sc, 1, 1), _lanes32(v, 4, xt, xo + 32), acc1)
+            v = _k45_chunk(q5, b, q + 32, o + 16, 1)
+            acc0 = vfma(vpair4(sc, 2, 2), _lanes32(v, 0, xt, xo + 64), acc0)
+            acc1 = vfma(vpair4(sc, 3, 3), _lanes32(v, 4, xt, xo + 96), acc1)
+            v = _k45_chunk(q5, b, q + 64, o + 16, 2)
+            acc0 = vfma(vpair4(sc, 4, 4), _lanes32(v, 0, xt, xo + 128), acc0)
+            acc1 = vfma(vpair4(sc, 5, 5), _lanes32(v, 4, xt, xo + 160), acc1)
+            v = _k45_chunk(q5, b, q + 96, o + 16, 3)
+            acc0 = vfma(vpair4(sc, 6, 6), _lanes32(v, 0, xt, xo + 192), acc0)
+            acc1 = vfma(vpair4(sc, 7, 7), _lanes32(v, 4, xt, xo + 224), acc1)
+        out[t, r] = vhsum(vadd(acc0, acc1)) - vhsum(accm)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mv_q4_k(raw, x, out, lut):
+    xsum = block_sums(x, 32)
+    xq = lanes_x_order(x)
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
+            _k45_row(False, raw, xq, xsum, out, r)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mv_q5_k(raw, x, out, lut):
-    """Q5_K as ``mv_q4_k``, with each value's fifth bit (bit sb of qh[i] for sub-block sb) or-ed in
-    before the conversion (``vq5bits``)."""
-    rows = raw.shape[0]
-    T, cols = x.shape
     xsum = block_sums(x, 32)
-    nb = cols // 256
-    for task in prange((rows + ROWS - 1) // ROWS):
-        for r in range(task * ROWS, min(rows, task * ROWS + ROWS)):
-            b = raw[r]
-            for t in range(T):
-                xt = x[t]
-                xs = xsum[t]
-                acc = vzero()
-                accm = vzero()
-                for k in range(nb):
-                    o = k * 176
-                    if t == 0:
-                        _prefetch_ahead(raw, r, o, 176)
-                    sc, mn = vkscales(b, o + 4)
-                    accm = vfma(vmul(vsplat(f16at(b, o + 2)), mn), vload(xs, k * 8), accm)
-                    q = o + 48
-                    h = o + 16
-                    xo = k * 256
-                    s = vsum8(_q5_32(b, q, 0, h, 0, xt, xo), _q5_32(b, q, 4, h, 1, xt, xo + 32),
-                              _q5_32(b, q + 32, 0, h, 2, xt, xo + 64), _q5_32(b, q + 32, 4, h, 3, xt, xo + 96),
-                              _q5_32(b, q + 64, 0, h, 4, xt, xo + 128), _q5_32(b, q + 64, 4, h, 5, xt, xo + 160),
-                              _q5_32(b, q + 96, 0, h, 6, xt, xo + 192), _q5_32(b, q + 96, 4, h, 7, xt, xo + 224))
-                    acc = vfma(vmul(vsplat(f16at(b, o)), sc), s, acc)
-                out[t, r] = vhsum(acc) - vhsum(accm)
+    xq = lanes_x_order(x)
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
+            _k45_row(True, raw, xq, xsum, out, r)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)

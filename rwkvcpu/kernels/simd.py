@@ -327,6 +327,33 @@ def vq2lanes(typingctx, arr, qs):
 
 
 @intrinsic
+def vq5lanes(typingctx, arr, qs, qh, c):
+    """The 64 5-bit values of 32 bytes of a Q5_K block's nibbles (arr[qs:qs+32], chunk c, a
+    literal 0..3) in ``vnlanes``' layout: vectors 0-3 the low nibbles with bit 2c of the qh bytes
+    arr[qh:qh+32] as their fifth bit, vectors 4-7 the high nibbles with bit 2c + 1."""
+    if not (_is_row(arr, types.uint8) and isinstance(qs, types.Integer) and isinstance(qh, types.Integer)
+            and isinstance(c, types.IntegerLiteral)):
+        return None
+    rty = types.UniTuple(f32x8, 8)
+    ci = c.literal_value
+
+    def cg(ctx, builder, sig, args):
+        ld = lambda k: _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[k], sig.args[k], types.intp), 32)  # noqa: E731
+        q, h = ld(1), ld(2)
+        cb = lambda n: ir.Constant(_V32I8, [n] * 32)     # noqa: E731
+        out = []
+        for half in range(2):
+            nib = builder.and_(q, cb(15)) if half == 0 else builder.lshr(q, cb(4))
+            sh = 2 * ci + half - 4                          # bit 2c + half of qh moved to bit 4
+            hb = builder.lshr(h, cb(sh)) if sh > 0 else (builder.shl(h, cb(-sh)) if sh < 0 else h)
+            v = builder.bitcast(builder.or_(nib, builder.and_(hb, cb(16))), _V8I32)
+            for k in range(4):
+                out.append(builder.sitofp(builder.and_(v, _const_vec(_V8I32, [0x1F << (8 * k)] * 8)), _V8F))
+        return ctx.make_tuple(builder, rty, out)
+    return rty(arr, qs, qh, c), cg
+
+
+@intrinsic
 def vpair4(typingctx, v, a, b):
     """(v[a] x 4, v[b] x 4) for literal lanes a, b: two groups' scales over ``vq6lanes``' lanes
     (a == b: a broadcast)."""

@@ -6,7 +6,7 @@ from numba import njit
 from rwkvcpu.kernels import dequant as dq
 from rwkvcpu.kernels import simd as S
 from rwkvcpu.kernels.simd import (dot_f32, f16at, vadd, vbits, vexp, vfma, vhsum, viq4, vkscales, vload, vload_bf16,
-                                  vload_f16, vmul, vq3scales, vq5bits, vq5u32, vnlanes, vpair4, vq2lanes, vq3lanes, vq6half, vq6lanes, vsigmoid, vsplat, vstore, vsub,
+                                  vload_f16, vmul, vq3scales, vq5bits, vq5u32, vnlanes, vpair4, vq2lanes, vq3lanes, vq5lanes, vq6half, vq6lanes, vsigmoid, vsplat, vstore, vsub,
                                   vsum8, vzero)
 
 
@@ -54,7 +54,7 @@ def test_every_operation_against_numpy():
 
 
 @njit(cache=True)
-def _decoders(b, f, kscales, q3s, q6, q6l, nl, k23, sums, pairs):
+def _decoders(b, f, kscales, q3s, q6, q6l, nl, k23, q5l, sums, pairs):
     for i in range(kscales.shape[0]):               # one 12-byte K scale group every 16 bytes
         sc, mn = vkscales(b, 16 * i)
         vstore(kscales[i, 0], 0, sc)
@@ -80,6 +80,16 @@ def _decoders(b, f, kscales, q3s, q6, q6l, nl, k23, sums, pairs):
             vstore(k23[i, 0], 8 * j, w2[j])
             vstore(k23[i, 1], 8 * j, w3[j])
             vstore(k23[i, 2], 8 * j, w4[j])
+    for i in range(q5l.shape[0]):                   # 32 nibble bytes at 64i, 32 qh bytes after them, chunks 0..3
+        w0 = vq5lanes(b, 64 * i, 64 * i + 32, 0)
+        w1 = vq5lanes(b, 64 * i, 64 * i + 32, 1)
+        w2 = vq5lanes(b, 64 * i, 64 * i + 32, 2)
+        w3 = vq5lanes(b, 64 * i, 64 * i + 32, 3)
+        for j in range(8):
+            vstore(q5l[i, 0], 8 * j, w0[j])
+            vstore(q5l[i, 1], 8 * j, w1[j])
+            vstore(q5l[i, 2], 8 * j, w2[j])
+            vstore(q5l[i, 3], 8 * j, w3[j])
     g = vload(f, 0)
     vstore(pairs, 0, vpair4(g, 0, 1))
     vstore(pairs, 8, vpair4(g, 6, 3))
@@ -90,7 +100,7 @@ def _decoders(b, f, kscales, q3s, q6, q6l, nl, k23, sums, pairs):
 def test_block_decoders_against_numpy():
     """vkscales (a Q4_K/Q5_K block's 8 packed 6-bit scales and mins), vq3scales (a Q3_K block's 16
     signed 6-bit scales), vq6half (128 6-bit Q6_K values), vq6lanes (the same values in their
-    32-bit lanes, scaled by 2**(8 * byte)), vnlanes (nibbles likewise), vq2lanes/vq3lanes (Q2_K/Q3_K half-blocks likewise), vpair4 and vsum8 (8 vectors' sums in one) against
+    32-bit lanes, scaled by 2**(8 * byte)), vnlanes (nibbles likewise), vq2lanes/vq3lanes (Q2_K/Q3_K half-blocks likewise), vq5lanes (Q5_K nibbles with their fifth bits), vpair4 and vsum8 (8 vectors' sums in one) against
     the GGML formulas written out in NumPy, on random bytes (every bit pattern of the fields
     occurs)."""
     rng = np.random.default_rng(7)
@@ -104,7 +114,8 @@ def test_block_decoders_against_numpy():
     pairs = np.full(16, np.nan, np.float32)
     nl = np.full((100, 64), np.nan, np.float32)
     k23 = np.full((60, 3, 128), np.nan, np.float32)
-    _decoders(b, f, ks, q3s, q6, q6l, nl, k23, sums, pairs)
+    q5l = np.full((60, 4, 64), np.nan, np.float32)
+    _decoders(b, f, ks, q3s, q6, q6l, nl, k23, q5l, sums, pairs)
     g = b[:16 * 200].reshape(200, 16).astype(np.int64)
     lo = np.arange(4)
     want_sc = np.concatenate([g[:, lo] & 63, (g[:, lo + 8] & 15) | ((g[:, lo] >> 6) << 4)], axis=1)
@@ -138,6 +149,11 @@ def test_block_decoders_against_numpy():
         vals = np.concatenate([((qs >> (2 * j)) & 3) + (0 if hbit is None else 4 * ((hm >> (hbit + j)) & 1))
                                for j in range(4)], axis=1)
         np.testing.assert_array_equal(k23[:, which], vals[:, src] * (2.0 ** (8 * k_q6)), err_msg=str(which))
+    # vq5lanes: chunk c, low nibbles + 16 x bit 2c of qh, high nibbles + 16 x bit 2c + 1
+    for c in range(4):
+        lo = (qs & 15) | (((hm >> (2 * c)) & 1) << 4)
+        hi = (qs >> 4) | (((hm >> (2 * c + 1)) & 1) << 4)
+        np.testing.assert_array_equal(q5l[:, c], np.concatenate([lo[:, byte] * pw, hi[:, byte] * pw], axis=1), err_msg=str(c))
     np.testing.assert_allclose(sums, f.reshape(8, 8).astype(np.float64).sum(1), rtol=1e-6, atol=1e-6)
 
 
