@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from . import dequant as dq
 from .simd import (dot_f32, f16at, i8q5, i8sub, prefetch, vadd, vbits, vfma, vhsum, vload, vload_bf16, vload_f16, vload_w, vmul,
-                   viq4, vkscales, vq3scales, vq5bits, vq5u32, vlane, vpair4, vq2lanes, vq3lanes, vq5lanes, vq6half, vq6lanes, vnlanes, vsplat, vstore, vsum8, vzero, vi8f, wat)
+                   viq4, vkscales, vq3scales, vq5bits, vq5u32, vlane, vpair4, vq2lanes, vq3lanes, vq5lanes, vq6half, vq6lanes, vnlanes, viq4lanes, vxs_scales, vsplat, vstore, vsum8, vzero, vi8f, wat)
 
 FLAGS = {"reassoc", "contract"}
 ROWS = 8                 # rows per parallel task
@@ -208,41 +208,81 @@ def _q501_row(qtype, raw, x, xsum, out, r):
         out[t, r] = vhsum(acc) + accm
 
 
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _iq4_row(qtype, raw, x, out, r):
-    """IQ4_NL (32-value blocks, one scale) and IQ4_XS (256-value blocks, 8 signed 6-bit sub-block
-    scales): nibbles looked up in the kvalues table in registers (``viq4``), no offset term."""
+@njit(cache=True)
+def iq4_x_order(x):
+    """x's rows in the order ``viq4lanes`` is read in: per pair of 32-value runs (A, B), vector
+    v = 4h + k, lane 4j + i holds x[run j, 16h + 4i + k] / IQ4_LANE_SCALE[k] (exact)."""
     T, cols = x.shape
-    xs = qtype == dq.IQ4_XS
-    bs = 136 if xs else 18
-    nb = cols // (256 if xs else 32)
+    out = x.copy()
+    for t in range(T):
+        for p in range(0, cols - cols % 64, 64):
+            for h in range(2):
+                for k in range(4):
+                    s = np.float32(1.0) if k < 2 else np.float32(2.0 ** (8 - 8 * k))
+                    for j in range(2):
+                        for i in range(4):
+                            out[t, p + 8 * (4 * h + k) + 4 * j + i] = x[t, p + 32 * j + 16 * h + 4 * i + k] * s
+    return out
+
+
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _iq4xs_pair(sc, b, q, xt, xo, acc0, acc1, a, c):
+    """Sub-blocks a, c (literals) of an IQ4_XS block: their 32 bytes at q, x at xo (64 values)."""
+    v = viq4lanes(b, q, q + 16)
+    s2 = vpair4(sc, a, c)
+    return vfma(s2, _lanes32(v, 0, xt, xo), acc0), vfma(s2, _lanes32(v, 4, xt, xo + 32), acc1)
+
+
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _iq4xs_row(raw, x, xsum, out, r):
+    """IQ4_XS (256-value blocks, 8 signed 6-bit sub-block scales, ``vxs_scales``): two 32-value
+    sub-blocks (32 bytes) at a time, their nibbles looked up (kvalues + 128) and converted where
+    they lie in 32-bit lanes (``viq4lanes``) against x in the matching order (x:
+    ``iq4_x_order``); the +128 comes off through the sub-blocks' sums of the original x (xsum).
+    Hot, 768 x 768 on Zen 3: 37 -> 27 us against ``viq4`` (look up, widen 8 values at a time).
+    IQ4_NL keeps ``viq4``: its 18-byte blocks pair only through two loads, two scale
+    conversions and a shuffle, and the pairs ran no faster (37.8 against 36.6 us)."""
+    T, cols = x.shape
+    b = raw[r]
+    for t in range(T):
+        xt = x[t]
+        xst = xsum[t]
+        acc0 = vzero()
+        acc1 = vzero()
+        accm = vzero()
+        for k in range(cols // 256):
+            o = k * 136
+            if t == 0:
+                _prefetch_ahead(raw, r, o, 136)
+            sc = vmul(vsplat(f16at(b, o)), vxs_scales(b, o))
+            accm = vfma(sc, vload(xst, 8 * k), accm)
+            xo = k * 256
+            acc0, acc1 = _iq4xs_pair(sc, b, o + 8, xt, xo, acc0, acc1, 0, 1)
+            acc0, acc1 = _iq4xs_pair(sc, b, o + 40, xt, xo + 64, acc0, acc1, 2, 3)
+            acc0, acc1 = _iq4xs_pair(sc, b, o + 72, xt, xo + 128, acc0, acc1, 4, 5)
+            acc0, acc1 = _iq4xs_pair(sc, b, o + 104, xt, xo + 192, acc0, acc1, 6, 7)
+        out[t, r] = vhsum(vadd(acc0, acc1)) - np.float32(128.0) * vhsum(accm)
+
+
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _iq4_row(raw, x, out, r):
+    """IQ4_NL (32-value blocks, one scale): nibbles looked up in the kvalues table in registers
+    (``viq4``), no offset term."""
+    T, cols = x.shape
     b = raw[r]
     for t in range(T):
         xt = x[t]
         acc = vzero()
-        for k in range(nb):
-            o = k * bs
-            if t == 0 and (xs or k % 2 == 0):
-                _prefetch_ahead(raw, r, o, bs if xs else 2 * bs)
-            d = f16at(b, o)
-            if xs:
-                sh = np.int32(b[o + 2]) | (np.int32(b[o + 3]) << 8)
-                for sb in range(8):
-                    ls = ((b[o + 4 + sb // 2] >> (4 * (sb % 2))) & 15) | (((sh >> (2 * sb)) & 3) << 4)
-                    q = o + 8 + sb * 16
-                    xo = k * 256 + sb * 32
-                    s = vmul(viq4(b, q, 0), vload(xt, xo))
-                    s = vfma(viq4(b, q + 8, 0), vload(xt, xo + 8), s)
-                    s = vfma(viq4(b, q, 4), vload(xt, xo + 16), s)
-                    s = vfma(viq4(b, q + 8, 4), vload(xt, xo + 24), s)
-                    acc = vfma(vsplat(d * np.float32(np.int32(ls) - 32)), s, acc)
-            else:
-                xo = k * 32
-                s = vmul(viq4(b, o + 2, 0), vload(xt, xo))
-                s = vfma(viq4(b, o + 10, 0), vload(xt, xo + 8), s)
-                s = vfma(viq4(b, o + 2, 4), vload(xt, xo + 16), s)
-                s = vfma(viq4(b, o + 10, 4), vload(xt, xo + 24), s)
-                acc = vfma(vsplat(d), s, acc)
+        for k in range(cols // 32):
+            o = k * 18
+            if t == 0 and k % 2 == 0:
+                _prefetch_ahead(raw, r, o, 36)
+            xo = k * 32
+            s = vmul(viq4(b, o + 2, 0), vload(xt, xo))
+            s = vfma(viq4(b, o + 10, 0), vload(xt, xo + 8), s)
+            s = vfma(viq4(b, o + 2, 4), vload(xt, xo + 16), s)
+            s = vfma(viq4(b, o + 10, 4), vload(xt, xo + 24), s)
+            acc = vfma(vsplat(f16at(b, o)), s, acc)
         out[t, r] = vhsum(acc)
 
 
@@ -360,14 +400,16 @@ def mv_q5_1(raw, x, out, lut):
 def mv_iq4_nl(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
-            _iq4_row(dq.IQ4_NL, raw, x, out, r)
+            _iq4_row(raw, x, out, r)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mv_iq4_xs(raw, x, out, lut):
+    xsum = block_sums(x, 32)
+    xq = iq4_x_order(x)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
-            _iq4_row(dq.IQ4_XS, raw, x, out, r)
+            _iq4xs_row(raw, xq, xsum, out, r)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)

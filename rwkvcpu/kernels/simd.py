@@ -353,6 +353,70 @@ def vq5lanes(typingctx, arr, qs, qh, c):
     return rty(arr, qs, qh, c), cg
 
 
+def _kv_lookup(builder, q, table):
+    """table[q] for 32 byte indices q < 16 (one ``vpshufb`` with AVX2, compare-selects elsewhere)."""
+    if AVX2:
+        return _x86(builder, "llvm.x86.avx2.pshuf.b", _V32I8, [_const_vec(_V32I8, table * 2), q])
+    val = _const_vec(_V32I8, [0] * 32)
+    for n, kv in enumerate(table):
+        val = builder.select(builder.icmp_unsigned("==", q, _const_vec(_V32I8, [n] * 32)), _const_vec(_V32I8, [kv] * 32), val)
+    return val
+
+
+IQ4_LANE_SCALE = (1.0, 1.0, 2.0 ** 8, 2.0 ** 16)   # vector k of viq4lanes carries value * this
+
+
+@intrinsic
+def viq4lanes(typingctx, arr, i0, i1):
+    """IQ4_NL's kvalues + 128 (unsigned, 1..241) of the nibbles of two 16-byte runs (arr[i0:i0+16]
+    in lanes 0-3, arr[i1:i1+16] in lanes 4-7: two IQ4_XS sub-blocks), converted
+    where they lie in 32-bit lanes: vector k (< 4), lane 4j + i = IQ4_LANE_SCALE[k] *
+    (kvalue(low nibble of byte 4i + k of run j) + 128); vectors 4-7 the high nibbles.  Byte 0 is
+    masked, bytes 1-3 masked after one 8-bit shift (byte 3 masked in place would be the sign
+    bit).  The caller subtracts 128 x the runs' sums of x."""
+    if not (_is_row(arr, types.uint8) and isinstance(i0, types.Integer) and isinstance(i1, types.Integer)):
+        return None
+    from .dequant import KVALUES_IQ4
+    table = [(int(v) + 128) for v in KVALUES_IQ4]
+    table = [t - 256 if t > 127 else t for t in table]       # as signed bytes for the IR constant
+    rty = types.UniTuple(f32x8, 8)
+
+    def cg(ctx, builder, sig, args):
+        ld = lambda k: _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[k], sig.args[k], types.intp), 16)  # noqa: E731
+        v = builder.shuffle_vector(ld(1), ld(2), _const_vec(ir.VectorType(_I32, 32), range(32)))
+        c = lambda n: ir.Constant(_V32I8, [n] * 32)     # noqa: E731
+        out = []
+        for nib in (builder.and_(v, c(15)), builder.and_(builder.lshr(v, c(4)), c(15))):
+            w = builder.bitcast(_kv_lookup(builder, nib, table), _V8I32)
+            w8 = builder.lshr(w, _const_vec(_V8I32, [8] * 8))
+            for src, m in ((w, 0xFF), (w8, 0xFF), (w8, 0xFF00), (w8, 0xFF0000)):
+                out.append(builder.sitofp(builder.and_(src, _const_vec(_V8I32, [m] * 8)), _V8F))
+        return ctx.make_tuple(builder, rty, out)
+    return rty(arr, i0, i1), cg
+
+
+@intrinsic
+def vxs_scales(typingctx, arr, idx):
+    """The 8 signed 6-bit sub-block scales (ls - 32) of the IQ4_XS block at idx, as float32:
+    ls = ((arr[idx + 4 + sb // 2] >> 4 (sb % 2)) & 15) | ((scales_h >> 2 sb) & 3) << 4, scales_h
+    the uint16 at idx + 2.  Reads 8 bytes."""
+    if not (_is_row(arr, types.uint8) and isinstance(idx, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 8)
+        und = ir.Constant(v.type, ir.Undefined)
+        c = lambda vals: _const_vec(_V8I32, vals)       # noqa: E731
+        lo = builder.zext(builder.shuffle_vector(v, und, _const_vec(ir.VectorType(_I32, 8), [4, 4, 5, 5, 6, 6, 7, 7])), _V8I32)
+        lo = builder.and_(builder.lshr(lo, c([0, 4] * 4)), c([15] * 8))
+        h16 = builder.or_(builder.zext(builder.extract_element(v, ir.Constant(_I32, 2)), _I32),
+                          builder.shl(builder.zext(builder.extract_element(v, ir.Constant(_I32, 3)), _I32), ir.Constant(_I32, 8)))
+        hi = builder.and_(builder.lshr(_splat(builder, h16, _V8I32), c([2 * i for i in range(8)])), c([3] * 8))
+        ls = builder.or_(lo, builder.shl(hi, c([4] * 8)))
+        return builder.sitofp(builder.sub(ls, c([32] * 8)), _V8F)
+    return f32x8(arr, idx), cg
+
+
 @intrinsic
 def vpair4(typingctx, v, a, b):
     """(v[a] x 4, v[b] x 4) for literal lanes a, b: two groups' scales over ``vq6lanes``' lanes
@@ -1241,13 +1305,7 @@ def i8iq4(typingctx, arr, idx):
 
     def cg(ctx, builder, sig, args):
         q = _nib16(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp))
-        if AVX2:
-            return _x86(builder, "llvm.x86.avx2.pshuf.b", _V32I8, [_const_vec(_V32I8, table * 2), q])
-        val = _const_vec(_V32I8, [0] * 32)
-        for n, kv in enumerate(table):
-            hit = builder.icmp_unsigned("==", q, _const_vec(_V32I8, [n] * 32))
-            val = builder.select(hit, _const_vec(_V32I8, [kv] * 32), val)
-        return val
+        return _kv_lookup(builder, q, table)
     return i8x32(arr, idx), cg
 
 

@@ -6,7 +6,7 @@ from numba import njit
 from rwkvcpu.kernels import dequant as dq
 from rwkvcpu.kernels import simd as S
 from rwkvcpu.kernels.simd import (dot_f32, f16at, vadd, vbits, vexp, vfma, vhsum, viq4, vkscales, vload, vload_bf16,
-                                  vload_f16, vmul, vq3scales, vq5bits, vq5u32, vnlanes, vpair4, vq2lanes, vq3lanes, vq5lanes, vq6half, vq6lanes, vsigmoid, vsplat, vstore, vsub,
+                                  vload_f16, vmul, vq3scales, vq5bits, vq5u32, viq4lanes, vnlanes, vpair4, vq2lanes, vq3lanes, vq5lanes, vq6half, vxs_scales, vq6lanes, vsigmoid, vsplat, vstore, vsub,
                                   vsum8, vzero)
 
 
@@ -54,7 +54,7 @@ def test_every_operation_against_numpy():
 
 
 @njit(cache=True)
-def _decoders(b, f, kscales, q3s, q6, q6l, nl, k23, q5l, sums, pairs):
+def _decoders(b, f, kscales, q3s, q6, q6l, nl, k23, q5l, iql, xss, sums, pairs):
     for i in range(kscales.shape[0]):               # one 12-byte K scale group every 16 bytes
         sc, mn = vkscales(b, 16 * i)
         vstore(kscales[i, 0], 0, sc)
@@ -90,6 +90,11 @@ def _decoders(b, f, kscales, q3s, q6, q6l, nl, k23, q5l, sums, pairs):
             vstore(q5l[i, 1], 8 * j, w1[j])
             vstore(q5l[i, 2], 8 * j, w2[j])
             vstore(q5l[i, 3], 8 * j, w3[j])
+    for i in range(iql.shape[0]):                   # two 16-byte runs: at 40i and 40i + 20
+        w = viq4lanes(b, 40 * i, 40 * i + 20)
+        for j in range(8):
+            vstore(iql[i], 8 * j, w[j])
+        vstore(xss[i], 0, vxs_scales(b, 40 * i))
     g = vload(f, 0)
     vstore(pairs, 0, vpair4(g, 0, 1))
     vstore(pairs, 8, vpair4(g, 6, 3))
@@ -100,7 +105,7 @@ def _decoders(b, f, kscales, q3s, q6, q6l, nl, k23, q5l, sums, pairs):
 def test_block_decoders_against_numpy():
     """vkscales (a Q4_K/Q5_K block's 8 packed 6-bit scales and mins), vq3scales (a Q3_K block's 16
     signed 6-bit scales), vq6half (128 6-bit Q6_K values), vq6lanes (the same values in their
-    32-bit lanes, scaled by 2**(8 * byte)), vnlanes (nibbles likewise), vq2lanes/vq3lanes (Q2_K/Q3_K half-blocks likewise), vq5lanes (Q5_K nibbles with their fifth bits), vpair4 and vsum8 (8 vectors' sums in one) against
+    32-bit lanes, scaled by 2**(8 * byte)), vnlanes (nibbles likewise), vq2lanes/vq3lanes (Q2_K/Q3_K half-blocks likewise), vq5lanes (Q5_K nibbles with their fifth bits), viq4lanes (IQ4 kvalues + 128 likewise), vxs_scales (IQ4_XS's 8 sub-block scales), vpair4 and vsum8 (8 vectors' sums in one) against
     the GGML formulas written out in NumPy, on random bytes (every bit pattern of the fields
     occurs)."""
     rng = np.random.default_rng(7)
@@ -115,7 +120,9 @@ def test_block_decoders_against_numpy():
     nl = np.full((100, 64), np.nan, np.float32)
     k23 = np.full((60, 3, 128), np.nan, np.float32)
     q5l = np.full((60, 4, 64), np.nan, np.float32)
-    _decoders(b, f, ks, q3s, q6, q6l, nl, k23, q5l, sums, pairs)
+    iql = np.full((90, 64), np.nan, np.float32)
+    xss = np.full((90, 8), np.nan, np.float32)
+    _decoders(b, f, ks, q3s, q6, q6l, nl, k23, q5l, iql, xss, sums, pairs)
     g = b[:16 * 200].reshape(200, 16).astype(np.int64)
     lo = np.arange(4)
     want_sc = np.concatenate([g[:, lo] & 63, (g[:, lo + 8] & 15) | ((g[:, lo] >> 6) << 4)], axis=1)
@@ -154,6 +161,24 @@ def test_block_decoders_against_numpy():
         lo = (qs & 15) | (((hm >> (2 * c)) & 1) << 4)
         hi = (qs >> 4) | (((hm >> (2 * c + 1)) & 1) << 4)
         np.testing.assert_array_equal(q5l[:, c], np.concatenate([lo[:, byte] * pw, hi[:, byte] * pw], axis=1), err_msg=str(c))
+    # viq4lanes: vector 4h + k, lane 4j + i = IQ4_LANE_SCALE[k] * (kvalue(nibble h of byte 4i + k of run j) + 128)
+    from rwkvcpu.kernels.dequant import KVALUES_IQ4
+    kv = KVALUES_IQ4.astype(np.int64) + 128
+    g40 = b[:40 * 90].reshape(90, 40).astype(np.int64)
+    runs = [g40[:, 0:16], g40[:, 20:36]]
+    want_iq = np.empty((90, 64))
+    for h in range(2):
+        for k in range(4):
+            for j in range(2):
+                for i in range(4):
+                    nib = (runs[j][:, 4 * i + k] >> (4 * h)) & 15
+                    want_iq[:, 8 * (4 * h + k) + 4 * j + i] = kv[nib] * S.IQ4_LANE_SCALE[k]
+    np.testing.assert_array_equal(iql, want_iq)
+    # vxs_scales: ls - 32, ls = 4 bits of scales_l | 2 bits of scales_h << 4
+    sh = g40[:, 2] | (g40[:, 3] << 8)
+    sbi = np.arange(8)
+    ls = ((g40[:, 4 + sbi // 2] >> (4 * (sbi % 2))) & 15) | (((sh[:, None] >> (2 * sbi)) & 3) << 4)
+    np.testing.assert_array_equal(xss, ls - 32)
     np.testing.assert_allclose(sums, f.reshape(8, 8).astype(np.float64).sum(1), rtol=1e-6, atol=1e-6)
 
 
