@@ -99,6 +99,9 @@ def test_llama_mode_decode_path_reproduces_llama_cpp(typ):
         st = m.new_state()
         out[num] = np.stack([m.forward([int(t)], st)[0] for t in toks])
     ll, le = out["llama"], out["exact"]
+    # The exact decode path (float32 activations: the in-lane float kernels of every type) on the
+    # exact-dequantization reference, to the model test's tolerance (tests/test_model.py EXACT_TOL).
+    assert np.abs(le - ref["seqlong_exact_logits"][:24]).max() <= 2e-4
     assert np.abs(ll[0] - L[0]).max() <= 2e-5
     assert np.abs(le[0] - L[0]).max() > 1e-2
     assert np.abs(ll - L).max() <= np.abs(le - L).max()
