@@ -137,3 +137,43 @@ def test_decode_matvec_every_file_type(typ):
             # float32 dot products of length <= 1024 with per-block scales factored out
             np.testing.assert_allclose(K.matmul(x, W), ref, atol=2e-5 * np.abs(ref).max() + 1e-6,
                                        err_msg=f"{typ} {W.name} T={T}")
+
+
+# (block bytes, where the block's f16 scales are) for random blocks of the in-lane types
+_LANE_TYPES = {dq.Q6_K: (210, [(208, 1)]), dq.Q4_K: (144, [(0, 2)]), dq.Q5_K: (176, [(0, 2)]),
+               dq.Q3_K: (110, [(108, 1)]), dq.Q2_K: (84, [(80, 2)]), dq.IQ4_XS: (136, [(0, 1)])}
+
+
+def _random_blocks(qtype, rows, cols, rng):
+    """Random bytes as rows of qtype blocks (every bit pattern of the packed fields occurs), with
+    finite f16 scales."""
+    bs, scales = _LANE_TYPES[qtype]
+    raw = rng.integers(0, 256, size=(rows, cols // 256 * bs), dtype=np.uint8)
+    blocks = raw.reshape(rows, -1, bs)
+    for off, n in scales:
+        h = (rng.random((rows, blocks.shape[1], n)) * 0.02).astype(np.float16)
+        blocks[:, :, off:off + 2 * n] = h.view(np.uint8).reshape(rows, -1, 2 * n)
+    raw.setflags(write=False)
+    return raw
+
+
+@pytest.mark.parametrize("qtype", list(_LANE_TYPES), ids=lambda q: dq.TYPE_NAMES[q])
+def test_in_lane_kernels_single_and_batched_against_float64(qtype):
+    """The exact kernels that convert values where they lie in 32-bit lanes (x read in a matching
+    order): the one-or-two-row kernels (T = 1, 2) and the batched ones (``mvb_*``: two rows
+    dequantized in lane order, T = 3, 8 and 11, the last through ``tiles2``'s 4-row tiles and a
+    remainder), on random blocks, 13 rows (an odd last row) x 512 columns.  Float32 products of
+    length 512 with the offsets (Q6_K's -32, Q3_K's -4, IQ4_XS's +128) applied through group
+    sums or to the weights: 2e-5 of the largest output (measured 1-5e-7)."""
+    from rwkvcpu.kernels import matvec as MV
+    rng = np.random.default_rng(int(qtype))
+    raw = _random_blocks(qtype, 13, 512, rng)
+    W = QTensor("w", qtype, (13, 512), raw)
+    ref_w = W.dequantize().astype(np.float64)
+    for T in (1, 2, 3, 8, 11):
+        x = rand(T, 512)
+        ref = x.astype(np.float64) @ ref_w.T
+        got = K.matmul(x, W)
+        np.testing.assert_allclose(got, ref, atol=2e-5 * np.abs(ref).max(), err_msg=f"T={T}")
+        if T >= MV.BATCH_T:
+            assert qtype in MV._LANES_BATCH          # the batched in-lane kernel is the one tested
