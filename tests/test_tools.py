@@ -46,3 +46,17 @@ def test_bench_runs_end_to_end_and_reports_rss_through_decode(tmp_path):
         assert 0 < e["decode_rss_mb"] <= e["peak_rss_mb"]
     assert "llama.cpp not installed: skipped" in r.stderr
     assert "batched/single decode" in r.stdout and "peak RSS through decode = file +" in r.stdout
+
+
+def test_bench_names_a_missing_model_file(tmp_path, capsys):
+    """A model path that does not exist is an argument error naming the option and the path, not a
+    traceback from a worker process."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bench
+    import pytest
+    missing = tmp_path / "nope.gguf"
+    with pytest.raises(SystemExit) as e:
+        bench.main(["-m", str(missing), "--no-cold-start"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and str(missing) in err and "no such file" in err

@@ -250,6 +250,10 @@ def main(argv=None):
         res["peak_rss_mb"] = _rss_mb()
         print(json.dumps(res))
         return
+    if not os.path.isfile(a.model):
+        ap.error(f"--model: {a.model}: no such file")
+    if a.pth and not os.path.isfile(a.pth):
+        ap.error(f"--pth: {a.pth}: no such file")
     nums = [n.strip() for n in a.numerics.split(",") if n.strip()]
     bad = [n for n in nums if n not in ("exact", "llama")]
     if bad or not nums:
