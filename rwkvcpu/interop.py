@@ -56,8 +56,9 @@ def read_peft_state(path: str, obj=None) -> State:
 
 # --- writing a torch zip with a list of float32 tensors, opcode by opcode ----------------------
 
-def _pickle_tensor_list(shapes) -> bytes:
-    """Protocol-2 pickle of [tensor, ...] as torch.save writes it (storage keys '0', '1', ...)."""
+def _pickle_tensor_list(shapes, names=None) -> bytes:
+    """Protocol-2 pickle of [tensor, ...] (or, with names, {name: tensor, ...}) as torch.save
+    writes it (storage keys '0', '1', ...)."""
     out = io.BytesIO()
     w = out.write
 
@@ -68,8 +69,10 @@ def _pickle_tensor_list(shapes) -> bytes:
     def i(n: int):
         w(b"J" + struct.pack("<i", n))   # BININT
 
-    w(b"\x80\x02]q\x00(")                # PROTO 2, EMPTY_LIST, BINPUT 0, MARK
+    w(b"\x80\x02]q\x00(" if names is None else b"\x80\x02}q\x00(")   # PROTO 2, EMPTY_LIST/DICT, BINPUT 0, MARK
     for key, shape in enumerate(shapes):
+        if names is not None:
+            s(names[key])
         numel = int(np.prod(shape))
         w(b"ctorch._utils\n_rebuild_tensor_v2\n(")
         w(b"(")
@@ -93,24 +96,31 @@ def _pickle_tensor_list(shapes) -> bytes:
         w(b"t\x89")                      # TUPLE, NEWFALSE (requires_grad)
         w(b"ccollections\nOrderedDict\n)R")
         w(b"tR")                         # TUPLE (args), REDUCE
-    w(b"e.")                             # APPENDS, STOP
+    w(b"e." if names is None else b"u.")  # APPENDS / SETITEMS, STOP
     return out.getvalue()
 
 
-def write_pip_state(path: str, state: State) -> None:
-    """A torch.load-able .pth of rwkv pip's state list (float32), written without torch."""
+def write_torch_tensors(path: str, tensors) -> None:
+    """A torch.load-able .pth of float32 tensors, written without torch: ``tensors`` a list of
+    arrays or a dict of name -> array (a BlinkDL checkpoint's layout)."""
     from rwkvcpu.state import atomic_write
-    items = [np.ascontiguousarray(a, dtype="<f4") for a in state.to_rwkv_pip()]
+    names = list(tensors) if isinstance(tensors, dict) else None
+    items = [np.ascontiguousarray(a, dtype="<f4") for a in (tensors.values() if names is not None else tensors)]
     name = "archive"
 
     def write(f):
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
-            z.writestr(f"{name}/data.pkl", _pickle_tensor_list([a.shape for a in items]))
+            z.writestr(f"{name}/data.pkl", _pickle_tensor_list([a.shape for a in items], names))
             z.writestr(f"{name}/byteorder", "little")
             for k, a in enumerate(items):
                 z.writestr(f"{name}/data/{k}", a.tobytes())
             z.writestr(f"{name}/version", "3\n")
     atomic_write(path, write)
+
+
+def write_pip_state(path: str, state: State) -> None:
+    """A torch.load-able .pth of rwkv pip's state list (float32), written without torch."""
+    write_torch_tensors(path, list(state.to_rwkv_pip()))
 
 
 def state_warnings(st: State) -> list[str]:

@@ -62,10 +62,11 @@ def random_weights(shape: str, vocab: int = 65536, seed: int = 0):
 
 
 def write_pth(path, hp, w):
-    """BlinkDL-layout float32 .pth (for rwkv pip comparisons); needs torch (this tool only)."""
-    import torch
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-    v3 = lambda a: t(a).view(1, 1, -1)
+    """BlinkDL-layout float32 .pth (for rwkv pip comparisons), written without torch
+    (``interop.write_torch_tensors``)."""
+    from rwkvcpu.interop import write_torch_tensors
+    t = lambda a: np.ascontiguousarray(a, dtype=np.float32)      # noqa: E731
+    v3 = lambda a: t(a).reshape(1, 1, -1)                        # noqa: E731
     sd = {"emb.weight": t(w.emb.dequantize()), "blocks.0.ln0.weight": t(w.ln0_w), "blocks.0.ln0.bias": t(w.ln0_b)}
     for i, L in enumerate(w.layers):
         p = f"blocks.{i}."
@@ -79,14 +80,14 @@ def write_pth(path, hp, w):
             sd[p + f"att.{k}2"] = t(getattr(L, k + "2").T)
         if i:
             sd[p + "att.v0"] = v3(L.v0)
-        sd[p + "att.r_k"] = t(L.r_k).view(hp.n_head, hp.head_size)
+        sd[p + "att.r_k"] = t(L.r_k).reshape(hp.n_head, hp.head_size)
         for k in ("receptance", "key", "value", "output"):
             sd[p + f"att.{k}.weight"] = t(getattr(L, k).dequantize())
         sd.update({p + "att.ln_x.weight": t(L.ln_x_w), p + "att.ln_x.bias": t(L.ln_x_b),
                    p + "ffn.x_k": v3(L.ffn_x_k), p + "ffn.key.weight": t(L.ffn_key.dequantize()),
                    p + "ffn.value.weight": t(L.ffn_value.dequantize())})
     sd.update({"ln_out.weight": t(w.ln_out_w), "ln_out.bias": t(w.ln_out_b), "head.weight": t(w.head.dequantize())})
-    torch.save(sd, path)
+    write_torch_tensors(path, sd)
 
 
 def synthetic_vocab(n: int) -> list[bytes]:
@@ -99,7 +100,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="0.1b")
     ap.add_argument("--type", choices=sorted(FTYPES) + ["pth"], default="q8_0",
-                    help="a GGUF type, or pth: a float32 BlinkDL .pth (needs torch)")
+                    help="a GGUF type, or pth: a float32 BlinkDL .pth")
     ap.add_argument("--vocab", type=int, default=65536)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-o", "--output", required=True)
