@@ -548,25 +548,80 @@ def _q6_group(buf, i, a, b, scale, m32):
     vstore(buf, i + 8, vmul(sv, vadd(b, m32)))
 
 
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _dec_q8_0(b, q, buf):
+    """A Q8_0 row (b: its bytes, q: the same as int8) into float32, natural order."""
+    for k in range(buf.shape[0] // 32):
+        o = k * 34
+        d = vsplat(f16at(b, o))
+        for c in range(0, 32, 8):
+            vstore(buf, k * 32 + c, vmul(d, vload(q, o + 2 + c)))
+
+
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _dec_q4_0(b, buf):
+    """A Q4_0 row into float32, natural order."""
+    m8 = vsplat(np.float32(-8.0))
+    for k in range(buf.shape[0] // 32):
+        o = k * 18
+        d = vsplat(f16at(b, o))
+        for c in range(0, 16, 8):
+            vstore(buf, k * 32 + c, vmul(d, vadd(vbits(b, o + 2 + c, 0, 15), m8)))
+            vstore(buf, k * 32 + 16 + c, vmul(d, vadd(vbits(b, o + 2 + c, 4, 15), m8)))
+
+
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _dec_q501(qtype, b, buf):
+    """A Q4_1, Q5_0 or Q5_1 row (qtype a constant) into float32, natural order."""
+    cols = buf.shape[0]
+    bs = 20 if qtype == dq.Q4_1 else (22 if qtype == dq.Q5_0 else 24)
+    for k in range(cols // 32):
+        o = k * bs
+        d = vsplat(f16at(b, o))
+        if qtype == dq.Q5_0:                # y = d * (q - 16)
+            m = vzero()
+            qh = dq._u32_at(b, o + 2)
+        else:                               # y = d * q + m
+            m = vsplat(f16at(b, o + 2))
+            qh = dq._u32_at(b, o + 4)
+        qs = o + bs - 16
+        for c in range(0, 16, 8):
+            if qtype == dq.Q4_1:
+                lo = vbits(b, qs + c, 0, 15)
+                hi = vbits(b, qs + c, 4, 15)
+            else:                           # fifth bits: bit i of qh for value i
+                off = 16 if qtype == dq.Q5_0 else 0
+                lo = vq5u32(b, qs + c, 0, qh, c, off)
+                hi = vq5u32(b, qs + c, 4, qh, c + 16, off)
+            if qtype == dq.Q5_0:
+                vstore(buf, k * 32 + c, vmul(d, lo))
+                vstore(buf, k * 32 + 16 + c, vmul(d, hi))
+            else:
+                vstore(buf, k * 32 + c, vfma(d, lo, m))
+                vstore(buf, k * 32 + 16 + c, vfma(d, hi, m))
+
+
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _dec_iq4_nl(b, buf):
+    """An IQ4_NL row into float32, natural order."""
+    cols = buf.shape[0]
+    for k in range(cols // 32):
+        o = k * 18
+        d = vsplat(f16at(b, o))
+        for c in range(0, 16, 8):
+            vstore(buf, k * 32 + c, vmul(d, viq4(b, o + 2 + c, 0)))
+            vstore(buf, k * 32 + 16 + c, vmul(d, viq4(b, o + 2 + c, 4)))
+
+
 @njit(cache=True, fastmath=FLAGS)           # not inline: a parallel kernel around it compiles in ~1/3 the time
 def _decode_row(qtype, b, q, buf, kv, lut):
     """One weight row into float32 for the batched product: vectorised for the common types
     (equal to ``dq.dequant_row`` up to FMA rounding), ``dq.dequant_row`` for the rest."""
     cols = buf.shape[0]
     if qtype == dq.Q8_0:
-        for k in range(cols // 32):
-            o = k * 34
-            d = vsplat(f16at(b, o))
-            for c in range(0, 32, 8):
-                vstore(buf, k * 32 + c, vmul(d, vload(q, o + 2 + c)))
+        _dec_q8_0(b, q, buf)
     elif qtype == dq.Q4_0:
-        m8 = vsplat(np.float32(-8.0))
-        for k in range(cols // 32):
-            o = k * 18
-            d = vsplat(f16at(b, o))
-            for c in range(0, 16, 8):
-                vstore(buf, k * 32 + c, vmul(d, vadd(vbits(b, o + 2 + c, 0, 15), m8)))
-                vstore(buf, k * 32 + 16 + c, vmul(d, vadd(vbits(b, o + 2 + c, 4, 15), m8)))
+        _dec_q4_0(b, buf)
     elif qtype == dq.Q4_K:
         for k in range(cols // 256):
             o = k * 144
@@ -613,39 +668,14 @@ def _decode_row(qtype, b, q, buf, kv, lut):
                 for c in range(0, 32, 8):           # low 4 bits from qs, the fifth from bit sb of qh
                     q = vq5bits(b, base + c, 4 * (sb % 2), o + 16 + c, sb)
                     vstore(buf, k * 256 + sb * 32 + c, vfma(dl, q, ml))
-    elif qtype == dq.Q4_1 or qtype == dq.Q5_0 or qtype == dq.Q5_1:
-        bs = 20 if qtype == dq.Q4_1 else (22 if qtype == dq.Q5_0 else 24)
-        for k in range(cols // 32):
-            o = k * bs
-            d = vsplat(f16at(b, o))
-            if qtype == dq.Q5_0:                # y = d * (q - 16)
-                m = vzero()
-                qh = dq._u32_at(b, o + 2)
-            else:                               # y = d * q + m
-                m = vsplat(f16at(b, o + 2))
-                qh = dq._u32_at(b, o + 4)
-            qs = o + bs - 16
-            for c in range(0, 16, 8):
-                if qtype == dq.Q4_1:
-                    lo = vbits(b, qs + c, 0, 15)
-                    hi = vbits(b, qs + c, 4, 15)
-                else:                           # fifth bits: bit i of qh for value i
-                    off = 16 if qtype == dq.Q5_0 else 0
-                    lo = vq5u32(b, qs + c, 0, qh, c, off)
-                    hi = vq5u32(b, qs + c, 4, qh, c + 16, off)
-                if qtype == dq.Q5_0:
-                    vstore(buf, k * 32 + c, vmul(d, lo))
-                    vstore(buf, k * 32 + 16 + c, vmul(d, hi))
-                else:
-                    vstore(buf, k * 32 + c, vfma(d, lo, m))
-                    vstore(buf, k * 32 + 16 + c, vfma(d, hi, m))
+    elif qtype == dq.Q4_1:
+        _dec_q501(dq.Q4_1, b, buf)
+    elif qtype == dq.Q5_0:
+        _dec_q501(dq.Q5_0, b, buf)
+    elif qtype == dq.Q5_1:
+        _dec_q501(dq.Q5_1, b, buf)
     elif qtype == dq.IQ4_NL:
-        for k in range(cols // 32):
-            o = k * 18
-            d = vsplat(f16at(b, o))
-            for c in range(0, 16, 8):
-                vstore(buf, k * 32 + c, vmul(d, viq4(b, o + 2 + c, 0)))
-                vstore(buf, k * 32 + 16 + c, vmul(d, viq4(b, o + 2 + c, 4)))
+        _dec_iq4_nl(b, buf)
     elif qtype == dq.IQ4_XS:
         for k in range(cols // 256):
             o = k * 136
@@ -1066,12 +1096,115 @@ def matvec(qtype: int, W, x: np.ndarray, out: np.ndarray) -> None:
             f(x, out)
             return
     rb = W.row_bytes                        # batches, and every other block type
-    f = _LANES_BATCH.get(qtype)
-    if f is not None:
+    f = _BATCH.get(qtype)
+    if f is not None and x.shape[1] % 8 == 0:
         f(rb, rb.view(np.int8), x, out)
         return
     mv_buffered(qtype, rb, rb.view(np.int8), x, out, dq.KVALUES_IQ4, dq.F16_LUT)
 
 
+# The other block types' batches, one kernel per type as well (so that a file compiles only its
+# own decoders; ``mv_buffered`` with its run-time type, every decoder in one function, stays for
+# rows whose length is not a multiple of 8).
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvb_q8_0(raw, raw_i8, x, out):
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        buf = np.empty((2, x.shape[1]), dtype=np.float32)
+        r0, r1 = _rows_of(task, raw.shape[0])
+        for r in range(r0, r1, 2):
+            for i in range(2):
+                rr = min(r + i, r1 - 1)
+                b = buf[i]
+                _dec_q8_0(raw[rr], raw_i8[rr], b)
+            tiles2(buf[0], buf[1], x, out, r, r + 1 < r1, 0)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvb_q4_0(raw, raw_i8, x, out):
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        buf = np.empty((2, x.shape[1]), dtype=np.float32)
+        r0, r1 = _rows_of(task, raw.shape[0])
+        for r in range(r0, r1, 2):
+            for i in range(2):
+                rr = min(r + i, r1 - 1)
+                b = buf[i]
+                _dec_q4_0(raw[rr], b)
+            tiles2(buf[0], buf[1], x, out, r, r + 1 < r1, 0)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvb_q4_1(raw, raw_i8, x, out):
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        buf = np.empty((2, x.shape[1]), dtype=np.float32)
+        r0, r1 = _rows_of(task, raw.shape[0])
+        for r in range(r0, r1, 2):
+            for i in range(2):
+                rr = min(r + i, r1 - 1)
+                b = buf[i]
+                _dec_q501(dq.Q4_1, raw[rr], b)
+            tiles2(buf[0], buf[1], x, out, r, r + 1 < r1, 0)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvb_q5_0(raw, raw_i8, x, out):
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        buf = np.empty((2, x.shape[1]), dtype=np.float32)
+        r0, r1 = _rows_of(task, raw.shape[0])
+        for r in range(r0, r1, 2):
+            for i in range(2):
+                rr = min(r + i, r1 - 1)
+                b = buf[i]
+                _dec_q501(dq.Q5_0, raw[rr], b)
+            tiles2(buf[0], buf[1], x, out, r, r + 1 < r1, 0)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvb_q5_1(raw, raw_i8, x, out):
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        buf = np.empty((2, x.shape[1]), dtype=np.float32)
+        r0, r1 = _rows_of(task, raw.shape[0])
+        for r in range(r0, r1, 2):
+            for i in range(2):
+                rr = min(r + i, r1 - 1)
+                b = buf[i]
+                _dec_q501(dq.Q5_1, raw[rr], b)
+            tiles2(buf[0], buf[1], x, out, r, r + 1 < r1, 0)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvb_iq4_nl(raw, raw_i8, x, out):
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        buf = np.empty((2, x.shape[1]), dtype=np.float32)
+        r0, r1 = _rows_of(task, raw.shape[0])
+        for r in range(r0, r1, 2):
+            for i in range(2):
+                rr = min(r + i, r1 - 1)
+                b = buf[i]
+                _dec_iq4_nl(raw[rr], b)
+            tiles2(buf[0], buf[1], x, out, r, r + 1 < r1, 0)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvb_f16(raw, raw_i8, x, out):
+    """F16 rows (their bytes) read by ``tiles2`` directly, halves converted in registers."""
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        r0, r1 = _rows_of(task, raw.shape[0])
+        for r in range(r0, r1, 2):
+            tiles2(raw[r].view(np.uint16), raw[min(r + 1, r1 - 1)].view(np.uint16), x, out, r, r + 1 < r1, 0)
+
+
+@njit(cache=True, parallel=True, fastmath=FLAGS)
+def mvb_f32(raw, raw_i8, x, out):
+    """F32 rows (their bytes) read by ``tiles2`` directly."""
+    for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
+        r0, r1 = _rows_of(task, raw.shape[0])
+        for r in range(r0, r1, 2):
+            tiles2(raw[r].view(np.float32), raw[min(r + 1, r1 - 1)].view(np.float32), x, out, r, r + 1 < r1, 0)
+
+
 _LANES_BATCH = {dq.Q6_K: mvb_q6_k, dq.Q4_K: mvb_q4_k, dq.Q5_K: mvb_q5_k, dq.Q3_K: mvb_q3_k, dq.Q2_K: mvb_q2_k,
                 dq.IQ4_XS: mvb_iq4_xs}
+_BATCH = {**_LANES_BATCH, dq.Q8_0: mvb_q8_0, dq.Q4_0: mvb_q4_0, dq.Q4_1: mvb_q4_1, dq.Q5_0: mvb_q5_0,
+          dq.Q5_1: mvb_q5_1, dq.IQ4_NL: mvb_iq4_nl, dq.F16: mvb_f16, dq.F32: mvb_f32}

@@ -177,3 +177,29 @@ def test_in_lane_kernels_single_and_batched_against_float64(qtype):
         np.testing.assert_allclose(got, ref, atol=2e-5 * np.abs(ref).max(), err_msg=f"T={T}")
         if T >= MV.BATCH_T:
             assert qtype in MV._LANES_BATCH          # the batched in-lane kernel is the one tested
+
+
+@pytest.mark.parametrize("qtype", [dq.Q8_0, dq.Q4_0, dq.Q4_1, dq.Q5_0, dq.Q5_1, dq.F16, dq.F32],
+                         ids=lambda q: dq.TYPE_NAMES[q])
+def test_per_type_batch_kernels_equal_the_all_types_one(qtype):
+    """The per-type batch kernels (``mvb_*``: each compiles only its own decoder) against
+    ``mv_buffered`` (every decoder behind a run-time type): the same decoders and tiles, so the
+    same bits, for T = 3, 8, 11 and an odd row count; and against float64."""
+    from gguf.quants import quantize
+    from gguf import GGMLQuantizationType
+    from rwkvcpu.kernels import matvec as MV
+    rng = np.random.default_rng(3)
+    Wf = rng.standard_normal((13, 512)).astype(np.float32)
+    raw = Wf if qtype == dq.F32 else np.ascontiguousarray(quantize(Wf, GGMLQuantizationType(qtype)))
+    rb = dq.as_row_bytes(raw)
+    rb.setflags(write=False)
+    ref_w = QTensor("w", qtype, (13, 512), raw).dequantize().astype(np.float64)
+    for T in (3, 8, 11):
+        x = rand(T, 512)
+        got = np.empty((T, 13), np.float32)
+        MV._BATCH[qtype](rb, rb.view(np.int8), x, got)
+        want = np.empty((T, 13), np.float32)
+        MV.mv_buffered(qtype, rb, rb.view(np.int8), x, want, dq.KVALUES_IQ4, dq.F16_LUT)
+        np.testing.assert_array_equal(got, want, err_msg=f"T={T}")
+        ref = x.astype(np.float64) @ ref_w.T
+        np.testing.assert_allclose(got, ref, atol=2e-5 * np.abs(ref).max(), err_msg=f"T={T}")
