@@ -6,7 +6,7 @@ from numba import njit
 from rwkvcpu.kernels import dequant as dq
 from rwkvcpu.kernels import simd as S
 from rwkvcpu.kernels.simd import (dot_f32, f16at, vadd, vbits, vexp, vfma, vhsum, viq4, vkscales, vload, vload_bf16,
-                                  vload_f16, vmul, vq3scales, vq5bits, vq5u32, viq4lanes, vnlanes, vpair4, vq2lanes, vq3lanes, vq5lanes, vq6half, vxs_scales, vq6lanes, vsigmoid, vsplat, vstore, vsub,
+                                  vload_f16, vmul, vq3scales, vq5bits, vq5u32, viq4lanes, viq4nl_lanes, vnlanes, vpair4, vq2lanes, vq3lanes, vq5lanes, vq6half, vxs_scales, vq6lanes, vsigmoid, vsplat, vstore, vsub,
                                   vsum8, vzero)
 
 
@@ -187,6 +187,10 @@ def _bit_decoders(b, u, out):
         vstore(out[0], 8 * i, vq5u32(b, 8 * i, 4 * (i % 2), u, 8 * i, 16 * (i % 2)))
         vstore(out[1], 8 * i, viq4(b, 8 * i, 4 * (i % 2)))   # kvalues of low / high nibbles
         vstore(out[2], 8 * i, vq5bits(b, 8 * i, 4 * (i % 2), 40 + 8 * i, i + 3))
+    for j in range(4):                                       # 4 blocks' 16 bytes at 1 + 16j
+        v = viq4nl_lanes(b, 1 + 16 * j)
+        for k in range(4):
+            vstore(out[3], 32 * j + 8 * k, v[k])
 
 
 @pytest.mark.parametrize("avx2", [pytest.param(True, id="avx2", marks=pytest.mark.skipif(not S.AVX2,
@@ -194,22 +198,31 @@ def _bit_decoders(b, u, out):
                                   pytest.param(False, id="generic")])
 def test_bit_and_table_decoders_against_numpy(avx2, monkeypatch):
     """vq5u32 (Q5_0/Q5_1 values: nibbles, fifth bits from a uint32, an offset), viq4 (IQ4 kvalues:
-    vpshufb with AVX2, compare-selects on generic IR) and vq5bits (Q5_K values) against NumPy on
-    random bytes, compiled both ways."""
+    vpshufb with AVX2, compare-selects on generic IR), vq5bits (Q5_K values) and viq4nl_lanes
+    (IQ4_NL kvalues + 128 in their 32-bit lanes, at unaligned offsets) against NumPy on random
+    bytes, compiled both ways."""
     monkeypatch.setattr(S, "AVX2", avx2)
     fn = njit(cache=False)(_bit_decoders)
     rng = np.random.default_rng(11)
     b = rng.integers(0, 256, 80, dtype=np.uint8)
     u = np.uint32(rng.integers(0, 2**32))
-    out = np.full((3, 32), np.nan, np.float32)
+    out = np.full((4, 128), np.nan, np.float32)
     fn(b, u, out)
     shifts = np.repeat([0, 4, 0, 4], 8)
     nib = (b[:32] >> shifts) & 15
     fifth = ((int(u) >> np.arange(32)) & 1) << 4
-    np.testing.assert_array_equal(out[0], (nib | fifth) - np.repeat([0, 16, 0, 16], 8))
-    np.testing.assert_array_equal(out[1], dq.KVALUES_IQ4[nib])
+    np.testing.assert_array_equal(out[0, :32], (nib | fifth) - np.repeat([0, 16, 0, 16], 8))
+    np.testing.assert_array_equal(out[1, :32], dq.KVALUES_IQ4[nib])
     bits = np.repeat([3, 4, 5, 6], 8)
-    np.testing.assert_array_equal(out[2], nib | (((b[40:72] >> bits) & 1) << 4))
+    np.testing.assert_array_equal(out[2, :32], nib | (((b[40:72] >> bits) & 1) << 4))
+    # viq4nl_lanes: vector k, lane i = IQ4NL_LANE_SCALE[k] * (kvalue(value 4i + k) + 128), values
+    # 0-15 the low nibbles of the block's 16 bytes, 16-31 the high ones
+    for j in range(4):
+        q = b[1 + 16 * j:17 + 16 * j].astype(np.int64)
+        vals = dq.KVALUES_IQ4[np.concatenate([q & 15, q >> 4])].astype(np.int64) + 128
+        k_, i_ = np.meshgrid(np.arange(4), np.arange(8), indexing="ij")
+        want = vals[(4 * i_ + k_).reshape(-1)] * np.repeat(S.IQ4NL_LANE_SCALE, 8)
+        np.testing.assert_array_equal(out[3, 32 * j:32 * j + 32], want, err_msg=f"block {j}")
 
 
 def test_loads_refuse_non_contiguous_rows():
