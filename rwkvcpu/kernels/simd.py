@@ -398,14 +398,23 @@ def viq4lanes(typingctx, arr, i0, i1):
 IQ4NL_LANE_SCALE = (1.0, 2.0 ** 8, 2.0 ** 16, 1.0)   # vector k of viq4nl_lanes carries value * this
 
 
+def _nib_halves(ctx, builder, sig, args):
+    """The 16 bytes at args[1] in both halves of one vector (a broadcast load), the upper half
+    shifted right 4 bits (one ``vpsrlvd``), as <8 x i32>: byte 4i + k of lane i < 4 holds value
+    4i + k of a 32-value block in its low nibble (values 0-15: the low nibbles), of lane i >= 4
+    value 4i + k (16-31: the high nibbles)."""
+    v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 16)
+    v = builder.shuffle_vector(v, v, _const_vec(ir.VectorType(_I32, 32), list(range(16)) * 2))
+    return builder.lshr(builder.bitcast(v, _V8I32), _const_vec(_V8I32, [0] * 4 + [4] * 4))
+
+
 @intrinsic
 def viq4nl_lanes(typingctx, arr, idx):
     """IQ4_NL's kvalues + 128 (unsigned, 1..241) of one 32-value block's 16 nibble bytes at idx,
-    converted where they lie in 32-bit lanes: the 16 bytes go to both halves of a vector (one
-    broadcast load), the upper half shifted 4 bits (one ``vpsrlvd``), so lane i of vector k is
-    IQ4NL_LANE_SCALE[k] * (kvalue(value 4i + k) + 128) (values 0-15 the low nibbles, 16-31 the high
-    ones).  Bytes 0-2 are masked in place, byte 3 shifted down (masked in place it would be the
-    sign bit).  The caller subtracts 128 x the block's sum of x."""
+    looked up (one ``vpshufb``) and converted where they lie in 32-bit lanes (``_nib_halves``):
+    lane i of vector k is IQ4NL_LANE_SCALE[k] * (kvalue(value 4i + k) + 128).  Bytes 0-2 are
+    masked in place, byte 3 shifted down (masked in place it would be the sign bit).  The caller
+    subtracts 128 x the block's sum of x."""
     if not (_is_row(arr, types.uint8) and isinstance(idx, types.Integer)):
         return None
     from .dequant import KVALUES_IQ4
@@ -414,9 +423,7 @@ def viq4nl_lanes(typingctx, arr, idx):
     rty = types.UniTuple(f32x8, 4)
 
     def cg(ctx, builder, sig, args):
-        v = _load_bytes(ctx, builder, sig.args[0], args[0], ctx.cast(builder, args[1], sig.args[1], types.intp), 16)
-        v = builder.shuffle_vector(v, v, _const_vec(ir.VectorType(_I32, 32), list(range(16)) * 2))
-        w = builder.lshr(builder.bitcast(v, _V8I32), _const_vec(_V8I32, [0] * 4 + [4] * 4))
+        w = _nib_halves(ctx, builder, sig, args)
         nib = builder.and_(builder.bitcast(w, _V32I8), ir.Constant(_V32I8, [15] * 32))
         u = builder.bitcast(_kv_lookup(builder, nib, table), _V8I32)
         out = [builder.sitofp(builder.and_(u, _const_vec(_V8I32, [0xFF << (8 * k)] * 8)), _V8F) for k in range(3)]

@@ -147,8 +147,8 @@ _LANE_TYPES = {dq.Q6_K: (210, [(208, 1)]), dq.Q4_K: (144, [(0, 2)]), dq.Q5_K: (1
 def _random_blocks(qtype, rows, cols, rng):
     """Random bytes as rows of qtype blocks (every bit pattern of the packed fields occurs), with
     finite f16 scales."""
-    bs, scales = _LANE_TYPES[qtype] if qtype != dq.IQ4_NL else (18, [(0, 1)])
-    raw = rng.integers(0, 256, size=(rows, cols // (32 if qtype == dq.IQ4_NL else 256) * bs), dtype=np.uint8)
+    bs, scales = _LANE_TYPES[qtype] if qtype in _LANE_TYPES else (18, [(0, 1)])     # Q4_0, IQ4_NL
+    raw = rng.integers(0, 256, size=(rows, cols // (256 if qtype in _LANE_TYPES else 32) * bs), dtype=np.uint8)
     blocks = raw.reshape(rows, -1, bs)
     for off, n in scales:
         h = (rng.random((rows, blocks.shape[1], n)) * 0.02).astype(np.float16)
@@ -180,14 +180,16 @@ def test_in_lane_kernels_single_and_batched_against_float64(qtype):
 
 
 @pytest.mark.parametrize("cols", [512, 96, 32])
-def test_iq4_nl_in_lane_kernel_against_float64(cols):
-    """IQ4_NL's one-or-two-row kernel (``viq4nl_lanes``, blocks in pairs, an odd last block when
-    cols / 32 is odd) on random blocks (every nibble, both halves of every byte), 13 rows: float32
-    products of length <= 512 with the +128 offset applied through block sums, 2e-5 of the
-    largest output (measured <= 4e-7)."""
+@pytest.mark.parametrize("qtype", [dq.Q4_0, dq.IQ4_NL], ids=lambda q: dq.TYPE_NAMES[q])
+def test_18_byte_block_kernels_against_float64(qtype, cols):
+    """Q4_0's and IQ4_NL's one-or-two-row kernels (scales through ``f16lut``; IQ4_NL's values
+    converted in their lanes, ``viq4nl_lanes``, two blocks an iteration, and rows of an odd number
+    of blocks sent to the batch kernel) on random blocks (every nibble, both halves of every
+    byte), 13 rows: float32 products of length <= 512 with the offset (-8 / +128) applied through
+    block sums, 2e-5 of the largest output (measured <= 4e-7)."""
     rng = np.random.default_rng(5)
-    raw = _random_blocks(dq.IQ4_NL, 13, cols, rng)
-    W = QTensor("w", dq.IQ4_NL, (13, cols), raw)
+    raw = _random_blocks(qtype, 13, cols, rng)
+    W = QTensor("w", qtype, (13, cols), raw)
     ref_w = W.dequantize().astype(np.float64)
     for T in (1, 2):
         x = rand(T, cols)

@@ -219,9 +219,10 @@ def test_bit_and_table_decoders_against_numpy(avx2, monkeypatch):
     # 0-15 the low nibbles of the block's 16 bytes, 16-31 the high ones
     for j in range(4):
         q = b[1 + 16 * j:17 + 16 * j].astype(np.int64)
-        vals = dq.KVALUES_IQ4[np.concatenate([q & 15, q >> 4])].astype(np.int64) + 128
+        nibs = np.concatenate([q & 15, q >> 4])
         k_, i_ = np.meshgrid(np.arange(4), np.arange(8), indexing="ij")
-        want = vals[(4 * i_ + k_).reshape(-1)] * np.repeat(S.IQ4NL_LANE_SCALE, 8)
+        src = (4 * i_ + k_).reshape(-1)
+        want = (dq.KVALUES_IQ4[nibs].astype(np.int64) + 128)[src] * np.repeat(S.IQ4NL_LANE_SCALE, 8)
         np.testing.assert_array_equal(out[3, 32 * j:32 * j + 32], want, err_msg=f"block {j}")
 
 
