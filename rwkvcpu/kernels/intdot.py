@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import dequant as dq
-from .matvec import FLAGS, ROWS, _prefetch_ahead
+from .matvec import FLAGS, ROWS, _prefetch_ahead, f16lut
 from .actquant import _f16r, q8_0_scale, q8_1_scale, q8_k_scale
 from .simd import (f16at, f16x8, i16add, i16nib, i16q3sc, i16sel2, i16load, i16s8, i8bc4, i8bit, i8crumb, i8half, i8iq4, i8load, i8nib, i8nib16, i8or,
                    i8q5, i8q6,
@@ -164,7 +164,7 @@ def _q32w(qtype, b, o):
 
 
 @njit(cache=True, inline="always")
-def _q32_block(qtype, w, b, o, k, xt, dx, sx, acc, summ):
+def _q32_block(qtype, w, b, o, k, xt, dx, sx, acc, summ, lut):
     """One weight block w (``_q32w``) times activation block k of one row (xt: its 8-bit values,
     dx: its scale, sx: Q8_1's sum): llama.cpp's AVX2 ``ggml_vec_dot_*`` step for the type -- 8
     exact int32 lanes, one FMA by d_w x d_x into acc, and Q4_1/Q5_1's m_w x s_x into the scalar
@@ -174,12 +174,20 @@ def _q32_block(qtype, w, b, o, k, xt, dx, sx, acc, summ):
         s = idot(w, xv)
     else:
         s = imadd2(imaddubs(w, xv), 1, 1)
-        summ += f16at(b, o + 2) * sx
-    return vfma(vsplat(f16at(b, o) * dx), itof(s), acc), summ
+        summ += _scale(qtype, b, o + 2, lut) * sx
+    return vfma(vsplat(_scale(qtype, b, o, lut) * dx), itof(s), acc), summ
 
 
 @njit(cache=True, inline="always")
-def _q32_row(qtype, raw, xq, xd, xs, out, r):
+def _scale(qtype, b, o, lut):
+    """A block's f16 scale: Q5_0 and Q5_1 through ``dq.F16_LUT`` (``matvec.f16lut``: no vector-pipe
+    work beside their fifth-bit shuffles; a 0.1B token's matrices 1.03x / 1.14x), Q4_1 in
+    registers (``f16at``; the table was 0.97x there)."""
+    return f16at(b, o) if qtype == dq.Q4_1 else f16lut(b, o, lut)
+
+
+@njit(cache=True, inline="always")
+def _q32_row(qtype, raw, xq, xd, xs, out, r, lut):
     """Q4_1, Q5_0 and Q5_1 weights x Q8_1 / Q8_0 / Q8_1 activations, one weight row at a time as
     llama.cpp's AVX2 vec_dot does it (``_q32_block``; llama.cpp has no repacked kernel for them);
     batches decode each block once for 4 activation rows, every row's arithmetic unchanged (so
@@ -198,10 +206,10 @@ def _q32_row(qtype, raw, xq, xd, xs, out, r):
             if t == 0 and k % 2 == 0:
                 _prefetch_ahead(raw, r, o, 2 * bs)
             w = _q32w(qtype, b, o)
-            a0, s0 = _q32_block(qtype, w, b, o, k, xq[t], xd[t, k], xs[t, k], a0, s0)
-            a1, s1 = _q32_block(qtype, w, b, o, k, xq[t + 1], xd[t + 1, k], xs[t + 1, k], a1, s1)
-            a2, s2 = _q32_block(qtype, w, b, o, k, xq[t + 2], xd[t + 2, k], xs[t + 2, k], a2, s2)
-            a3, s3 = _q32_block(qtype, w, b, o, k, xq[t + 3], xd[t + 3, k], xs[t + 3, k], a3, s3)
+            a0, s0 = _q32_block(qtype, w, b, o, k, xq[t], xd[t, k], xs[t, k], a0, s0, lut)
+            a1, s1 = _q32_block(qtype, w, b, o, k, xq[t + 1], xd[t + 1, k], xs[t + 1, k], a1, s1, lut)
+            a2, s2 = _q32_block(qtype, w, b, o, k, xq[t + 2], xd[t + 2, k], xs[t + 2, k], a2, s2, lut)
+            a3, s3 = _q32_block(qtype, w, b, o, k, xq[t + 3], xd[t + 3, k], xs[t + 3, k], a3, s3, lut)
         out[t, r] = vhsum(a0) + s0
         out[t + 1, r] = vhsum(a1) + s1
         out[t + 2, r] = vhsum(a2) + s2
@@ -213,7 +221,7 @@ def _q32_row(qtype, raw, xq, xd, xs, out, r):
             o = k * bs
             if t == 0 and k % 2 == 0:
                 _prefetch_ahead(raw, r, o, 2 * bs)
-            a0, s0 = _q32_block(qtype, _q32w(qtype, b, o), b, o, k, xq[t], xd[t, k], xs[t, k], a0, s0)
+            a0, s0 = _q32_block(qtype, _q32w(qtype, b, o), b, o, k, xq[t], xd[t, k], xs[t, k], a0, s0, lut)
         out[t, r] = vhsum(a0) + s0
 
 
@@ -232,30 +240,30 @@ def _quantize32(x, q8_1):
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvi_q4_1(raw, x, out):
+def mvi_q4_1(raw, x, out, lut):
     """Q4_1 weights x Q8_1 activations (``_q32_row``)."""
     xq, xd, xs = _quantize32(x, True)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
-            _q32_row(dq.Q4_1, raw, xq, xd, xs, out, r)
+            _q32_row(dq.Q4_1, raw, xq, xd, xs, out, r, lut)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvi_q5_0(raw, x, out):
+def mvi_q5_0(raw, x, out, lut):
     """Q5_0 weights x Q8_0 activations (``_q32_row``)."""
     xq, xd, xs = _quantize32(x, False)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
-            _q32_row(dq.Q5_0, raw, xq, xd, xs, out, r)
+            _q32_row(dq.Q5_0, raw, xq, xd, xs, out, r, lut)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvi_q5_1(raw, x, out):
+def mvi_q5_1(raw, x, out, lut):
     """Q5_1 weights x Q8_1 activations (``_q32_row``)."""
     xq, xd, xs = _quantize32(x, True)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
-            _q32_row(dq.Q5_1, raw, xq, xd, xs, out, r)
+            _q32_row(dq.Q5_1, raw, xq, xd, xs, out, r, lut)
 
 
 @njit(cache=True)
@@ -1018,7 +1026,10 @@ def _bind(W):
         return lambda x, out: (mvl_q4_0 if x.shape[0] >= LANES_MIN[dq.Q4_0] else mvi_q4_0)(rb, x, out)
     if qtype == dq.Q4_K:
         return lambda x, out: (mvl_q4_k if x.shape[0] >= LANES_MIN[dq.Q4_K] else mvi_q4_k)(rb, x, out)
-    f = {dq.Q4_1: mvi_q4_1, dq.Q5_0: mvi_q5_0, dq.Q5_1: mvi_q5_1, dq.IQ4_NL: mvi_iq4_nl, dq.Q5_K: mvi_q5_k,
+    f = {dq.Q4_1: mvi_q4_1, dq.Q5_0: mvi_q5_0, dq.Q5_1: mvi_q5_1}.get(qtype)
+    if f is not None:
+        return lambda x, out: f(rb, x, out, dq.F16_LUT)
+    f = {dq.IQ4_NL: mvi_iq4_nl, dq.Q5_K: mvi_q5_k,
          dq.Q2_K: mvi_q2_k, dq.Q3_K: mvi_q3_k, dq.IQ4_XS: mvi_iq4_xs}.get(qtype)
     if f is not None:
         return lambda x, out: f(rb, x, out)
