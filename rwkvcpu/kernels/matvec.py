@@ -582,80 +582,15 @@ def _q6_group(buf, i, a, b, scale, m32):
     vstore(buf, i + 8, vmul(sv, vadd(b, m32)))
 
 
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _dec_q8_0(b, q, buf):
-    """A Q8_0 row (b: its bytes, q: the same as int8) into float32, natural order."""
-    for k in range(buf.shape[0] // 32):
-        o = k * 34
-        d = vsplat(f16at(b, o))
-        for c in range(0, 32, 8):
-            vstore(buf, k * 32 + c, vmul(d, vload(q, o + 2 + c)))
-
-
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _dec_q4_0(b, buf):
-    """A Q4_0 row into float32, natural order."""
-    m8 = vsplat(np.float32(-8.0))
-    for k in range(buf.shape[0] // 32):
-        o = k * 18
-        d = vsplat(f16at(b, o))
-        for c in range(0, 16, 8):
-            vstore(buf, k * 32 + c, vmul(d, vadd(vbits(b, o + 2 + c, 0, 15), m8)))
-            vstore(buf, k * 32 + 16 + c, vmul(d, vadd(vbits(b, o + 2 + c, 4, 15), m8)))
-
-
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _dec_q501(qtype, b, buf):
-    """A Q4_1, Q5_0 or Q5_1 row (qtype a constant) into float32, natural order."""
-    cols = buf.shape[0]
-    bs = 20 if qtype == dq.Q4_1 else (22 if qtype == dq.Q5_0 else 24)
-    for k in range(cols // 32):
-        o = k * bs
-        d = vsplat(f16at(b, o))
-        if qtype == dq.Q5_0:                # y = d * (q - 16)
-            m = vzero()
-            qh = dq._u32_at(b, o + 2)
-        else:                               # y = d * q + m
-            m = vsplat(f16at(b, o + 2))
-            qh = dq._u32_at(b, o + 4)
-        qs = o + bs - 16
-        for c in range(0, 16, 8):
-            if qtype == dq.Q4_1:
-                lo = vbits(b, qs + c, 0, 15)
-                hi = vbits(b, qs + c, 4, 15)
-            else:                           # fifth bits: bit i of qh for value i
-                off = 16 if qtype == dq.Q5_0 else 0
-                lo = vq5u32(b, qs + c, 0, qh, c, off)
-                hi = vq5u32(b, qs + c, 4, qh, c + 16, off)
-            if qtype == dq.Q5_0:
-                vstore(buf, k * 32 + c, vmul(d, lo))
-                vstore(buf, k * 32 + 16 + c, vmul(d, hi))
-            else:
-                vstore(buf, k * 32 + c, vfma(d, lo, m))
-                vstore(buf, k * 32 + 16 + c, vfma(d, hi, m))
-
-
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _dec_iq4_nl(b, buf):
-    """An IQ4_NL row into float32, natural order."""
-    cols = buf.shape[0]
-    for k in range(cols // 32):
-        o = k * 18
-        d = vsplat(f16at(b, o))
-        for c in range(0, 16, 8):
-            vstore(buf, k * 32 + c, vmul(d, viq4(b, o + 2 + c, 0)))
-            vstore(buf, k * 32 + 16 + c, vmul(d, viq4(b, o + 2 + c, 4)))
-
-
 @njit(cache=True, fastmath=FLAGS)           # not inline: a parallel kernel around it compiles in ~1/3 the time
 def _decode_row(qtype, b, q, buf, kv, lut):
     """One weight row into float32 for the batched product: vectorised for the common types
     (equal to ``dq.dequant_row`` up to FMA rounding), ``dq.dequant_row`` for the rest."""
     cols = buf.shape[0]
     if qtype == dq.Q8_0:
-        _dec_q8_0(b, q, buf)
+        _dec32(dq.Q8_0, b, q, buf, lut)
     elif qtype == dq.Q4_0:
-        _dec_q4_0(b, buf)
+        _dec32(dq.Q4_0, b, q, buf, lut)
     elif qtype == dq.Q4_K:
         for k in range(cols // 256):
             o = k * 144
@@ -703,13 +638,13 @@ def _decode_row(qtype, b, q, buf, kv, lut):
                     q = vq5bits(b, base + c, 4 * (sb % 2), o + 16 + c, sb)
                     vstore(buf, k * 256 + sb * 32 + c, vfma(dl, q, ml))
     elif qtype == dq.Q4_1:
-        _dec_q501(dq.Q4_1, b, buf)
+        _dec32(dq.Q4_1, b, q, buf, lut)
     elif qtype == dq.Q5_0:
-        _dec_q501(dq.Q5_0, b, buf)
+        _dec32(dq.Q5_0, b, q, buf, lut)
     elif qtype == dq.Q5_1:
-        _dec_q501(dq.Q5_1, b, buf)
+        _dec32(dq.Q5_1, b, q, buf, lut)
     elif qtype == dq.IQ4_NL:
-        _dec_iq4_nl(b, buf)
+        _dec32(dq.IQ4_NL, b, q, buf, lut)
     elif qtype == dq.IQ4_XS:
         for k in range(cols // 256):
             o = k * 136
@@ -942,7 +877,7 @@ def _rows_of(task, rows):
 # One kernel per type (each compiles only its own decoder): two rows dequantized, then
 # ``tiles2`` multiplies them with every row of x (in the decoder's order).
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvb_q6_k(raw, raw_i8, x, out):
+def mvb_q6_k(raw, raw_i8, x, out, lut):
     xq = lanes_x_order(x)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         buf = np.empty((2, x.shape[1]), dtype=np.float32)
@@ -954,7 +889,7 @@ def mvb_q6_k(raw, raw_i8, x, out):
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvb_q4_k(raw, raw_i8, x, out):
+def mvb_q4_k(raw, raw_i8, x, out, lut):
     xq = lanes_x_order(x)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         buf = np.empty((2, x.shape[1]), dtype=np.float32)
@@ -966,7 +901,7 @@ def mvb_q4_k(raw, raw_i8, x, out):
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvb_q5_k(raw, raw_i8, x, out):
+def mvb_q5_k(raw, raw_i8, x, out, lut):
     xq = lanes_x_order(x)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         buf = np.empty((2, x.shape[1]), dtype=np.float32)
@@ -978,7 +913,7 @@ def mvb_q5_k(raw, raw_i8, x, out):
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvb_q3_k(raw, raw_i8, x, out):
+def mvb_q3_k(raw, raw_i8, x, out, lut):
     xq = lanes_x_order(x)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         buf = np.empty((2, x.shape[1]), dtype=np.float32)
@@ -990,7 +925,7 @@ def mvb_q3_k(raw, raw_i8, x, out):
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvb_q2_k(raw, raw_i8, x, out):
+def mvb_q2_k(raw, raw_i8, x, out, lut):
     xq = lanes_x_order(x)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         buf = np.empty((2, x.shape[1]), dtype=np.float32)
@@ -1002,7 +937,7 @@ def mvb_q2_k(raw, raw_i8, x, out):
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvb_iq4_xs(raw, raw_i8, x, out):
+def mvb_iq4_xs(raw, raw_i8, x, out, lut):
     xq = iq4_x_order(x)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         buf = np.empty((2, x.shape[1]), dtype=np.float32)
@@ -1134,96 +1069,224 @@ def matvec(qtype: int, W, x: np.ndarray, out: np.ndarray) -> None:
     rb = W.row_bytes                        # batches, and every other block type
     f = _BATCH.get(qtype)
     if f is not None and x.shape[1] % 8 == 0:
-        f(rb, rb.view(np.int8), x, out)
+        f(rb, rb.view(np.int8), x, out, dq.F16_LUT)
         return
     mv_buffered(qtype, rb, rb.view(np.int8), x, out, dq.KVALUES_IQ4, dq.F16_LUT)
 
 
-# The other block types' batches, one kernel per type as well (so that a file compiles only its
-# own decoders; ``mv_buffered`` with its run-time type, every decoder in one function, stays for
-# rows whose length is not a multiple of 8).
+
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _nib4(b, qs, d, m):
+    """The 32 nibbles at qs as d * q + m, 8 at a time (lows, then highs)."""
+    return (vfma(d, vbits(b, qs, 0, 15), m), vfma(d, vbits(b, qs + 8, 0, 15), m),
+            vfma(d, vbits(b, qs, 4, 15), m), vfma(d, vbits(b, qs + 8, 4, 15), m))
 
 
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _wv32(qtype, b, q, o, lut):
+    """The 32 weights of the Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL block at byte o (qtype a constant) as
+    four float32 vectors (values 0-7, 8-15, 16-23, 24-31): d * q (Q8_0), d * (q - 8) (Q4_0),
+    d * kvalue (IQ4_NL), d * q + m (Q4_1, Q5_1), d * (q - 16) (Q5_0), each exact in float32.  One
+    call a block: each call site of an inlined function carries every branch through typing (8
+    call sites compiled in 11-15 s)."""
+    d = vsplat(f16lut(b, o, lut))
+    if qtype == dq.Q8_0:
+        return (vmul(d, vload(q, o + 2)), vmul(d, vload(q, o + 10)), vmul(d, vload(q, o + 18)),
+                vmul(d, vload(q, o + 26)))
+    if qtype == dq.Q4_0:
+        m8 = vsplat(np.float32(-8.0))
+        return (vmul(d, vadd(vbits(b, o + 2, 0, 15), m8)), vmul(d, vadd(vbits(b, o + 10, 0, 15), m8)),
+                vmul(d, vadd(vbits(b, o + 2, 4, 15), m8)), vmul(d, vadd(vbits(b, o + 10, 4, 15), m8)))
+    if qtype == dq.IQ4_NL:
+        return (vmul(d, viq4(b, o + 2, 0)), vmul(d, viq4(b, o + 10, 0)), vmul(d, viq4(b, o + 2, 4)),
+                vmul(d, viq4(b, o + 10, 4)))
+    if qtype == dq.Q4_1:
+        return _nib4(b, o + 4, d, vsplat(f16lut(b, o + 2, lut)))
+    if qtype == dq.Q5_0:
+        qh = dq._u32_at(b, o + 2)
+        return (vmul(d, vq5u32(b, o + 6, 0, qh, 0, 16)), vmul(d, vq5u32(b, o + 14, 0, qh, 8, 16)),
+                vmul(d, vq5u32(b, o + 6, 4, qh, 16, 16)), vmul(d, vq5u32(b, o + 14, 4, qh, 24, 16)))
+    m = vsplat(f16lut(b, o + 2, lut))       # Q5_1
+    qh = dq._u32_at(b, o + 4)
+    return (vfma(d, vq5u32(b, o + 8, 0, qh, 0, 0), m), vfma(d, vq5u32(b, o + 16, 0, qh, 8, 0), m),
+            vfma(d, vq5u32(b, o + 8, 4, qh, 16, 0), m), vfma(d, vq5u32(b, o + 16, 4, qh, 24, 0), m))
+
+
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _f2x4(w, v, x0, x1, x2, x3, xo, a0, a1, a2, a3, e0, e1, e2, e3):
+    """One weight vector of each of two rows (w, v) times four rows of x at xo, into their 8 sums."""
+    y = vload(x0, xo)
+    a0 = vfma(w, y, a0)
+    e0 = vfma(v, y, e0)
+    y = vload(x1, xo)
+    a1 = vfma(w, y, a1)
+    e1 = vfma(v, y, e1)
+    y = vload(x2, xo)
+    a2 = vfma(w, y, a2)
+    e2 = vfma(v, y, e2)
+    y = vload(x3, xo)
+    a3 = vfma(w, y, a3)
+    e3 = vfma(v, y, e3)
+    return a0, a1, a2, a3, e0, e1, e2, e3
+
+
+@njit(cache=True, fastmath=FLAGS)     # not inline: compiled once for every type and caller
+def _dec32(qtype, b, q, buf, lut):
+    """A row of a 32-value-block type into float32, natural order (``_wv32``)."""
+    bs = _bs32(qtype)
+    for k in range(buf.shape[0] // 32):
+        w = _wv32(qtype, b, q, k * bs, lut)
+        vstore(buf, 32 * k, w[0])
+        vstore(buf, 32 * k + 8, w[1])
+        vstore(buf, 32 * k + 16, w[2])
+        vstore(buf, 32 * k + 24, w[3])
+
+
+@njit(cache=True, inline="always")
+def _bs32(qtype):
+    return 34 if qtype == dq.Q8_0 else (20 if qtype == dq.Q4_1 else (22 if qtype == dq.Q5_0 else (24 if qtype == dq.Q5_1 else 18)))
+
+
+# Up to this many activation rows the 32-value-block batches decode in registers (``_rows2_32``),
+# re-decoding the weights for every 4 rows; above, into a buffer once for all rows (``tiles2``).
+# Over a 0.1B token's 72 matrices, fused against buffered: Q8_0 1.66x / 1.41x / 1.14x at
+# T = 3 / 8 / 16; Q4_0 1.51x / 1.23x / 0.98x; Q4_1 1.38x / 1.20x / 1.01x; Q5_0 1.16x / 0.86x /
+# 0.75x; IQ4_NL 1.30x / 0.93x / 0.81x (T = 4: Q5_1 1.11x, IQ4_NL 1.25x).
+_FT_Q8_0, _FT_Q4_0, _FT_Q4_1, _FT_Q5_0, _FT_Q5_1, _FT_IQ4_NL = 16, 8, 8, 4, 4, 4
+FUSED_T = {dq.Q8_0: _FT_Q8_0, dq.Q4_0: _FT_Q4_0, dq.Q4_1: _FT_Q4_1, dq.Q5_0: _FT_Q5_0, dq.Q5_1: _FT_Q5_1,
+           dq.IQ4_NL: _FT_IQ4_NL}
+
+
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _rows2_32(qtype, fused_t, raw, raw_i8, x, out, r, two, lut, buf):
+    """Rows r and r + 1 (with ``two``) of a 32-value-block type times every row of x.  Up to
+    fused_t rows of x: each weight vector decoded in registers (``_wv32``) and used for 4 rows of x
+    at a time (``_f2x4``: ``tile2x4``'s tiles with the decoding fused in, no float32 copy of the
+    rows); more: both rows decoded into buf once (``_dec32``), then ``tiles2``.  Per row and
+    activation row the products are summed in the same order either way, so the numbers are
+    ``mv_buffered``'s."""
+    T, cols = x.shape
+    bs = _bs32(qtype)
+    rr = r + 1 if two else r
+    if T > fused_t:
+        _dec32(qtype, raw[r], raw_i8[r], buf[0], lut)
+        _dec32(qtype, raw[rr], raw_i8[rr], buf[1], lut)
+        tiles2(buf[0], buf[1], x, out, r, two, 0)
+        return
+    b = raw[r]
+    q = raw_i8[r]
+    bb = raw[rr]
+    qq = raw_i8[rr]
+    for t0 in range(0, T, 4):
+        x0 = x[t0]
+        x1 = x[min(t0 + 1, T - 1)]
+        x2 = x[min(t0 + 2, T - 1)]
+        x3 = x[min(t0 + 3, T - 1)]
+        a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
+        e0, e1, e2, e3 = vzero(), vzero(), vzero(), vzero()
+        for k in range(cols // 32):
+            o = k * bs
+            if t0 == 0 and k % 2 == 0:
+                _prefetch_ahead(raw, r, o, 2 * bs)
+                _prefetch_ahead(raw, rr, o, 2 * bs)
+            w = _wv32(qtype, b, q, o, lut)
+            v = _wv32(qtype, bb, qq, o, lut)
+            xo = k * 32
+            a0, a1, a2, a3, e0, e1, e2, e3 = _f2x4(w[0], v[0], x0, x1, x2, x3, xo, a0, a1, a2, a3, e0, e1, e2, e3)
+            a0, a1, a2, a3, e0, e1, e2, e3 = _f2x4(w[1], v[1], x0, x1, x2, x3, xo + 8, a0, a1, a2, a3, e0, e1, e2, e3)
+            a0, a1, a2, a3, e0, e1, e2, e3 = _f2x4(w[2], v[2], x0, x1, x2, x3, xo + 16, a0, a1, a2, a3, e0, e1, e2, e3)
+            a0, a1, a2, a3, e0, e1, e2, e3 = _f2x4(w[3], v[3], x0, x1, x2, x3, xo + 24, a0, a1, a2, a3, e0, e1, e2, e3)
+        n = min(4, T - t0)
+        out[t0, r] = vhsum(a0)
+        if n > 1:
+            out[t0 + 1, r] = vhsum(a1)
+        if n > 2:
+            out[t0 + 2, r] = vhsum(a2)
+        if n > 3:
+            out[t0 + 3, r] = vhsum(a3)
+        if two:
+            out[t0, r + 1] = vhsum(e0)
+            if n > 1:
+                out[t0 + 1, r + 1] = vhsum(e1)
+            if n > 2:
+                out[t0 + 2, r + 1] = vhsum(e2)
+            if n > 3:
+                out[t0 + 3, r + 1] = vhsum(e3)
+
+
+@njit(cache=True)
+def _aligned_copy(x):
+    """x in a fresh array (Numba's allocations are 32-byte aligned, NumPy's only 16: a vector
+    load across two cache lines halves the loads a cycle)."""
+    xa = np.empty(x.shape, dtype=np.float32)
+    xa[:] = x
+    return xa
+
+
+# The batches of the 32-value-block types: one kernel each (a file compiles only its own), rows in
+# pairs through ``_rows2_32``.
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvb_q8_0(raw, raw_i8, x, out):
+def mvb_q8_0(raw, raw_i8, x, out, lut):
+    xa = _aligned_copy(x)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         buf = np.empty((2, x.shape[1]), dtype=np.float32)
         r0, r1 = _rows_of(task, raw.shape[0])
         for r in range(r0, r1, 2):
-            for i in range(2):
-                rr = min(r + i, r1 - 1)
-                b = buf[i]
-                _dec_q8_0(raw[rr], raw_i8[rr], b)
-            tiles2(buf[0], buf[1], x, out, r, r + 1 < r1, 0)
+            _rows2_32(dq.Q8_0, _FT_Q8_0, raw, raw_i8, xa, out, r, r + 1 < r1, lut, buf)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvb_q4_0(raw, raw_i8, x, out):
+def mvb_q4_0(raw, raw_i8, x, out, lut):
+    xa = _aligned_copy(x)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         buf = np.empty((2, x.shape[1]), dtype=np.float32)
         r0, r1 = _rows_of(task, raw.shape[0])
         for r in range(r0, r1, 2):
-            for i in range(2):
-                rr = min(r + i, r1 - 1)
-                b = buf[i]
-                _dec_q4_0(raw[rr], b)
-            tiles2(buf[0], buf[1], x, out, r, r + 1 < r1, 0)
+            _rows2_32(dq.Q4_0, _FT_Q4_0, raw, raw_i8, xa, out, r, r + 1 < r1, lut, buf)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvb_q4_1(raw, raw_i8, x, out):
+def mvb_q4_1(raw, raw_i8, x, out, lut):
+    xa = _aligned_copy(x)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         buf = np.empty((2, x.shape[1]), dtype=np.float32)
         r0, r1 = _rows_of(task, raw.shape[0])
         for r in range(r0, r1, 2):
-            for i in range(2):
-                rr = min(r + i, r1 - 1)
-                b = buf[i]
-                _dec_q501(dq.Q4_1, raw[rr], b)
-            tiles2(buf[0], buf[1], x, out, r, r + 1 < r1, 0)
+            _rows2_32(dq.Q4_1, _FT_Q4_1, raw, raw_i8, xa, out, r, r + 1 < r1, lut, buf)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvb_q5_0(raw, raw_i8, x, out):
+def mvb_q5_0(raw, raw_i8, x, out, lut):
+    xa = _aligned_copy(x)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         buf = np.empty((2, x.shape[1]), dtype=np.float32)
         r0, r1 = _rows_of(task, raw.shape[0])
         for r in range(r0, r1, 2):
-            for i in range(2):
-                rr = min(r + i, r1 - 1)
-                b = buf[i]
-                _dec_q501(dq.Q5_0, raw[rr], b)
-            tiles2(buf[0], buf[1], x, out, r, r + 1 < r1, 0)
+            _rows2_32(dq.Q5_0, _FT_Q5_0, raw, raw_i8, xa, out, r, r + 1 < r1, lut, buf)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvb_q5_1(raw, raw_i8, x, out):
+def mvb_q5_1(raw, raw_i8, x, out, lut):
+    xa = _aligned_copy(x)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         buf = np.empty((2, x.shape[1]), dtype=np.float32)
         r0, r1 = _rows_of(task, raw.shape[0])
         for r in range(r0, r1, 2):
-            for i in range(2):
-                rr = min(r + i, r1 - 1)
-                b = buf[i]
-                _dec_q501(dq.Q5_1, raw[rr], b)
-            tiles2(buf[0], buf[1], x, out, r, r + 1 < r1, 0)
+            _rows2_32(dq.Q5_1, _FT_Q5_1, raw, raw_i8, xa, out, r, r + 1 < r1, lut, buf)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvb_iq4_nl(raw, raw_i8, x, out):
+def mvb_iq4_nl(raw, raw_i8, x, out, lut):
+    xa = _aligned_copy(x)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         buf = np.empty((2, x.shape[1]), dtype=np.float32)
         r0, r1 = _rows_of(task, raw.shape[0])
         for r in range(r0, r1, 2):
-            for i in range(2):
-                rr = min(r + i, r1 - 1)
-                b = buf[i]
-                _dec_iq4_nl(raw[rr], b)
-            tiles2(buf[0], buf[1], x, out, r, r + 1 < r1, 0)
+            _rows2_32(dq.IQ4_NL, _FT_IQ4_NL, raw, raw_i8, xa, out, r, r + 1 < r1, lut, buf)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvb_f16(raw, raw_i8, x, out):
+def mvb_f16(raw, raw_i8, x, out, lut):
     """F16 rows (their bytes) read by ``tiles2`` directly, halves converted in registers."""
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         r0, r1 = _rows_of(task, raw.shape[0])
@@ -1232,7 +1295,7 @@ def mvb_f16(raw, raw_i8, x, out):
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
-def mvb_f32(raw, raw_i8, x, out):
+def mvb_f32(raw, raw_i8, x, out, lut):
     """F32 rows (their bytes) read by ``tiles2`` directly."""
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         r0, r1 = _rows_of(task, raw.shape[0])

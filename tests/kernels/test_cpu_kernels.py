@@ -197,25 +197,34 @@ def test_18_byte_block_kernels_against_float64(qtype, cols):
         np.testing.assert_allclose(K.matmul(x, W), ref, atol=2e-5 * np.abs(ref).max(), err_msg=f"T={T}")
 
 
-@pytest.mark.parametrize("qtype", [dq.Q8_0, dq.Q4_0, dq.Q4_1, dq.Q5_0, dq.Q5_1, dq.F16, dq.F32],
+@pytest.mark.parametrize("qtype", [dq.Q8_0, dq.Q4_0, dq.Q4_1, dq.Q5_0, dq.Q5_1, dq.IQ4_NL, dq.F16, dq.F32],
                          ids=lambda q: dq.TYPE_NAMES[q])
 def test_per_type_batch_kernels_equal_the_all_types_one(qtype):
     """The per-type batch kernels (``mvb_*``: each compiles only its own decoder) against
-    ``mv_buffered`` (every decoder behind a run-time type): the same decoders and tiles, so the
-    same bits, for T = 3, 8, 11 and an odd row count; and against float64."""
+    ``mv_buffered`` (every decoder behind a run-time type, rows decoded into a buffer, then
+    ``tiles2``): for the 32-value block types, up to ``FUSED_T`` rows of x the weights are decoded
+    in registers and used in 4-row tiles (``_rows2_32``), summed in the buffer's order, so the
+    same bits; above, the same buffered path.  T from 1 to 17 (tiles and remainders), an odd row
+    count; and against float64."""
     from gguf.quants import quantize
     from gguf import GGMLQuantizationType
     from rwkvcpu.kernels import matvec as MV
     rng = np.random.default_rng(3)
-    Wf = rng.standard_normal((13, 512)).astype(np.float32)
-    raw = Wf if qtype == dq.F32 else np.ascontiguousarray(quantize(Wf, GGMLQuantizationType(qtype)))
+    if qtype == dq.IQ4_NL:                  # (gguf-py has no IQ4_NL quantizer: random blocks)
+        raw = _random_blocks(qtype, 13, 512, rng)
+    else:
+        Wf = rng.standard_normal((13, 512)).astype(np.float32)
+        raw = Wf if qtype == dq.F32 else np.ascontiguousarray(quantize(Wf, GGMLQuantizationType(qtype)))
     rb = dq.as_row_bytes(raw)
     rb.setflags(write=False)
     ref_w = QTensor("w", qtype, (13, 512), raw).dequantize().astype(np.float64)
-    for T in (3, 8, 11):
+    Ts = (1, 3, 4, 5, 8, 9, 11, 17)
+    if qtype in MV.FUSED_T:                 # both ways of every kernel are run
+        assert min(Ts) <= MV.FUSED_T[qtype] < max(Ts)
+    for T in Ts:
         x = rand(T, 512)
         got = np.empty((T, 13), np.float32)
-        MV._BATCH[qtype](rb, rb.view(np.int8), x, got)
+        MV._BATCH[qtype](rb, rb.view(np.int8), x, got, dq.F16_LUT)
         want = np.empty((T, 13), np.float32)
         MV.mv_buffered(qtype, rb, rb.view(np.int8), x, want, dq.KVALUES_IQ4, dq.F16_LUT)
         np.testing.assert_array_equal(got, want, err_msg=f"T={T}")
