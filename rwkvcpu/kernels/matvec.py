@@ -876,16 +876,79 @@ def _rows_of(task, rows):
 
 # One kernel per type (each compiles only its own decoder): two rows dequantized, then
 # ``tiles2`` multiplies them with every row of x (in the decoder's order).
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _q6_run2(v, u, i, s2, t2, x0, x1, x2, x3, xo, a0, a1, a2, a3, e0, e1, e2, e3):
+    """Run vectors i..i+3 (i a constant) of two rows' ``vq6lanes`` (v, u) as weights ((q - 32) * the
+    runs' scale pairs s2, t2, as ``_q6_deq_run`` rounds them) times four rows of x at xo."""
+    m = vsplat(np.float32(32.0))
+    a0, a1, a2, a3, e0, e1, e2, e3 = _f2x4(vmul(vsub(v[i], m), s2), vmul(vsub(u[i], m), t2),
+                                           x0, x1, x2, x3, xo, a0, a1, a2, a3, e0, e1, e2, e3)
+    m = vsplat(np.float32(32.0 * 2 ** 8))
+    a0, a1, a2, a3, e0, e1, e2, e3 = _f2x4(vmul(vsub(v[i + 1], m), s2), vmul(vsub(u[i + 1], m), t2),
+                                           x0, x1, x2, x3, xo + 8, a0, a1, a2, a3, e0, e1, e2, e3)
+    m = vsplat(np.float32(32.0 * 2 ** 16))
+    a0, a1, a2, a3, e0, e1, e2, e3 = _f2x4(vmul(vsub(v[i + 2], m), s2), vmul(vsub(u[i + 2], m), t2),
+                                           x0, x1, x2, x3, xo + 16, a0, a1, a2, a3, e0, e1, e2, e3)
+    m = vsplat(np.float32(32.0 * 2 ** 24))
+    return _f2x4(vmul(vsub(v[i + 3], m), s2), vmul(vsub(u[i + 3], m), t2),
+                 x0, x1, x2, x3, xo + 24, a0, a1, a2, a3, e0, e1, e2, e3)
+
+
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _rows2_q6(raw, raw_i8, x, out, r, two):
+    """``_rows2_32`` for Q6_K (x in ``lanes_x_order``): each half-block of the two rows converted in
+    its lanes (``vq6lanes``) and used for 4 rows of x at a time; the products summed in
+    ``_deq_q6_k`` + ``tiles2``'s order, so the same bits."""
+    T, cols = x.shape
+    rr = r + 1 if two else r
+    b = raw[r]
+    bb = raw[rr]
+    for t0 in range(0, T, 4):
+        x0 = x[t0]
+        x1 = x[min(t0 + 1, T - 1)]
+        x2 = x[min(t0 + 2, T - 1)]
+        x3 = x[min(t0 + 3, T - 1)]
+        a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
+        e0, e1, e2, e3 = vzero(), vzero(), vzero(), vzero()
+        for k in range(cols // 256):
+            o = k * 210
+            if t0 == 0:
+                _prefetch_ahead(raw, r, o, 210)
+                _prefetch_ahead(raw, rr, o, 210)
+            d = vsplat(f16at(b, o + 208))
+            dd = vsplat(f16at(bb, o + 208))
+            for h in range(2):
+                xh = k * 256 + 128 * h
+                v = vq6lanes(b, o + h * 64, o + 128 + h * 32)
+                u = vq6lanes(bb, o + h * 64, o + 128 + h * 32)
+                sc = vmul(d, vload(raw_i8[r], o + 192 + h * 8))
+                tc = vmul(dd, vload(raw_i8[rr], o + 192 + h * 8))
+                a0, a1, a2, a3, e0, e1, e2, e3 = _q6_run2(v, u, 0, vpair4(sc, 0, 1), vpair4(tc, 0, 1), x0, x1, x2, x3,
+                                                          xh, a0, a1, a2, a3, e0, e1, e2, e3)
+                a0, a1, a2, a3, e0, e1, e2, e3 = _q6_run2(v, u, 4, vpair4(sc, 2, 3), vpair4(tc, 2, 3), x0, x1, x2, x3,
+                                                          xh + 32, a0, a1, a2, a3, e0, e1, e2, e3)
+                a0, a1, a2, a3, e0, e1, e2, e3 = _q6_run2(v, u, 8, vpair4(sc, 4, 5), vpair4(tc, 4, 5), x0, x1, x2, x3,
+                                                          xh + 64, a0, a1, a2, a3, e0, e1, e2, e3)
+                a0, a1, a2, a3, e0, e1, e2, e3 = _q6_run2(v, u, 12, vpair4(sc, 6, 7), vpair4(tc, 6, 7), x0, x1, x2, x3,
+                                                          xh + 96, a0, a1, a2, a3, e0, e1, e2, e3)
+        _store2x4(out, t0, r, two, a0, a1, a2, a3, e0, e1, e2, e3)
+
+
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mvb_q6_k(raw, raw_i8, x, out, lut):
+    """Up to _FT_Q6_K rows of x ``_rows2_q6`` (decoded in registers for every 4 rows of x), above
+    that two rows dequantized in lane order into a buffer once for ``tiles2``."""
     xq = lanes_x_order(x)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         buf = np.empty((2, x.shape[1]), dtype=np.float32)
         r0, r1 = _rows_of(task, raw.shape[0])
         for r in range(r0, r1, 2):
-            _deq_q6_k(raw, raw_i8, r, buf[0])
-            _deq_q6_k(raw, raw_i8, min(r + 1, r1 - 1), buf[1])
-            tiles2(buf[0], buf[1], xq, out, r, r + 1 < r1, 0)
+            if x.shape[0] <= _FT_Q6_K:
+                _rows2_q6(raw, raw_i8, xq, out, r, r + 1 < r1)
+            else:
+                _deq_q6_k(raw, raw_i8, r, buf[0])
+                _deq_q6_k(raw, raw_i8, min(r + 1, r1 - 1), buf[1])
+                tiles2(buf[0], buf[1], xq, out, r, r + 1 < r1, 0)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -1151,10 +1214,33 @@ def _bs32(qtype):
 # re-decoding the weights for every 4 rows; above, into a buffer once for all rows (``tiles2``).
 # Over a 0.1B token's 72 matrices, fused against buffered: Q8_0 1.66x / 1.41x / 1.14x at
 # T = 3 / 8 / 16; Q4_0 1.51x / 1.23x / 0.98x; Q4_1 1.38x / 1.20x / 1.01x; Q5_0 1.16x / 0.86x /
-# 0.75x; IQ4_NL 1.30x / 0.93x / 0.81x (T = 4: Q5_1 1.11x, IQ4_NL 1.25x).
-_FT_Q8_0, _FT_Q4_0, _FT_Q4_1, _FT_Q5_0, _FT_Q5_1, _FT_IQ4_NL = 16, 8, 8, 4, 4, 4
+# 0.75x; IQ4_NL 1.30x / 0.93x / 0.81x (T = 4: Q5_1 1.11x, IQ4_NL 1.25x).  Q6_K (``_rows2_q6``, the
+# 65536 x 768 head): 1.06x / 1.23x / 0.98x at T = 3 / 4 / 8.
+_FT_Q8_0, _FT_Q4_0, _FT_Q4_1, _FT_Q5_0, _FT_Q5_1, _FT_IQ4_NL, _FT_Q6_K = 16, 8, 8, 4, 4, 4, 4
 FUSED_T = {dq.Q8_0: _FT_Q8_0, dq.Q4_0: _FT_Q4_0, dq.Q4_1: _FT_Q4_1, dq.Q5_0: _FT_Q5_0, dq.Q5_1: _FT_Q5_1,
-           dq.IQ4_NL: _FT_IQ4_NL}
+           dq.IQ4_NL: _FT_IQ4_NL, dq.Q6_K: _FT_Q6_K}
+
+
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _store2x4(out, t0, r, two, a0, a1, a2, a3, e0, e1, e2, e3):
+    """out[t0 + i, r] = the lanes of a_i summed, out[t0 + i, r + 1] those of e_i (with ``two``), for
+    the rows t0 + i of out there are."""
+    n = min(4, out.shape[0] - t0)
+    out[t0, r] = vhsum(a0)
+    if n > 1:
+        out[t0 + 1, r] = vhsum(a1)
+    if n > 2:
+        out[t0 + 2, r] = vhsum(a2)
+    if n > 3:
+        out[t0 + 3, r] = vhsum(a3)
+    if two:
+        out[t0, r + 1] = vhsum(e0)
+        if n > 1:
+            out[t0 + 1, r + 1] = vhsum(e1)
+        if n > 2:
+            out[t0 + 2, r + 1] = vhsum(e2)
+        if n > 3:
+            out[t0 + 3, r + 1] = vhsum(e3)
 
 
 @njit(cache=True, inline="always", fastmath=FLAGS)
@@ -1196,22 +1282,7 @@ def _rows2_32(qtype, fused_t, raw, raw_i8, x, out, r, two, lut, buf):
             a0, a1, a2, a3, e0, e1, e2, e3 = _f2x4(w[1], v[1], x0, x1, x2, x3, xo + 8, a0, a1, a2, a3, e0, e1, e2, e3)
             a0, a1, a2, a3, e0, e1, e2, e3 = _f2x4(w[2], v[2], x0, x1, x2, x3, xo + 16, a0, a1, a2, a3, e0, e1, e2, e3)
             a0, a1, a2, a3, e0, e1, e2, e3 = _f2x4(w[3], v[3], x0, x1, x2, x3, xo + 24, a0, a1, a2, a3, e0, e1, e2, e3)
-        n = min(4, T - t0)
-        out[t0, r] = vhsum(a0)
-        if n > 1:
-            out[t0 + 1, r] = vhsum(a1)
-        if n > 2:
-            out[t0 + 2, r] = vhsum(a2)
-        if n > 3:
-            out[t0 + 3, r] = vhsum(a3)
-        if two:
-            out[t0, r + 1] = vhsum(e0)
-            if n > 1:
-                out[t0 + 1, r + 1] = vhsum(e1)
-            if n > 2:
-                out[t0 + 2, r + 1] = vhsum(e2)
-            if n > 3:
-                out[t0 + 3, r + 1] = vhsum(e3)
+        _store2x4(out, t0, r, two, a0, a1, a2, a3, e0, e1, e2, e3)
 
 
 @njit(cache=True)

@@ -144,6 +144,20 @@ _LANE_TYPES = {dq.Q6_K: (210, [(208, 1)]), dq.Q4_K: (144, [(0, 2)]), dq.Q5_K: (1
                dq.Q3_K: (110, [(108, 1)]), dq.Q2_K: (84, [(80, 2)]), dq.IQ4_XS: (136, [(0, 1)])}
 
 
+def _check_fused_equals_buffered(kernel, qtype, raw, x, got):
+    """Where the batch kernel decodes in registers (T <= FUSED_T), its rows equal, bit for bit,
+    those it gives with x padded past FUSED_T (decoded once into a buffer): the same products in
+    the same order, and no row of x changes another's numbers."""
+    from rwkvcpu.kernels import matvec as MV
+    T = x.shape[0]
+    if qtype not in MV.FUSED_T or T > MV.FUSED_T[qtype]:
+        return
+    pad = np.concatenate([x, rand(MV.FUSED_T[qtype] + 1 - T, x.shape[1])])
+    buffered = np.empty((pad.shape[0], got.shape[1]), np.float32)
+    kernel(raw, raw.view(np.int8), pad, buffered, dq.F16_LUT)
+    np.testing.assert_array_equal(got, buffered[:T], err_msg=f"T={T}")
+
+
 def _random_blocks(qtype, rows, cols, rng):
     """Random bytes as rows of qtype blocks (every bit pattern of the packed fields occurs), with
     finite f16 scales."""
@@ -161,8 +175,9 @@ def _random_blocks(qtype, rows, cols, rng):
 def test_in_lane_kernels_single_and_batched_against_float64(qtype):
     """The exact kernels that convert values where they lie in 32-bit lanes (x read in a matching
     order): the one-or-two-row kernels (T = 1, 2) and the batched ones (``mvb_*``: two rows
-    dequantized in lane order, T = 3, 8 and 11, the last through ``tiles2``'s 4-row tiles and a
-    remainder), on random blocks, 13 rows (an odd last row) x 512 columns.  Float32 products of
+    dequantized in lane order, T = 3 to 11 through ``tiles2``'s 4-row tiles and remainders; Q6_K
+    decoded in registers up to ``FUSED_T``, bit-equal to its buffered path), on random blocks, 13
+    rows (an odd last row) x 512 columns.  Float32 products of
     length 512 with the offsets (Q6_K's -32, Q3_K's -4, IQ4_XS's +128) applied through group
     sums or to the weights: 2e-5 of the largest output (measured 1-5e-7)."""
     from rwkvcpu.kernels import matvec as MV
@@ -170,13 +185,14 @@ def test_in_lane_kernels_single_and_batched_against_float64(qtype):
     raw = _random_blocks(qtype, 13, 512, rng)
     W = QTensor("w", qtype, (13, 512), raw)
     ref_w = W.dequantize().astype(np.float64)
-    for T in (1, 2, 3, 8, 11):
+    for T in (1, 2, 3, 4, 5, 8, 11):
         x = rand(T, 512)
         ref = x.astype(np.float64) @ ref_w.T
         got = K.matmul(x, W)
         np.testing.assert_allclose(got, ref, atol=2e-5 * np.abs(ref).max(), err_msg=f"T={T}")
         if T >= MV.BATCH_T:
             assert qtype in MV._LANES_BATCH          # the batched in-lane kernel is the one tested
+            _check_fused_equals_buffered(MV._LANES_BATCH[qtype], qtype, raw, x, got)
 
 
 @pytest.mark.parametrize("cols", [512, 96, 32])
@@ -204,8 +220,8 @@ def test_per_type_batch_kernels_equal_the_all_types_one(qtype):
     ``mv_buffered`` (every decoder behind a run-time type, rows decoded into a buffer, then
     ``tiles2``): for the 32-value block types, up to ``FUSED_T`` rows of x the weights are decoded
     in registers and used in 4-row tiles (``_rows2_32``), summed in the buffer's order, so the
-    same bits; above, the same buffered path.  T from 1 to 17 (tiles and remainders), an odd row
-    count; and against float64."""
+    same bits, also against the kernel's own buffered path (x padded past ``FUSED_T``).  T from 1
+    to 17 (tiles and remainders), an odd row count; and against float64."""
     from gguf.quants import quantize
     from gguf import GGMLQuantizationType
     from rwkvcpu.kernels import matvec as MV
@@ -228,5 +244,6 @@ def test_per_type_batch_kernels_equal_the_all_types_one(qtype):
         want = np.empty((T, 13), np.float32)
         MV.mv_buffered(qtype, rb, rb.view(np.int8), x, want, dq.KVALUES_IQ4, dq.F16_LUT)
         np.testing.assert_array_equal(got, want, err_msg=f"T={T}")
+        _check_fused_equals_buffered(MV._BATCH[qtype], qtype, rb, x, got)
         ref = x.astype(np.float64) @ ref_w.T
         np.testing.assert_allclose(got, ref, atol=2e-5 * np.abs(ref).max(), err_msg=f"T={T}")
