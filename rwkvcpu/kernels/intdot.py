@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import dequant as dq
-from .matvec import FLAGS, ROWS, _prefetch_ahead, f16lut
+from .matvec import FLAGS, ROWS, _prefetch_ahead, f16lut, store4
 from .actquant import _f16r, q8_0_scale, q8_1_scale, q8_k_scale
 from .simd import (f16at, f16x8, i16add, i16nib, i16q3sc, i16sel2, i16load, i16s8, i8bc4, i8bit, i8crumb, i8half, i8iq4, i8load, i8nib, i8nib16, i8or,
                    i8q5, i8q6,
@@ -117,10 +117,7 @@ def mvi_q8_0(raw, raw_i8, x, out):
                     a1 = vfma(vsplat(dw * xd[t + 1, k]), itof(idot(w, i8load(x1, xo))), a1)
                     a2 = vfma(vsplat(dw * xd[t + 2, k]), itof(idot(w, i8load(x2, xo))), a2)
                     a3 = vfma(vsplat(dw * xd[t + 3, k]), itof(idot(w, i8load(x3, xo))), a3)
-                out[t, r] = vhsum(a0)
-                out[t + 1, r] = vhsum(a1)
-                out[t + 2, r] = vhsum(a2)
-                out[t + 3, r] = vhsum(a3)
+                store4(out, t, r, 4, a0, a1, a2, a3)
             for t in range(T4, T):
                 xt = xq[t]
                 acc = vzero()
@@ -812,13 +809,7 @@ def _iq4xs_rows(raw, b, xq, xd, out, r, t, n):
         a1 = vfma(vsplat(d * xd[t1, k]), itof(s1), a1)
         a2 = vfma(vsplat(d * xd[t2, k]), itof(s2), a2)
         a3 = vfma(vsplat(d * xd[t3, k]), itof(s3), a3)
-    out[t, r] = vhsum(a0)
-    if n > 1:
-        out[t + 1, r] = vhsum(a1)
-    if n > 2:
-        out[t + 2, r] = vhsum(a2)
-    if n > 3:
-        out[t + 3, r] = vhsum(a3)
+    store4(out, t, r, n, a0, a1, a2, a3)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -914,21 +905,8 @@ def _q6_rows(raw, b, sb, xq, xs16, xd, out, r, t, n):
         a5 = vfma(vsplat(xd[t5, k] * dl), itof(s5), a5)
         a6 = vfma(vsplat(xd[t6, k] * dl), itof(s6), a6)
         a7 = vfma(vsplat(xd[t7, k] * dl), itof(s7), a7)
-    out[t, r] = vhsum(a0)
-    if n > 1:
-        out[t + 1, r] = vhsum(a1)
-    if n > 2:
-        out[t + 2, r] = vhsum(a2)
-    if n > 3:
-        out[t + 3, r] = vhsum(a3)
-    if n > 4:
-        out[t + 4, r] = vhsum(a4)
-    if n > 5:
-        out[t + 5, r] = vhsum(a5)
-    if n > 6:
-        out[t + 6, r] = vhsum(a6)
-    if n > 7:
-        out[t + 7, r] = vhsum(a7)
+    store4(out, t, r, n, a0, a1, a2, a3)
+    store4(out, t + 4, r, n - 4, a4, a5, a6, a7)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)

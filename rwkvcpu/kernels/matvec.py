@@ -904,10 +904,7 @@ def _rows2_q6(raw, raw_i8, x, out, r, two):
     b = raw[r]
     bb = raw[rr]
     for t0 in range(0, T, 4):
-        x0 = x[t0]
-        x1 = x[min(t0 + 1, T - 1)]
-        x2 = x[min(t0 + 2, T - 1)]
-        x3 = x[min(t0 + 3, T - 1)]
+        x0, x1, x2, x3 = x4(x, t0)
         a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
         e0, e1, e2, e3 = vzero(), vzero(), vzero(), vzero()
         for k in range(cols // 256):
@@ -1038,13 +1035,9 @@ def tile2x4(w0r, w1r, x, t0):
     """(w0r . x[t0 + i] for i < 4), (w1r . x[t0 + i] for i < 4): two weight rows (float32, or f16
     bits: ``simd.vload_w``) times four rows of x (rows past the end of x repeat its last), 8 vector
     accumulators in registers, each weight vector loaded once for the four."""
-    T = x.shape[0]
     cols = w0r.shape[0]
     c8 = cols - cols % 8
-    x0 = x[t0]
-    x1 = x[min(t0 + 1, T - 1)]
-    x2 = x[min(t0 + 2, T - 1)]
-    x3 = x[min(t0 + 3, T - 1)]
+    x0, x1, x2, x3 = x4(x, t0)
     a00 = vzero()
     a01 = vzero()
     a02 = vzero()
@@ -1222,25 +1215,32 @@ FUSED_T = {dq.Q8_0: _FT_Q8_0, dq.Q4_0: _FT_Q4_0, dq.Q4_1: _FT_Q4_1, dq.Q5_0: _FT
 
 
 @njit(cache=True, inline="always", fastmath=FLAGS)
-def _store2x4(out, t0, r, two, a0, a1, a2, a3, e0, e1, e2, e3):
-    """out[t0 + i, r] = the lanes of a_i summed, out[t0 + i, r + 1] those of e_i (with ``two``), for
-    the rows t0 + i of out there are."""
-    n = min(4, out.shape[0] - t0)
-    out[t0, r] = vhsum(a0)
+def store4(out, t, r, n, a0, a1, a2, a3):
+    """out[t + i, r] = the lanes of a_i summed, for i < n (at most 4)."""
+    if n > 0:
+        out[t, r] = vhsum(a0)
     if n > 1:
-        out[t0 + 1, r] = vhsum(a1)
+        out[t + 1, r] = vhsum(a1)
     if n > 2:
-        out[t0 + 2, r] = vhsum(a2)
+        out[t + 2, r] = vhsum(a2)
     if n > 3:
-        out[t0 + 3, r] = vhsum(a3)
+        out[t + 3, r] = vhsum(a3)
+
+
+@njit(cache=True, inline="always")
+def x4(x, t0):
+    """Rows t0 .. t0 + 3 of x, those past its end repeating its last (their sums are never stored)."""
+    T = x.shape[0]
+    return x[t0], x[min(t0 + 1, T - 1)], x[min(t0 + 2, T - 1)], x[min(t0 + 3, T - 1)]
+
+
+@njit(cache=True, inline="always", fastmath=FLAGS)
+def _store2x4(out, t0, r, two, a0, a1, a2, a3, e0, e1, e2, e3):
+    """``store4`` of a_i to row r and (with ``two``) of e_i to row r + 1, for the rows of out there are."""
+    n = min(4, out.shape[0] - t0)
+    store4(out, t0, r, n, a0, a1, a2, a3)
     if two:
-        out[t0, r + 1] = vhsum(e0)
-        if n > 1:
-            out[t0 + 1, r + 1] = vhsum(e1)
-        if n > 2:
-            out[t0 + 2, r + 1] = vhsum(e2)
-        if n > 3:
-            out[t0 + 3, r + 1] = vhsum(e3)
+        store4(out, t0, r + 1, n, e0, e1, e2, e3)
 
 
 @njit(cache=True, inline="always", fastmath=FLAGS)
@@ -1264,10 +1264,7 @@ def _rows2_32(qtype, fused_t, raw, raw_i8, x, out, r, two, lut, buf):
     bb = raw[rr]
     qq = raw_i8[rr]
     for t0 in range(0, T, 4):
-        x0 = x[t0]
-        x1 = x[min(t0 + 1, T - 1)]
-        x2 = x[min(t0 + 2, T - 1)]
-        x3 = x[min(t0 + 3, T - 1)]
+        x0, x1, x2, x3 = x4(x, t0)
         a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
         e0, e1, e2, e3 = vzero(), vzero(), vzero(), vzero()
         for k in range(cols // 32):
