@@ -1047,20 +1047,8 @@ def tile2x4(w0r, w1r, x, t0):
     a12 = vzero()
     a13 = vzero()
     for j in range(0, c8, 8):
-        w0 = vload_w(w0r, j)
-        w1 = vload_w(w1r, j)
-        xv = vload(x0, j)
-        a00 = vfma(w0, xv, a00)
-        a10 = vfma(w1, xv, a10)
-        xv = vload(x1, j)
-        a01 = vfma(w0, xv, a01)
-        a11 = vfma(w1, xv, a11)
-        xv = vload(x2, j)
-        a02 = vfma(w0, xv, a02)
-        a12 = vfma(w1, xv, a12)
-        xv = vload(x3, j)
-        a03 = vfma(w0, xv, a03)
-        a13 = vfma(w1, xv, a13)
+        a00, a01, a02, a03, a10, a11, a12, a13 = _f2x4(vload_w(w0r, j), vload_w(w1r, j), x0, x1, x2, x3, j,
+                                                       a00, a01, a02, a03, a10, a11, a12, a13)
     s0 = (_tail(vhsum(a00), w0r, x0, c8), _tail(vhsum(a01), w0r, x1, c8),
           _tail(vhsum(a02), w0r, x2, c8), _tail(vhsum(a03), w0r, x3, c8))
     s1 = (_tail(vhsum(a10), w1r, x0, c8), _tail(vhsum(a11), w1r, x1, c8),
