@@ -321,10 +321,21 @@ def dequant_rows(qtype, raw, out, kv, f16_lut):
         dequant_row(qtype, raw[r], out[r], kv, f16_lut)
 
 
+@njit(cache=True)
+def dequant_rows_serial(qtype, raw, out, kv, f16_lut):
+    """``dequant_rows`` on one thread, for a few rows (a prompt's embeddings): a parallel region
+    costs a file's first run ~3 s more compiling than the work it would share."""
+    for r in range(raw.shape[0]):
+        dequant_row(qtype, raw[r], out[r], kv, f16_lut)
+
+
 def as_row_bytes(raw: np.ndarray) -> np.ndarray:
     """Any tensor's raw rows as uint8 [rows, row_bytes] (a view when contiguous)."""
     raw = np.ascontiguousarray(raw)
     return raw.reshape(raw.shape[0], -1).view(np.uint8)
+
+
+SERIAL_VALUES = 1 << 16      # up to this many values ``dequantize`` runs on one thread
 
 
 def dequantize(raw: np.ndarray, qtype: int, cols: int) -> np.ndarray:
@@ -336,7 +347,8 @@ def dequantize(raw: np.ndarray, qtype: int, cols: int) -> np.ndarray:
     if qtype == BF16:
         return bf16_to_f32(raw)
     out = np.empty((raw.shape[0], cols), dtype=np.float32)
-    dequant_rows(qtype, as_row_bytes(raw), out, KVALUES_IQ4, F16_LUT)
+    f = dequant_rows if raw.shape[0] * cols > SERIAL_VALUES else dequant_rows_serial
+    f(qtype, as_row_bytes(raw), out, KVALUES_IQ4, F16_LUT)
     return out
 
 

@@ -24,16 +24,19 @@ from numba import njit, prange
 from .actquant import round_rows
 from .cpu import _normalize, token_shift, wkv7_step
 from .reference import DECAY_SCALE
-from .matvec import tiles2
+from .matvec import _act, tiles2
 from .simd import dot_f32 as _dot
 from .simd import vadd, vexp, vload, vmul, vsigmoid, vsplat, vstore
 
 FLAGS = {"reassoc", "contract"}
 
 
-@njit(cache=True, inline="always")
-def _sig(x):
-    return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
+# Compile time: Numba links a called function's code into its caller, and LLVM inlines and
+# re-optimizes it at every call site, so a helper called from four places is compiled four times.
+# round_rows and the up projections have one call site each here, the array chosen by branches
+# (a2, v2, g2 one type: ``Model._lowrank_forms``), and tiles2 one signature (``_tiles``): tmix_in
+# and its helpers compiled in ~25 s, now ~19 s (a file's first run).  The T = 1 down projections
+# and the gates keep a site per matrix: chosen by branches, tmix_in ran 10-15% slower at T = 1.
 
 
 @njit(cache=True)
@@ -55,12 +58,13 @@ def _tmix_prep(x, ln_w, ln_b, ln_eps, seg_start, seg_len, seg_slot, cache_rows, 
             xv[t, j] = xa[t, j] + d * mixes[3, j]
             xaa[t, j] = xa[t, j] + d * mixes[4, j]
             xg[t, j] = xa[t, j] + d * mixes[5, j]
-    round_rows(xw, rnd[0])
-    round_rows(xaa, rnd[2])
-    round_rows(xg, rnd[6])
-    if has_v and rnd[4] != 0:               # xv also feeds the value projection: round a copy
-        xvr[:] = xv
-        round_rows(xvr, rnd[4])
+    rounded_v = has_v and rnd[4] != 0
+    if rounded_v:                           # xv also feeds the value projection: round a copy
+        for t in range(T):                  # (a loop: ``xvr[:] = xv`` compiles NumPy's setitem, 3 s)
+            for j in range(C):
+                xvr[t, j] = xv[t, j]
+    for i in range(4 if rounded_v else 3):  # one call site (see above)
+        round_rows(xw if i == 0 else (xaa if i == 1 else (xg if i == 2 else xvr)), rnd[(0, 2, 6, 4)[i]])
 
 
 @njit(cache=True, inline="always")
@@ -93,7 +97,18 @@ def _tiles(M, xs, h, d, act, end=-1):
     """h[t, d:d+2] = act(M[d:d+2] . xs[t]) for every row t (rows of M from ``end``, default its
     length, on skipped): ``matvec.tiles2``."""
     n = M.shape[0] if end < 0 else end
-    tiles2(M[d], M[min(d + 1, n - 1)], xs, h, d, d + 1 < n, act)
+    tiles2(M[d], M[min(d + 1, n - 1)], xs, h, d, d + 1 < n, np.int64(act))   # (not a literal: one compile)
+
+
+@njit(cache=True, inline="always")
+def _up(M, h, o, c0, c1):
+    """o[t, c] = M[c] . h[t] for c in [c0, c1) and every row t."""
+    if h.shape[0] == 1:
+        for c in range(c0, c1):
+            o[0, c] = _dot(M[c], h[0])
+    else:
+        for c in range(c0, c1, 2):
+            _tiles(M, h, o, c, 0, c1)
 
 
 GATE_SPAN = 32           # output channels per task of tmix_in's up projections
@@ -142,7 +157,7 @@ def tmix_in(x, ln_w, ln_b, ln_eps, seg_start, seg_len, seg_slot, cache_rows, mix
             elif d < nw + na + nv:
                 hv[0, d - nw - na] = _dot(v1[d - nw - na], xvr[0])
             else:
-                hg[0, d - nw - na - nv] = _sig(_dot(g1[d - nw - na - nv], xg[0]))
+                hg[0, d - nw - na - nv] = _act(_dot(g1[d - nw - na - nv], xg[0]), 2)
     else:                                       # down, T > 1: two rows of a matrix x every row of x
         pw = (nw + 1) // 2
         pa = (na + 1) // 2
@@ -156,29 +171,23 @@ def tmix_in(x, ln_w, ln_b, ln_eps, seg_start, seg_len, seg_slot, cache_rows, mix
                 _tiles(v1, xvr, hv, 2 * (q - pw - pa), 0)
             else:
                 _tiles(g1, xg, hg, 2 * (q - pw - pa - pv), 2)
-    round_rows(hw, rnd[1])
-    round_rows(ha, rnd[3])
-    if has_v:
-        round_rows(hv, rnd[5])
-    round_rows(hg, rnd[7])
+    for i in range(4):
+        if i != 2 or has_v:
+            round_rows(hw if i == 0 else (ha if i == 1 else (hv if i == 2 else hg)), rnd[2 * i + 1])
     scale = np.float32(-DECAY_SCALE)
     for ck in prange((C + GATE_SPAN - 1) // GATE_SPAN):     # up: a span of output channels of all four
         c0 = ck * GATE_SPAN
         c1 = min(C, c0 + GATE_SPAN)
-        if T == 1:
-            for c in range(c0, c1):
-                w[0, c] = _dot(w2[c], hw[0])
-                a[0, c] = _dot(a2[c], ha[0])
-                if has_v:
-                    vg[0, c] = _dot(v2[c], hv[0])
-                g[0, c] = _dot(g2[c], hg[0])
-        else:
-            for c in range(c0, c1, 2):
-                _tiles(w2, hw, w, c, 0, c1)
-                _tiles(a2, ha, a, c, 0, c1)
-                if has_v:
-                    _tiles(v2, hv, vg, c, 0, c1)
-                _tiles(g2, hg, g, c, 0, c1)
+        _up(w2, hw, w, c0, c1)
+        for m in range(3):
+            if m == 0:
+                M, h, o = a2, ha, a
+            elif m == 1:
+                M, h, o = v2, hv, vg
+            else:
+                M, h, o = g2, hg, g
+            if m != 1 or has_v:
+                _up(M, h, o, c0, c1)
         for t in range(T):
             _gate(True, w[t], w0, c0, c1, scale)
             _gate(False, a[t], a0, c0, c1, scale)
