@@ -261,6 +261,12 @@ def dequant_row(qtype, b, out, kv, f16_lut):
     F16 goes through a 65536-entry float32 table (exact); BF16 is the bf16 bits
     shifted into the high half of a float32 (exact).
     """
+    _row(qtype, b, out, kv, f16_lut)
+
+
+@njit(cache=True, inline="always")
+def _row(qtype, b, out, kv, f16_lut):
+    """``dequant_row``'s body; inlined with a constant qtype, Numba types only that type's branch."""
     n = out.shape[0]
     if qtype == F32:
         ob = out.view(np.uint8)
@@ -321,12 +327,24 @@ def dequant_rows(qtype, raw, out, kv, f16_lut):
         dequant_row(qtype, raw[r], out[r], kv, f16_lut)
 
 
-@njit(cache=True)
-def dequant_rows_serial(qtype, raw, out, kv, f16_lut):
-    """``dequant_rows`` on one thread, for a few rows (a prompt's embeddings): a parallel region
-    costs a file's first run ~3 s more compiling than the work it would share."""
-    for r in range(raw.shape[0]):
-        dequant_row(qtype, raw[r], out[r], kv, f16_lut)
+def _few_rows(qtype):
+    """A kernel for a few rows of one type (a prompt's embeddings), on one thread: it compiles
+    that type's decoder only (~1 s of a file's first run, where ``dequant_rows`` compiles every
+    type's and a parallel region, ~7 s).  Numba caches each (the type is part of its cache key)."""
+    @njit(cache=True)
+    def few(raw, out, kv, f16_lut):
+        for r in range(raw.shape[0]):
+            _row(qtype, raw[r], out[r], kv, f16_lut)
+    return few
+
+
+_FEW = {q: _few_rows(q) for q in (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K,
+                                  Q4_K, Q5_K, Q6_K, IQ4_XS)}
+
+
+def dequant_rows_few(qtype, raw, out, kv, f16_lut):
+    """``dequant_rows`` through the one type's kernel (``_few_rows``), on one thread."""
+    _FEW[qtype](raw, out, kv, f16_lut)
 
 
 def as_row_bytes(raw: np.ndarray) -> np.ndarray:
@@ -347,7 +365,7 @@ def dequantize(raw: np.ndarray, qtype: int, cols: int) -> np.ndarray:
     if qtype == BF16:
         return bf16_to_f32(raw)
     out = np.empty((raw.shape[0], cols), dtype=np.float32)
-    f = dequant_rows if raw.shape[0] * cols > SERIAL_VALUES else dequant_rows_serial
+    f = dequant_rows if raw.shape[0] * cols > SERIAL_VALUES else dequant_rows_few
     f(qtype, as_row_bytes(raw), out, KVALUES_IQ4, F16_LUT)
     return out
 

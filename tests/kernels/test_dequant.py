@@ -22,7 +22,7 @@ def test_bit_exact_with_gguf_py(typ):
         ours = dq.dequantize(raw, int(t.tensor_type), cols).reshape(ref.shape)
         # bit patterns, so that -0.0 / NaN payloads would also be caught
         assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32)), f"{path.name}: {t.name}"
-        for f in (dq.dequant_rows, dq.dequant_rows_serial):   # dequantize's two paths, each on all
+        for f in (dq.dequant_rows, dq.dequant_rows_few):   # dequantize's two paths, each on all
             out = np.empty((raw.shape[0], cols), np.float32)
             f(int(t.tensor_type), dq.as_row_bytes(raw), out, dq.KVALUES_IQ4, dq.F16_LUT)
             assert np.array_equal(out.reshape(ref.shape).view(np.uint32), ref.view(np.uint32)), t.name
