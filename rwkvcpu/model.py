@@ -90,8 +90,7 @@ class Model:
         """Per layer, the eight low-rank matrices as ``fused.tmix_in`` reads them: with ``f16``
         those an F16 file holds as F16 stay its f16 bits (uint16 views of the file), the rest
         float32.  Layer 0 has no value residual: its v1/v2 are placeholders typed like the other
-        layers' (one compiled signature).  a1, v1, g1 (and a2, v2, g2) get one type: float32 for
-        all three where the file mixes F16 and F32 among them."""
+        layers' (one compiled signature)."""
         keys = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")
         rows = []
         for L in self.weights.layers:
@@ -108,12 +107,6 @@ class Model:
                 if r[j] is None:
                     r[j] = np.zeros((1, self.hparams.n_embd) if j == 4 else (self.hparams.n_embd, 1),
                                     dtype=np.float32 if ref is None else ref.dtype)
-        for r in rows:      # a1 v1 g1 and a2 v2 g2 share a call site in tmix_in: one type each
-            for js in ((2, 4, 6), (3, 5, 7)):
-                if len({r[j].dtype for j in js}) > 1:           # mixed: f16 -> float32 is exact
-                    for j in js:
-                        if r[j].dtype == np.uint16:
-                            r[j] = r[j].view(np.float16).astype(np.float32)
         return [tuple(readonly(m) for m in r) for r in rows]      # placeholders too (see freeze_weights)
 
     def _mm(self, x, W):

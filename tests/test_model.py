@@ -243,16 +243,14 @@ def test_f16_low_rank_matrices_read_as_the_files_bits_give_the_same_bits():
         f32 = run()
         for a, b in zip(f16, f32):
             np.testing.assert_array_equal(a, b)
-        # a file that mixes the types within a1 v1 g1 (here g1 as F32): tmix_in reads those
-        # three through one call site, so they must get one type (float32), with the same bits
+        # a file that mixes the types within a1 v1 g1 (here g1 as F32): the same bits again
         saved = [L.lowrank_f16 for L in m.weights.layers]
         try:
             for L in m.weights.layers:
                 L.lowrank_f16 = {k: v for k, v in (L.lowrank_f16 or {}).items() if k != "g1"}
             m._lowrank = m._lowrank_forms(True)
             for row in m._lowrank:
-                assert row[3].dtype == np.uint16                  # a2 v2 g2 stay the file's f16 bits
-                assert {row[j].dtype for j in (2, 4, 6)} == {np.dtype(np.float32)}
+                assert row[2].dtype == np.uint16 and row[6].dtype == np.float32      # a1, g1
             mixed = run()
         finally:
             for L, d in zip(m.weights.layers, saved):

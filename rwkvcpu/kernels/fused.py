@@ -32,11 +32,11 @@ FLAGS = {"reassoc", "contract"}
 
 
 # Compile time: Numba links a called function's code into its caller, and LLVM inlines and
-# re-optimizes it at every call site, so a helper called from four places is compiled four times.
-# round_rows and the up projections have one call site each here, the array chosen by branches
-# (a2, v2, g2 one type: ``Model._lowrank_forms``), and tiles2 one signature (``_tiles``): tmix_in
-# and its helpers compiled in ~25 s, now ~19 s (a file's first run).  The T = 1 down projections
-# and the gates keep a site per matrix: chosen by branches, tmix_in ran 10-15% slower at T = 1.
+# re-optimizes it at every call site, so a helper called from three places is compiled three
+# times: _tmix_prep calls round_rows from one site (a loop, the array chosen by branches) and
+# compiles in 1.4 s instead of 4.7.  tmix_in keeps a site per matrix: through one site (the matrix
+# chosen by branches), or with one parallel region for both kinds of down task, or with tiles2
+# given a non-literal act, it ran 5-30% slower.
 
 
 @njit(cache=True)
@@ -97,18 +97,7 @@ def _tiles(M, xs, h, d, act, end=-1):
     """h[t, d:d+2] = act(M[d:d+2] . xs[t]) for every row t (rows of M from ``end``, default its
     length, on skipped): ``matvec.tiles2``."""
     n = M.shape[0] if end < 0 else end
-    tiles2(M[d], M[min(d + 1, n - 1)], xs, h, d, d + 1 < n, np.int64(act))   # (not a literal: one compile)
-
-
-@njit(cache=True, inline="always")
-def _up(M, h, o, c0, c1):
-    """o[t, c] = M[c] . h[t] for c in [c0, c1) and every row t."""
-    if h.shape[0] == 1:
-        for c in range(c0, c1):
-            o[0, c] = _dot(M[c], h[0])
-    else:
-        for c in range(c0, c1, 2):
-            _tiles(M, h, o, c, 0, c1)
+    tiles2(M[d], M[min(d + 1, n - 1)], xs, h, d, d + 1 < n, act)
 
 
 GATE_SPAN = 32           # output channels per task of tmix_in's up projections
@@ -171,23 +160,29 @@ def tmix_in(x, ln_w, ln_b, ln_eps, seg_start, seg_len, seg_slot, cache_rows, mix
                 _tiles(v1, xvr, hv, 2 * (q - pw - pa), 0)
             else:
                 _tiles(g1, xg, hg, 2 * (q - pw - pa - pv), 2)
-    for i in range(4):
-        if i != 2 or has_v:
-            round_rows(hw if i == 0 else (ha if i == 1 else (hv if i == 2 else hg)), rnd[2 * i + 1])
+    round_rows(hw, rnd[1])
+    round_rows(ha, rnd[3])
+    if has_v:
+        round_rows(hv, rnd[5])
+    round_rows(hg, rnd[7])
     scale = np.float32(-DECAY_SCALE)
     for ck in prange((C + GATE_SPAN - 1) // GATE_SPAN):     # up: a span of output channels of all four
         c0 = ck * GATE_SPAN
         c1 = min(C, c0 + GATE_SPAN)
-        _up(w2, hw, w, c0, c1)
-        for m in range(3):
-            if m == 0:
-                M, h, o = a2, ha, a
-            elif m == 1:
-                M, h, o = v2, hv, vg
-            else:
-                M, h, o = g2, hg, g
-            if m != 1 or has_v:
-                _up(M, h, o, c0, c1)
+        if T == 1:
+            for c in range(c0, c1):
+                w[0, c] = _dot(w2[c], hw[0])
+                a[0, c] = _dot(a2[c], ha[0])
+                if has_v:
+                    vg[0, c] = _dot(v2[c], hv[0])
+                g[0, c] = _dot(g2[c], hg[0])
+        else:
+            for c in range(c0, c1, 2):
+                _tiles(w2, hw, w, c, 0, c1)
+                _tiles(a2, ha, a, c, 0, c1)
+                if has_v:
+                    _tiles(v2, hv, vg, c, 0, c1)
+                _tiles(g2, hg, g, c, 0, c1)
         for t in range(T):
             _gate(True, w[t], w0, c0, c1, scale)
             _gate(False, a[t], a0, c0, c1, scale)
