@@ -88,25 +88,34 @@ def _gemm_nt(x, W, out, nchunk, fp_gemm, fp_local):
             _set_local(fp_local, old)
 
 
-@njit(cache=True, parallel=True)
-def _tiled(qtype, raw, x, out, kv, lut, tile, nchunk, fp_gemm, fp_local):
-    """out = x @ dequantize(raw).T, each thread dequantizing its own row tiles (float32, at most
-    ``tile`` rows) and multiplying them with sgemm: no dequantized copy of the whole weight."""
-    N = raw.shape[0]
-    T, K = x.shape
-    per = (N + nchunk - 1) // nchunk
-    for c in prange(nchunk):
-        buf = np.empty((tile, K), dtype=np.float32)
-        lo = c * per
-        hi = min(N, lo + per)
-        old = _set_local(fp_local, 1)
-        for r0 in range(lo, hi, tile):
-            r1 = min(hi, r0 + tile)
-            for r in range(r0, r1):
-                dq.dequant_row(qtype, raw[r], buf[r - r0], kv, lut)
-            _sgemm(fp_gemm, T, r1 - r0, K, np.float32(1.0), x.ctypes.data, K,
-                   buf.ctypes.data, K, out[:, r0:].ctypes.data, N)
-        _set_local(fp_local, old)
+def _tiled_for(qtype):
+    """The tiled product for one block type: out = x @ dequantize(raw).T, each thread dequantizing
+    its own row tiles (float32, at most ``tile`` rows) and multiplying them with sgemm, no
+    dequantized copy of the whole weight.  Made per type (``dq._row`` inlined with the type a
+    constant), it compiles that type's decoder only: ~3 s of a file's first long prompt, where
+    one kernel for all types compiled each one's (~8 s).  Numba caches each (the type is part of
+    its cache key)."""
+    @njit(cache=True, parallel=True)
+    def tiled(raw, x, out, kv, lut, tile, nchunk, fp_gemm, fp_local):
+        N = raw.shape[0]
+        T, K = x.shape
+        per = (N + nchunk - 1) // nchunk
+        for c in prange(nchunk):
+            buf = np.empty((tile, K), dtype=np.float32)
+            lo = c * per
+            hi = min(N, lo + per)
+            old = _set_local(fp_local, 1)
+            for r0 in range(lo, hi, tile):
+                r1 = min(hi, r0 + tile)
+                for r in range(r0, r1):
+                    dq._row(qtype, raw[r], buf[r - r0], kv, lut)
+                _sgemm(fp_gemm, T, r1 - r0, K, np.float32(1.0), x.ctypes.data, K,
+                       buf.ctypes.data, K, out[:, r0:].ctypes.data, N)
+            _set_local(fp_local, old)
+    return tiled
+
+
+_TILED = {}
 
 
 def _chunks(n_rows: int) -> int:
@@ -130,5 +139,7 @@ def tiled_matmul(qtype: int, raw: np.ndarray, x: np.ndarray, out: np.ndarray, ti
     """out = x @ dequantize(raw).T through float32 tiles of ``tile_bytes`` (requires AVAILABLE)."""
     K = x.shape[1]
     tile = max(1, min(raw.shape[0], tile_bytes // (4 * K)))
-    _tiled(qtype, raw, np.ascontiguousarray(x), out, dq.KVALUES_IQ4, dq.F16_LUT, tile, _chunks(raw.shape[0]),
-           SGEMM, SET_LOCAL)
+    f = _TILED.get(qtype)
+    if f is None:
+        f = _TILED[qtype] = _tiled_for(qtype)
+    f(raw, np.ascontiguousarray(x), out, dq.KVALUES_IQ4, dq.F16_LUT, tile, _chunks(raw.shape[0]), SGEMM, SET_LOCAL)

@@ -356,8 +356,9 @@ def as_row_bytes(raw: np.ndarray) -> np.ndarray:
 SERIAL_VALUES = 1 << 16      # up to this many values ``dequantize`` runs on one thread
 
 
-def dequantize(raw: np.ndarray, qtype: int, cols: int) -> np.ndarray:
-    """Rows of any supported type -> float32 [rows, cols] (a new array)."""
+def dequantize(raw: np.ndarray, qtype: int, cols: int, serial: bool | None = None) -> np.ndarray:
+    """Rows of any supported type -> float32 [rows, cols] (a new array); on one thread
+    (``dequant_rows_few``) with ``serial``, or by default up to SERIAL_VALUES values."""
     if qtype == F32:
         return np.array(raw, dtype=np.float32, copy=True)
     if qtype == F16:
@@ -365,7 +366,9 @@ def dequantize(raw: np.ndarray, qtype: int, cols: int) -> np.ndarray:
     if qtype == BF16:
         return bf16_to_f32(raw)
     out = np.empty((raw.shape[0], cols), dtype=np.float32)
-    f = dequant_rows if raw.shape[0] * cols > SERIAL_VALUES else dequant_rows_few
+    if serial is None:
+        serial = raw.shape[0] * cols <= SERIAL_VALUES
+    f = dequant_rows_few if serial else dequant_rows
     f(qtype, as_row_bytes(raw), out, KVALUES_IQ4, F16_LUT)
     return out
 

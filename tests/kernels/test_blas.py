@@ -32,15 +32,16 @@ def test_gemm_nt_writes_into_a_column_slice_target_and_takes_strided_x():
 
 
 @pytest.mark.skipif(not blas.AVAILABLE, reason="NumPy's OpenBLAS symbols not found: np.matmul path in use")
-def test_tiled_matmul_on_quantized_rows():
+@pytest.mark.parametrize("qtype", [dq.Q4_K, dq.Q6_K])       # one kernel per type (blas._tiled_for)
+def test_tiled_matmul_on_quantized_rows(qtype):
     rng = np.random.default_rng(2)
     a = rng.standard_normal((300, 512)).astype(np.float32)
-    raw = quantize_blocks(a, dq.Q4_K)
+    raw = quantize_blocks(a, qtype)
     Wd = np.empty((300, 512), np.float32)
-    dq.dequant_rows(dq.Q4_K, raw, Wd, dq.KVALUES_IQ4, dq.F16_LUT)
+    dq.dequant_rows(qtype, raw, Wd, dq.KVALUES_IQ4, dq.F16_LUT)
     x = rng.standard_normal((20, 512)).astype(np.float32)
     out = np.full((20, 300), np.nan, np.float32)
-    blas.tiled_matmul(dq.Q4_K, raw, x, out, tile_bytes=64 * 512 * 4)    # 64-row tiles: several per thread
+    blas.tiled_matmul(qtype, raw, x, out, tile_bytes=64 * 512 * 4)    # 64-row tiles: several per thread
     np.testing.assert_allclose(out, x @ Wd.T, rtol=1e-4, atol=1e-4)
 
 
