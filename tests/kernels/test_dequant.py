@@ -43,3 +43,35 @@ def test_half_conversion_covers_every_bit_pattern():
     finite = np.isfinite(ref)
     assert np.array_equal(out[finite].view(np.uint32), ref[finite].view(np.uint32))
     assert np.array_equal(np.isnan(out), np.isnan(ref))
+
+
+def test_per_type_kernels_are_loaded_from_numbas_cache_in_a_second_process(tmp_path):
+    """The per-type kernels (``dequant._few_rows``, ``blas._tiled_for``) are closures: Numba keys
+    their cache entries by the closure's type constant.  A second process must load them from the
+    cache, not compile them again (a first run's cost on every run)."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import numpy as np\n"
+        "from rwkvcpu.kernels import blas, dequant as dq\n"
+        "from rwkvcpu.kernels.quantize import quantize_blocks\n"
+        "from gguf.quants import dequantize as gguf_dequantize\n"
+        "a = np.random.default_rng(0).standard_normal((40, 256)).astype(np.float32)\n"
+        "out = np.empty((40, 256), np.float32)\n"
+        "for q in (dq.Q4_K, dq.Q6_K):\n"
+        "    raw = quantize_blocks(a, q)\n"
+        "    dq.dequant_rows_few(q, raw, out, dq.KVALUES_IQ4, dq.F16_LUT)\n"
+        "    assert np.array_equal(out, gguf_dequantize(raw, q).reshape(out.shape))    # its own type's\n"
+        "    if blas.AVAILABLE:\n"
+        "        blas.tiled_matmul(q, raw, a[:20], np.empty((20, 40), np.float32), 1 << 16)\n"
+        "ks = [dq._FEW[dq.Q4_K], dq._FEW[dq.Q6_K]] + list(blas._TILED.values())\n"
+        "print(sum(sum(k.stats.cache_hits.values()) for k in ks), sum(sum(k.stats.cache_misses.values()) for k in ks), len(ks))\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+            for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    (hits1, misses1, n), (hits2, misses2, n2) = [tuple(map(int, r.stdout.split())) for r in runs]
+    assert n == n2 >= 2 and misses1 == n and hits1 == 0              # first process: compiled
+    assert hits2 == n and misses2 == 0, runs[1].stdout               # second: all from the cache
