@@ -92,7 +92,7 @@ def _compile_notice():
     cached = os.path.isdir(cache_dir) and any(n.startswith("cpu.") and n.endswith(".nbi")
                                               for n in os.listdir(cache_dir))
     if not cached:
-        click.echo("rwkvcpu: compiling kernels for this machine (first run only, 1-2 minutes)...", err=True)
+        click.echo("rwkvcpu: compiling kernels for this machine (first run only, about a minute)...", err=True)
 
 
 # --- commands ---------------------------------------------------------------------------
