@@ -247,3 +247,70 @@ def test_per_type_batch_kernels_equal_the_all_types_one(qtype):
         _check_fused_equals_buffered(MV._BATCH[qtype], qtype, rb, x, got)
         ref = x.astype(np.float64) @ ref_w.T
         np.testing.assert_allclose(got, ref, atol=2e-5 * np.abs(ref).max(), err_msg=f"T={T}")
+
+
+# Types whose pair kernels give, bit for bit, the numbers of each row alone (measured).  For Q5_0,
+# Q5_1 and IQ4_XS LLVM's reassociation compiles the second row's sums in another order: float32
+# rounding apart (measured <= 3e-7 of the largest output).
+_PAIRS_BIT_EQUAL = (dq.Q8_0, dq.Q4_0, dq.Q4_1, dq.IQ4_NL, dq.Q2_K, dq.Q3_K, dq.Q4_K, dq.Q5_K, dq.Q6_K)
+
+
+@pytest.mark.parametrize("qtype", [dq.Q8_0, dq.Q4_0, dq.Q4_1, dq.Q5_0, dq.Q5_1, dq.IQ4_NL, dq.IQ4_XS,
+                                   dq.Q2_K, dq.Q3_K, dq.Q4_K, dq.Q5_K, dq.Q6_K], ids=lambda q: dq.TYPE_NAMES[q])
+def test_pair_kernels_give_each_row_its_single_row_numbers(qtype):
+    """Two rows of x (two sequences decoded together) go through ``mv2_*``, which decodes each weight
+    block once for both rows: each row's result against the one-row kernel on that row alone
+    (the same arithmetic per row: equal bits on ``_PAIRS_BIT_EQUAL``, else float32 rounding, 1e-6
+    of the largest output) and against float64; and ``K.matmul`` at T = 2 takes the pair kernel."""
+    from gguf.quants import quantize
+    from gguf import GGMLQuantizationType
+    from rwkvcpu.kernels import matvec as MV
+    rng = np.random.default_rng(int(qtype) + 100)
+    cols = 512
+    if qtype in _LANE_TYPES or qtype in (dq.Q4_0, dq.IQ4_NL):
+        raw = _random_blocks(qtype, 13, cols, rng)
+    else:
+        raw = np.ascontiguousarray(quantize(rng.standard_normal((13, cols)).astype(np.float32),
+                                            GGMLQuantizationType(qtype)))
+    W = QTensor("w", qtype, (13, cols), raw)
+    rb = W.row_bytes
+    one, two = MV._SINGLE[qtype]
+    w = (rb, rb.view(np.int8)) if qtype in (dq.Q8_0, dq.Q6_K) else (rb,)
+    x = rand(2, cols)
+    pair = np.empty((2, 13), np.float32)
+    two(*w, x, pair, dq.F16_LUT)
+    alone = np.empty((2, 13), np.float32)
+    for t in range(2):
+        one(*w, x[t:t + 1], alone[t:t + 1], dq.F16_LUT)
+    if qtype in _PAIRS_BIT_EQUAL:
+        np.testing.assert_array_equal(pair, alone)
+    else:
+        np.testing.assert_allclose(pair, alone, rtol=0, atol=1e-6 * np.abs(alone).max())
+    ref = x.astype(np.float64) @ W.dequantize().astype(np.float64).T
+    np.testing.assert_allclose(pair, ref, atol=2e-5 * np.abs(ref).max())
+    np.testing.assert_array_equal(K.matmul(x, W), pair)
+
+
+@pytest.mark.parametrize("qtype", [dq.F16, dq.BF16], ids=lambda q: dq.TYPE_NAMES[q])
+def test_16bit_pair_kernel_gives_each_row_its_single_row_bits(qtype):
+    """F16/BF16 weights, two rows of x: ``mv2_16bit`` converts each weight vector once for both
+    rows, with each row's products in its own order: bit for bit the one-row kernel's numbers,
+    a ragged end (cols not a multiple of 16) included; and against float64."""
+    from rwkvcpu.kernels import matvec as MV
+    for cols in (512, 100):
+        wf = rand(13, cols)
+        if qtype == dq.F16:
+            w16 = wf.astype(np.float16).view(np.uint16)
+            wq = w16.view(np.float16).astype(np.float64)
+        else:
+            w16 = (wf.view(np.uint32) >> 16).astype(np.uint16)
+            wq = (w16.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        x = rand(2, cols)
+        pair = np.empty((2, 13), np.float32)
+        MV.mv2_16bit(w16, x, pair, qtype == dq.BF16)
+        alone = np.empty((2, 13), np.float32)
+        for t in range(2):
+            MV.mv_16bit(w16, x[t:t + 1], alone[t:t + 1], qtype == dq.BF16)
+        np.testing.assert_array_equal(pair, alone, err_msg=f"cols={cols}")
+        ref = x.astype(np.float64) @ wq.T
+        np.testing.assert_allclose(pair, ref, atol=2e-5 * np.abs(ref).max(), err_msg=f"cols={cols}")
