@@ -90,40 +90,47 @@ def _w16_tail(acc, wr, xt, c16, is_bf16):
     return acc
 
 
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _w16_rows(two, w16, x, out, r, t, is_bf16):
-    """F16 or BF16 row r (its bits as uint16, converted 8 at a time in registers) times row t of x
-    and, with ``two`` (a constant), row t + 1: each weight vector converted once for both."""
-    cols = w16.shape[1]
-    c16 = cols - cols % 16
-    wr = w16[r]
-    u = t + 1 if two else t
-    xt = x[t]
-    xu = x[u]
-    a0 = vzero()
-    a1 = vzero()
-    e0 = vzero()
-    e1 = vzero()
-    for j in range(0, c16, 16):
-        w0 = vload_bf16(wr, j) if is_bf16 else vload_f16(wr, j)
-        w1 = vload_bf16(wr, j + 8) if is_bf16 else vload_f16(wr, j + 8)
-        a0 = vfma(w0, vload(xt, j), a0)
-        a1 = vfma(w1, vload(xt, j + 8), a1)
+def _w16_rows_for(two):
+    """The row body below, ``two`` a constant of the closure: where it is False Numba drops the second
+    row's code before compiling it (a literal argument is not pruned: ~0.2 s more a kernel)."""
+    @njit(cache=True, inline="always", fastmath=FLAGS)
+    def rows(w16, x, out, r, t, is_bf16):
+        """F16 or BF16 row r (its bits as uint16, converted 8 at a time in registers) times row t of x
+        and, with ``two`` (a constant), row t + 1: each weight vector converted once for both."""
+        cols = w16.shape[1]
+        c16 = cols - cols % 16
+        wr = w16[r]
+        u = t + 1 if two else t
+        xt = x[t]
+        xu = x[u]
+        a0 = vzero()
+        a1 = vzero()
+        e0 = vzero()
+        e1 = vzero()
+        for j in range(0, c16, 16):
+            w0 = vload_bf16(wr, j) if is_bf16 else vload_f16(wr, j)
+            w1 = vload_bf16(wr, j + 8) if is_bf16 else vload_f16(wr, j + 8)
+            a0 = vfma(w0, vload(xt, j), a0)
+            a1 = vfma(w1, vload(xt, j + 8), a1)
+            if two:
+                e0 = vfma(w0, vload(xu, j), e0)
+                e1 = vfma(w1, vload(xu, j + 8), e1)
+        out[t, r] = _w16_tail(vhsum(vadd(a0, a1)), wr, xt, c16, is_bf16)
         if two:
-            e0 = vfma(w0, vload(xu, j), e0)
-            e1 = vfma(w1, vload(xu, j + 8), e1)
-    out[t, r] = _w16_tail(vhsum(vadd(a0, a1)), wr, xt, c16, is_bf16)
-    if two:
-        out[u, r] = _w16_tail(vhsum(vadd(e0, e1)), wr, xu, c16, is_bf16)
+            out[u, r] = _w16_tail(vhsum(vadd(e0, e1)), wr, xu, c16, is_bf16)
+    return rows
+
+
+_w16_rows1, _w16_rows2 = _w16_rows_for(False), _w16_rows_for(True)        # one row of x; two (t, t + 1)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mv_16bit(w16, x, out, is_bf16):
-    """F16 or BF16 weights, rows of x one at a time (``_w16_rows``)."""
+    """F16 or BF16 weights, rows of x one at a time (``_w16_rows_for``)."""
     for task in prange((w16.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(w16.shape[0], task * ROWS + ROWS)):
             for t in range(x.shape[0]):
-                _w16_rows(False, w16, x, out, r, t, is_bf16)
+                _w16_rows1(w16, x, out, r, t, is_bf16)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -132,7 +139,7 @@ def mv2_16bit(w16, x, out, is_bf16):
     for task in prange((w16.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(w16.shape[0], task * ROWS + ROWS)):
             for t in range(0, x.shape[0], 2):
-                _w16_rows(True, w16, x, out, r, t, is_bf16)
+                _w16_rows2(w16, x, out, r, t, is_bf16)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -146,47 +153,54 @@ def mv_f32(w, x, out):
                 out[t, r] = dot_f32(w[r], x[t])
 
 
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _q80_rows(two, raw, raw_i8, x, out, r, t, lut):
-    """Q8_0 row r times row t of x and, with ``two`` (a constant), row t + 1: each block's int8
-    values converted once for both, each row's arithmetic that of the row alone."""
-    b = raw[r]
-    q = raw_i8[r]
-    nb = x.shape[1] // 32
-    u = t + 1 if two else t
-    xt = x[t]
-    xu = x[u]
-    acc = vzero()
-    acc2 = vzero()
-    for k in range(nb):
-        o = k * 34
-        if t == 0 and k % 2 == 0:
-            _prefetch_ahead(raw, r, o, 68)
-        xo = k * 32
-        s = vmul(vload(q, o + 2), vload(xt, xo))
-        s = vfma(vload(q, o + 10), vload(xt, xo + 8), s)
-        s = vfma(vload(q, o + 18), vload(xt, xo + 16), s)
-        s = vfma(vload(q, o + 26), vload(xt, xo + 24), s)
-        d = vsplat(f16lut(b, o, lut))
-        acc = vfma(d, s, acc)
-        if two:                                 # (the same loads: LLVM converts them once)
-            s = vmul(vload(q, o + 2), vload(xu, xo))
-            s = vfma(vload(q, o + 10), vload(xu, xo + 8), s)
-            s = vfma(vload(q, o + 18), vload(xu, xo + 16), s)
-            s = vfma(vload(q, o + 26), vload(xu, xo + 24), s)
-            acc2 = vfma(d, s, acc2)
-    out[t, r] = vhsum(acc)
-    if two:
-        out[u, r] = vhsum(acc2)
+def _q80_rows_for(two):
+    """The row body below, ``two`` a constant of the closure: where it is False Numba drops the second
+    row's code before compiling it (a literal argument is not pruned: ~0.2 s more a kernel)."""
+    @njit(cache=True, inline="always", fastmath=FLAGS)
+    def rows(raw, raw_i8, x, out, r, t, lut):
+        """Q8_0 row r times row t of x and, with ``two`` (a constant), row t + 1: each block's int8
+        values converted once for both, each row's arithmetic that of the row alone."""
+        b = raw[r]
+        q = raw_i8[r]
+        nb = x.shape[1] // 32
+        u = t + 1 if two else t
+        xt = x[t]
+        xu = x[u]
+        acc = vzero()
+        acc2 = vzero()
+        for k in range(nb):
+            o = k * 34
+            if t == 0 and k % 2 == 0:
+                _prefetch_ahead(raw, r, o, 68)
+            xo = k * 32
+            s = vmul(vload(q, o + 2), vload(xt, xo))
+            s = vfma(vload(q, o + 10), vload(xt, xo + 8), s)
+            s = vfma(vload(q, o + 18), vload(xt, xo + 16), s)
+            s = vfma(vload(q, o + 26), vload(xt, xo + 24), s)
+            d = vsplat(f16lut(b, o, lut))
+            acc = vfma(d, s, acc)
+            if two:                                 # (the same loads: LLVM converts them once)
+                s = vmul(vload(q, o + 2), vload(xu, xo))
+                s = vfma(vload(q, o + 10), vload(xu, xo + 8), s)
+                s = vfma(vload(q, o + 18), vload(xu, xo + 16), s)
+                s = vfma(vload(q, o + 26), vload(xu, xo + 24), s)
+                acc2 = vfma(d, s, acc2)
+        out[t, r] = vhsum(acc)
+        if two:
+            out[u, r] = vhsum(acc2)
+    return rows
+
+
+_q80_rows1, _q80_rows2 = _q80_rows_for(False), _q80_rows_for(True)        # one row of x; two (t, t + 1)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mv_q8_0(raw, raw_i8, x, out, lut):
-    """Q8_0 weights, rows of x one at a time (``_q80_rows``)."""
+    """Q8_0 weights, rows of x one at a time (``_q80_rows_for``)."""
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(x.shape[0]):
-                _q80_rows(False, raw, raw_i8, x, out, r, t, lut)
+                _q80_rows1(raw, raw_i8, x, out, r, t, lut)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -195,57 +209,64 @@ def mv2_q8_0(raw, raw_i8, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(0, x.shape[0], 2):
-                _q80_rows(True, raw, raw_i8, x, out, r, t, lut)
+                _q80_rows2(raw, raw_i8, x, out, r, t, lut)
 
 
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _q40_rows(two, raw, x, xsum, out, r, t, lut):
-    """Q4_0 row r times row t of x and, with ``two`` (a constant), row t + 1 too: each block's
-    nibbles decoded once for both, each row's arithmetic that of the row alone (so a batch of two
-    gives each row the bits it gets alone).  xsum[t, k] (``block_sums``): sum of x[t] over block k
-    (the -8 offset: sum((q-8)x) = sum(qx) - 8 sum(x)).  (Converting the nibbles in their lanes, as
-    ``_iq4_rows`` does, was 3% slower here.)"""
-    b = raw[r]
-    nb = x.shape[1] // 32
-    u = t + 1 if two else t
-    xt = x[t]
-    xu = x[u]
-    acc = vzero()
-    acc2 = vzero()
-    accm = np.float32(0.0)
-    accm2 = np.float32(0.0)
-    for k in range(nb):
-        o = k * 18
-        if t == 0 and k % 4 == 0:
-            _prefetch_ahead(raw, r, o, 72)
-        xo = k * 32
-        d = f16lut(b, o, lut)
-        s = vmul(vbits(b, o + 2, 0, 15), vload(xt, xo))         # values 0..7: low nibbles
-        s = vfma(vbits(b, o + 10, 0, 15), vload(xt, xo + 8), s)
-        s = vfma(vbits(b, o + 2, 4, 15), vload(xt, xo + 16), s)  # values 16..23: high nibbles
-        s = vfma(vbits(b, o + 10, 4, 15), vload(xt, xo + 24), s)
-        acc = vfma(vsplat(d), s, acc)
-        accm += d * xsum[t, k]
-        if two:                                 # (the same loads: LLVM decodes them once)
-            s = vmul(vbits(b, o + 2, 0, 15), vload(xu, xo))
-            s = vfma(vbits(b, o + 10, 0, 15), vload(xu, xo + 8), s)
-            s = vfma(vbits(b, o + 2, 4, 15), vload(xu, xo + 16), s)
-            s = vfma(vbits(b, o + 10, 4, 15), vload(xu, xo + 24), s)
-            acc2 = vfma(vsplat(d), s, acc2)
-            accm2 += d * xsum[u, k]
-    out[t, r] = vhsum(acc) - np.float32(8.0) * accm
-    if two:
-        out[u, r] = vhsum(acc2) - np.float32(8.0) * accm2
+def _q40_rows_for(two):
+    """The row body below, ``two`` a constant of the closure: where it is False Numba drops the second
+    row's code before compiling it (a literal argument is not pruned: ~0.2 s more a kernel)."""
+    @njit(cache=True, inline="always", fastmath=FLAGS)
+    def rows(raw, x, xsum, out, r, t, lut):
+        """Q4_0 row r times row t of x and, with ``two`` (a constant), row t + 1 too: each block's
+        nibbles decoded once for both, each row's arithmetic that of the row alone (so a batch of two
+        gives each row the bits it gets alone).  xsum[t, k] (``block_sums``): sum of x[t] over block k
+        (the -8 offset: sum((q-8)x) = sum(qx) - 8 sum(x)).  (Converting the nibbles in their lanes, as
+        ``_iq4_rows_for`` does, was 3% slower here.)"""
+        b = raw[r]
+        nb = x.shape[1] // 32
+        u = t + 1 if two else t
+        xt = x[t]
+        xu = x[u]
+        acc = vzero()
+        acc2 = vzero()
+        accm = np.float32(0.0)
+        accm2 = np.float32(0.0)
+        for k in range(nb):
+            o = k * 18
+            if t == 0 and k % 4 == 0:
+                _prefetch_ahead(raw, r, o, 72)
+            xo = k * 32
+            d = f16lut(b, o, lut)
+            s = vmul(vbits(b, o + 2, 0, 15), vload(xt, xo))         # values 0..7: low nibbles
+            s = vfma(vbits(b, o + 10, 0, 15), vload(xt, xo + 8), s)
+            s = vfma(vbits(b, o + 2, 4, 15), vload(xt, xo + 16), s)  # values 16..23: high nibbles
+            s = vfma(vbits(b, o + 10, 4, 15), vload(xt, xo + 24), s)
+            acc = vfma(vsplat(d), s, acc)
+            accm += d * xsum[t, k]
+            if two:                                 # (the same loads: LLVM decodes them once)
+                s = vmul(vbits(b, o + 2, 0, 15), vload(xu, xo))
+                s = vfma(vbits(b, o + 10, 0, 15), vload(xu, xo + 8), s)
+                s = vfma(vbits(b, o + 2, 4, 15), vload(xu, xo + 16), s)
+                s = vfma(vbits(b, o + 10, 4, 15), vload(xu, xo + 24), s)
+                acc2 = vfma(vsplat(d), s, acc2)
+                accm2 += d * xsum[u, k]
+        out[t, r] = vhsum(acc) - np.float32(8.0) * accm
+        if two:
+            out[u, r] = vhsum(acc2) - np.float32(8.0) * accm2
+    return rows
+
+
+_q40_rows1, _q40_rows2 = _q40_rows_for(False), _q40_rows_for(True)        # one row of x; two (t, t + 1)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mv_q4_0(raw, x, out, lut):
-    """Q4_0 weights, rows of x one at a time (``_q40_rows``)."""
+    """Q4_0 weights, rows of x one at a time (``_q40_rows_for``)."""
     xsum = block_sums(x, 32)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(x.shape[0]):
-                _q40_rows(False, raw, x, xsum, out, r, t, lut)
+                _q40_rows1(raw, x, xsum, out, r, t, lut)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -255,64 +276,71 @@ def mv2_q4_0(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(0, x.shape[0], 2):
-                _q40_rows(True, raw, x, xsum, out, r, t, lut)
+                _q40_rows2(raw, x, xsum, out, r, t, lut)
 
 
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _q501_rows(qtype, two, raw, x, xsum, out, r, t, lut):
-    """Q4_1, Q5_0 and Q5_1 (32-value blocks): as ``_q40_rows`` (row t of x, and t + 1 with
-    ``two``), with Q5's fifth bits (bit i of the block's uint32 qh for value i) or-ed in
-    (``i8q5``), and the block's m (Q4_1, Q5_1) times the block sum of x, as llama.cpp applies it."""
-    nb = x.shape[1] // 32
-    bs = 20 if qtype == dq.Q4_1 else (22 if qtype == dq.Q5_0 else 24)
-    five = qtype != dq.Q4_1
-    off = 16 if qtype == dq.Q5_0 else 0
-    b = raw[r]
-    u = t + 1 if two else t
-    xt = x[t]
-    xu = x[u]
-    acc = vzero()
-    acc2 = vzero()
-    accm = np.float32(0.0)
-    accm2 = np.float32(0.0)
-    for k in range(nb):
-        o = k * bs
-        if t == 0 and k % 2 == 0:
-            _prefetch_ahead(raw, r, o, 2 * bs)
-        xo = k * 32
-        d = f16lut(b, o, lut)
-        qs = o + bs - 16
-        if five:                            # q (Q5_1) or q - 16 (Q5_0: -16..15, formed
-            w = i8q5(b, qs, qs - 4)         # before the products; as q and 16 * sum(x)
-            if off:                         # apart, the difference cancels ~4 bits
-                w = i8sub(w, off)           # and llama numerics then flips the
-            q0 = vi8f(w, 0)                 # rounding of later activations:
-            q1 = vi8f(w, 1)                 # 0.07 off llama.cpp); the 32 values
-            q2 = vi8f(w, 2)                 # assembled in bytes, widened 8 at a time
-            q3 = vi8f(w, 3)
-        else:
-            q0 = vbits(b, qs, 0, 15)
-            q1 = vbits(b, qs + 8, 0, 15)
-            q2 = vbits(b, qs, 4, 15)
-            q3 = vbits(b, qs + 8, 4, 15)
-        s = vmul(q0, vload(xt, xo))
-        s = vfma(q1, vload(xt, xo + 8), s)
-        s = vfma(q2, vload(xt, xo + 16), s)
-        s = vfma(q3, vload(xt, xo + 24), s)
-        acc = vfma(vsplat(d), s, acc)
-        if qtype != dq.Q5_0:
-            accm += f16lut(b, o + 2, lut) * xsum[t, k]
-        if two:
-            s = vmul(q0, vload(xu, xo))
-            s = vfma(q1, vload(xu, xo + 8), s)
-            s = vfma(q2, vload(xu, xo + 16), s)
-            s = vfma(q3, vload(xu, xo + 24), s)
-            acc2 = vfma(vsplat(d), s, acc2)
+def _q501_rows_for(two):
+    """The row body below, ``two`` a constant of the closure: where it is False Numba drops the second
+    row's code before compiling it (a literal argument is not pruned: ~0.2 s more a kernel)."""
+    @njit(cache=True, inline="always", fastmath=FLAGS)
+    def rows(qtype, raw, x, xsum, out, r, t, lut):
+        """Q4_1, Q5_0 and Q5_1 (32-value blocks): as ``_q40_rows_for`` (row t of x, and t + 1 with
+        ``two``), with Q5's fifth bits (bit i of the block's uint32 qh for value i) or-ed in
+        (``i8q5``), and the block's m (Q4_1, Q5_1) times the block sum of x, as llama.cpp applies it."""
+        nb = x.shape[1] // 32
+        bs = 20 if qtype == dq.Q4_1 else (22 if qtype == dq.Q5_0 else 24)
+        five = qtype != dq.Q4_1
+        off = 16 if qtype == dq.Q5_0 else 0
+        b = raw[r]
+        u = t + 1 if two else t
+        xt = x[t]
+        xu = x[u]
+        acc = vzero()
+        acc2 = vzero()
+        accm = np.float32(0.0)
+        accm2 = np.float32(0.0)
+        for k in range(nb):
+            o = k * bs
+            if t == 0 and k % 2 == 0:
+                _prefetch_ahead(raw, r, o, 2 * bs)
+            xo = k * 32
+            d = f16lut(b, o, lut)
+            qs = o + bs - 16
+            if five:                            # q (Q5_1) or q - 16 (Q5_0: -16..15, formed
+                w = i8q5(b, qs, qs - 4)         # before the products; as q and 16 * sum(x)
+                if off:                         # apart, the difference cancels ~4 bits
+                    w = i8sub(w, off)           # and llama numerics then flips the
+                q0 = vi8f(w, 0)                 # rounding of later activations:
+                q1 = vi8f(w, 1)                 # 0.07 off llama.cpp); the 32 values
+                q2 = vi8f(w, 2)                 # assembled in bytes, widened 8 at a time
+                q3 = vi8f(w, 3)
+            else:
+                q0 = vbits(b, qs, 0, 15)
+                q1 = vbits(b, qs + 8, 0, 15)
+                q2 = vbits(b, qs, 4, 15)
+                q3 = vbits(b, qs + 8, 4, 15)
+            s = vmul(q0, vload(xt, xo))
+            s = vfma(q1, vload(xt, xo + 8), s)
+            s = vfma(q2, vload(xt, xo + 16), s)
+            s = vfma(q3, vload(xt, xo + 24), s)
+            acc = vfma(vsplat(d), s, acc)
             if qtype != dq.Q5_0:
-                accm2 += f16lut(b, o + 2, lut) * xsum[u, k]
-    out[t, r] = vhsum(acc) + accm
-    if two:
-        out[u, r] = vhsum(acc2) + accm2
+                accm += f16lut(b, o + 2, lut) * xsum[t, k]
+            if two:
+                s = vmul(q0, vload(xu, xo))
+                s = vfma(q1, vload(xu, xo + 8), s)
+                s = vfma(q2, vload(xu, xo + 16), s)
+                s = vfma(q3, vload(xu, xo + 24), s)
+                acc2 = vfma(vsplat(d), s, acc2)
+                if qtype != dq.Q5_0:
+                    accm2 += f16lut(b, o + 2, lut) * xsum[u, k]
+        out[t, r] = vhsum(acc) + accm
+        if two:
+            out[u, r] = vhsum(acc2) + accm2
+    return rows
+
+
+_q501_rows1, _q501_rows2 = _q501_rows_for(False), _q501_rows_for(True)        # one row of x; two (t, t + 1)
 
 
 @njit(cache=True)
@@ -340,84 +368,98 @@ def _iq4xs_pair(sc, b, q, xt, xo, acc0, acc1, a, c):
     return vfma(s2, _lanes32(v, 0, xt, xo), acc0), vfma(s2, _lanes32(v, 4, xt, xo + 32), acc1)
 
 
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _iq4xs_rows(two, raw, x, xsum, out, r, t):
-    """IQ4_XS (256-value blocks, 8 signed 6-bit sub-block scales, ``vxs_scales``), row t of x and
-    t + 1 with ``two`` (the decoding shared): two 32-value sub-blocks (32 bytes) at a time, their
-    nibbles looked up (kvalues + 128) and converted where they lie in 32-bit lanes (``viq4lanes``)
-    against x in the matching order (x: ``iq4_x_order``); the +128 comes off through the
-    sub-blocks' sums of the original x (xsum).  Hot, 768 x 768 on Zen 3: 37 -> 27 us against
-    ``viq4`` (look up, widen 8 values at a time).  (IQ4_NL's 18-byte blocks go one at a time:
-    ``_iq4_rows``.)"""
-    b = raw[r]
-    u = t + 1 if two else t
-    xt = x[t]
-    xu = x[u]
-    acc0 = vzero()
-    acc1 = vzero()
-    accm = vzero()
-    e0 = vzero()
-    e1 = vzero()
-    em = vzero()
-    for k in range(x.shape[1] // 256):
-        o = k * 136
-        if t == 0:
-            _prefetch_ahead(raw, r, o, 136)
-        sc = vmul(vsplat(f16at(b, o)), vxs_scales(b, o))
-        accm = vfma(sc, vload(xsum[t], 8 * k), accm)
-        xo = k * 256
-        acc0, acc1 = _iq4xs_pair(sc, b, o + 8, xt, xo, acc0, acc1, 0, 1)
-        acc0, acc1 = _iq4xs_pair(sc, b, o + 40, xt, xo + 64, acc0, acc1, 2, 3)
-        acc0, acc1 = _iq4xs_pair(sc, b, o + 72, xt, xo + 128, acc0, acc1, 4, 5)
-        acc0, acc1 = _iq4xs_pair(sc, b, o + 104, xt, xo + 192, acc0, acc1, 6, 7)
-        if two:                             # (the same loads: LLVM decodes them once)
-            em = vfma(sc, vload(xsum[u], 8 * k), em)
-            e0, e1 = _iq4xs_pair(sc, b, o + 8, xu, xo, e0, e1, 0, 1)
-            e0, e1 = _iq4xs_pair(sc, b, o + 40, xu, xo + 64, e0, e1, 2, 3)
-            e0, e1 = _iq4xs_pair(sc, b, o + 72, xu, xo + 128, e0, e1, 4, 5)
-            e0, e1 = _iq4xs_pair(sc, b, o + 104, xu, xo + 192, e0, e1, 6, 7)
-    out[t, r] = vhsum(vadd(acc0, acc1)) - np.float32(128.0) * vhsum(accm)
-    if two:
-        out[u, r] = vhsum(vadd(e0, e1)) - np.float32(128.0) * vhsum(em)
+def _iq4xs_rows_for(two):
+    """The row body below, ``two`` a constant of the closure: where it is False Numba drops the second
+    row's code before compiling it (a literal argument is not pruned: ~0.2 s more a kernel)."""
+    @njit(cache=True, inline="always", fastmath=FLAGS)
+    def rows(raw, x, xsum, out, r, t):
+        """IQ4_XS (256-value blocks, 8 signed 6-bit sub-block scales, ``vxs_scales``), row t of x and
+        t + 1 with ``two`` (the decoding shared): two 32-value sub-blocks (32 bytes) at a time, their
+        nibbles looked up (kvalues + 128) and converted where they lie in 32-bit lanes (``viq4lanes``)
+        against x in the matching order (x: ``iq4_x_order``); the +128 comes off through the
+        sub-blocks' sums of the original x (xsum).  Hot, 768 x 768 on Zen 3: 37 -> 27 us against
+        ``viq4`` (look up, widen 8 values at a time).  (IQ4_NL's 18-byte blocks go one at a time:
+        ``_iq4_rows_for``.)"""
+        b = raw[r]
+        u = t + 1 if two else t
+        xt = x[t]
+        xu = x[u]
+        acc0 = vzero()
+        acc1 = vzero()
+        accm = vzero()
+        e0 = vzero()
+        e1 = vzero()
+        em = vzero()
+        for k in range(x.shape[1] // 256):
+            o = k * 136
+            if t == 0:
+                _prefetch_ahead(raw, r, o, 136)
+            sc = vmul(vsplat(f16at(b, o)), vxs_scales(b, o))
+            accm = vfma(sc, vload(xsum[t], 8 * k), accm)
+            xo = k * 256
+            acc0, acc1 = _iq4xs_pair(sc, b, o + 8, xt, xo, acc0, acc1, 0, 1)
+            acc0, acc1 = _iq4xs_pair(sc, b, o + 40, xt, xo + 64, acc0, acc1, 2, 3)
+            acc0, acc1 = _iq4xs_pair(sc, b, o + 72, xt, xo + 128, acc0, acc1, 4, 5)
+            acc0, acc1 = _iq4xs_pair(sc, b, o + 104, xt, xo + 192, acc0, acc1, 6, 7)
+            if two:                             # (the same loads: LLVM decodes them once)
+                em = vfma(sc, vload(xsum[u], 8 * k), em)
+                e0, e1 = _iq4xs_pair(sc, b, o + 8, xu, xo, e0, e1, 0, 1)
+                e0, e1 = _iq4xs_pair(sc, b, o + 40, xu, xo + 64, e0, e1, 2, 3)
+                e0, e1 = _iq4xs_pair(sc, b, o + 72, xu, xo + 128, e0, e1, 4, 5)
+                e0, e1 = _iq4xs_pair(sc, b, o + 104, xu, xo + 192, e0, e1, 6, 7)
+        out[t, r] = vhsum(vadd(acc0, acc1)) - np.float32(128.0) * vhsum(accm)
+        if two:
+            out[u, r] = vhsum(vadd(e0, e1)) - np.float32(128.0) * vhsum(em)
+    return rows
 
 
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _iq4_rows(two, raw, x, xsum, out, r, t, lut):
-    """IQ4_NL (18-byte blocks of 32 values, one f16 scale), row t of x and t + 1 with ``two`` (the
-    decoding shared): each block's kvalues + 128 converted where they lie in 32-bit lanes
-    (``viq4nl_lanes``) against x in the matching order (x: ``iq4nl_x_order``), two blocks an
-    iteration; the +128 comes off through the blocks' sums of the original x (xsum).  Over a 0.1B
-    token's 72 matrices: 1.2x against looking up and widening 8 values at a time (``viq4``; 768 x
-    768 hot: 35 -> 28 us), and 1.1x more from ``f16lut``.  Rows of an even number of blocks
-    (``_bind_single`` sends the others to ``mvb_iq4_nl``): any code for an odd last block, even
-    behind a branch after the loop, cost the loop 8-10%."""
-    b = raw[r]
-    u = t + 1 if two else t
-    xt = x[t]
-    xu = x[u]
-    acc0 = vzero()
-    acc1 = vzero()
-    accm = np.float32(0.0)
-    e0 = vzero()
-    e1 = vzero()
-    em = np.float32(0.0)
-    for k in range(0, x.shape[1] // 32, 2):
-        o = k * 18
-        if t == 0:
-            _prefetch_ahead(raw, r, o, 36)
-        xo = k * 32
-        d0 = f16lut(b, o, lut)
-        d1 = f16lut(b, o + 18, lut)
-        acc0 = vfma(vsplat(d0), _lanes32(viq4nl_lanes(b, o + 2), 0, xt, xo), acc0)
-        acc1 = vfma(vsplat(d1), _lanes32(viq4nl_lanes(b, o + 20), 0, xt, xo + 32), acc1)
-        accm += d0 * xsum[t, k] + d1 * xsum[t, k + 1]
-        if two:                             # (the same loads: LLVM decodes them once)
-            e0 = vfma(vsplat(d0), _lanes32(viq4nl_lanes(b, o + 2), 0, xu, xo), e0)
-            e1 = vfma(vsplat(d1), _lanes32(viq4nl_lanes(b, o + 20), 0, xu, xo + 32), e1)
-            em += d0 * xsum[u, k] + d1 * xsum[u, k + 1]
-    out[t, r] = vhsum(vadd(acc0, acc1)) - np.float32(128.0) * accm
-    if two:
-        out[u, r] = vhsum(vadd(e0, e1)) - np.float32(128.0) * em
+_iq4xs_rows1, _iq4xs_rows2 = _iq4xs_rows_for(False), _iq4xs_rows_for(True)        # one row of x; two (t, t + 1)
+
+
+def _iq4_rows_for(two):
+    """The row body below, ``two`` a constant of the closure: where it is False Numba drops the second
+    row's code before compiling it (a literal argument is not pruned: ~0.2 s more a kernel)."""
+    @njit(cache=True, inline="always", fastmath=FLAGS)
+    def rows(raw, x, xsum, out, r, t, lut):
+        """IQ4_NL (18-byte blocks of 32 values, one f16 scale), row t of x and t + 1 with ``two`` (the
+        decoding shared): each block's kvalues + 128 converted where they lie in 32-bit lanes
+        (``viq4nl_lanes``) against x in the matching order (x: ``iq4nl_x_order``), two blocks an
+        iteration; the +128 comes off through the blocks' sums of the original x (xsum).  Over a 0.1B
+        token's 72 matrices: 1.2x against looking up and widening 8 values at a time (``viq4``; 768 x
+        768 hot: 35 -> 28 us), and 1.1x more from ``f16lut``.  Rows of an even number of blocks
+        (``_bind_single`` sends the others to ``mvb_iq4_nl``): any code for an odd last block, even
+        behind a branch after the loop, cost the loop 8-10%."""
+        b = raw[r]
+        u = t + 1 if two else t
+        xt = x[t]
+        xu = x[u]
+        acc0 = vzero()
+        acc1 = vzero()
+        accm = np.float32(0.0)
+        e0 = vzero()
+        e1 = vzero()
+        em = np.float32(0.0)
+        for k in range(0, x.shape[1] // 32, 2):
+            o = k * 18
+            if t == 0:
+                _prefetch_ahead(raw, r, o, 36)
+            xo = k * 32
+            d0 = f16lut(b, o, lut)
+            d1 = f16lut(b, o + 18, lut)
+            acc0 = vfma(vsplat(d0), _lanes32(viq4nl_lanes(b, o + 2), 0, xt, xo), acc0)
+            acc1 = vfma(vsplat(d1), _lanes32(viq4nl_lanes(b, o + 20), 0, xt, xo + 32), acc1)
+            accm += d0 * xsum[t, k] + d1 * xsum[t, k + 1]
+            if two:                             # (the same loads: LLVM decodes them once)
+                e0 = vfma(vsplat(d0), _lanes32(viq4nl_lanes(b, o + 2), 0, xu, xo), e0)
+                e1 = vfma(vsplat(d1), _lanes32(viq4nl_lanes(b, o + 20), 0, xu, xo + 32), e1)
+                em += d0 * xsum[u, k] + d1 * xsum[u, k + 1]
+        out[t, r] = vhsum(vadd(acc0, acc1)) - np.float32(128.0) * accm
+        if two:
+            out[u, r] = vhsum(vadd(e0, e1)) - np.float32(128.0) * em
+    return rows
+
+
+_iq4_rows1, _iq4_rows2 = _iq4_rows_for(False), _iq4_rows_for(True)        # one row of x; two (t, t + 1)
 
 
 @njit(cache=True)
@@ -458,71 +500,78 @@ def _lanes32(v, i, xt, xo):
     return vadd(a, b)
 
 
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _q23_k_rows(qtype, two, raw, x, xsum16, out, r, t):
-    """Q2_K (y = d sc q - dmin mn) and Q3_K (y = d sc (q - 4), q = 2 low bits + 4 * hmask bit),
-    row t of x and t + 1 with ``two`` (the decoding shared): per half-block, 128 values converted
-    where they lie in 32-bit lanes (``vq2lanes``, ``vq3lanes``) against x in the matching order
-    (x: ``lanes_x_order``), each run's two group scales as one vector (``vpair4``); Q2_K's mins
-    and Q3_K's -4 through xsum16 (group sums of the original x).  Hot, 768 x 768 on Zen 3: Q3_K
-    59 -> 29 us, Q2_K 30 -> 26 us, against widening each 8 values and reducing group sums
-    (``vsum8``)."""
-    q2 = qtype == dq.Q2_K
-    bs = 84 if q2 else 110
-    b = raw[r]
-    u = t + 1 if two else t
-    xt = x[t]
-    xu = x[u]
-    acc0 = vzero()
-    acc1 = vzero()
-    accm = vzero()
-    e0 = vzero()
-    e1 = vzero()
-    em = vzero()
-    for k in range(x.shape[1] // 256):
-        o = k * bs
-        if t == 0:
-            _prefetch_ahead(raw, r, o, bs)
-        if q2:
-            qs = o + 16
-            d = vsplat(f16at(b, o + 80))
-            sc0 = vmul(d, vbits(b, o, 0, 15))
-            sc1 = vmul(d, vbits(b, o + 8, 0, 15))
-            dmin = vsplat(-f16at(b, o + 82))
-            m0 = vmul(dmin, vbits(b, o, 4, 15))
-            m1 = vmul(dmin, vbits(b, o + 8, 4, 15))
-        else:
-            qs = o + 32
-            d = vsplat(f16at(b, o + 108))
-            s0, s1 = vq3scales(b, o + 96)
-            sc0 = vmul(d, s0)
-            sc1 = vmul(d, s1)
-            m0 = vmul(vsplat(MFOUR), sc0)
-            m1 = vmul(vsplat(MFOUR), sc1)
-        xo = k * 256
-        for h in range(2):              # groups 8h .. 8h + 7: values 128h + 16g'
-            xh = xo + 128 * h
+def _q23_k_rows_for(two):
+    """The row body below, ``two`` a constant of the closure: where it is False Numba drops the second
+    row's code before compiling it (a literal argument is not pruned: ~0.2 s more a kernel)."""
+    @njit(cache=True, inline="always", fastmath=FLAGS)
+    def rows(qtype, raw, x, xsum16, out, r, t):
+        """Q2_K (y = d sc q - dmin mn) and Q3_K (y = d sc (q - 4), q = 2 low bits + 4 * hmask bit),
+        row t of x and t + 1 with ``two`` (the decoding shared): per half-block, 128 values converted
+        where they lie in 32-bit lanes (``vq2lanes``, ``vq3lanes``) against x in the matching order
+        (x: ``lanes_x_order``), each run's two group scales as one vector (``vpair4``); Q2_K's mins
+        and Q3_K's -4 through xsum16 (group sums of the original x).  Hot, 768 x 768 on Zen 3: Q3_K
+        59 -> 29 us, Q2_K 30 -> 26 us, against widening each 8 values and reducing group sums
+        (``vsum8``)."""
+        q2 = qtype == dq.Q2_K
+        bs = 84 if q2 else 110
+        b = raw[r]
+        u = t + 1 if two else t
+        xt = x[t]
+        xu = x[u]
+        acc0 = vzero()
+        acc1 = vzero()
+        accm = vzero()
+        e0 = vzero()
+        e1 = vzero()
+        em = vzero()
+        for k in range(x.shape[1] // 256):
+            o = k * bs
+            if t == 0:
+                _prefetch_ahead(raw, r, o, bs)
             if q2:
-                v = vq2lanes(b, qs + 32 * h)
-            elif h == 0:
-                v = vq3lanes(b, qs, o, 0)
+                qs = o + 16
+                d = vsplat(f16at(b, o + 80))
+                sc0 = vmul(d, vbits(b, o, 0, 15))
+                sc1 = vmul(d, vbits(b, o + 8, 0, 15))
+                dmin = vsplat(-f16at(b, o + 82))
+                m0 = vmul(dmin, vbits(b, o, 4, 15))
+                m1 = vmul(dmin, vbits(b, o + 8, 4, 15))
             else:
-                v = vq3lanes(b, qs + 32, o, 4)
-            sc = sc1 if h else sc0
-            acc0 = vfma(vpair4(sc, 0, 1), _lanes32(v, 0, xt, xh), acc0)
-            acc1 = vfma(vpair4(sc, 2, 3), _lanes32(v, 4, xt, xh + 32), acc1)
-            acc0 = vfma(vpair4(sc, 4, 5), _lanes32(v, 8, xt, xh + 64), acc0)
-            acc1 = vfma(vpair4(sc, 6, 7), _lanes32(v, 12, xt, xh + 96), acc1)
-            accm = vfma(m1 if h else m0, vload(xsum16[t], xh // 16), accm)
-            if two:
-                e0 = vfma(vpair4(sc, 0, 1), _lanes32(v, 0, xu, xh), e0)
-                e1 = vfma(vpair4(sc, 2, 3), _lanes32(v, 4, xu, xh + 32), e1)
-                e0 = vfma(vpair4(sc, 4, 5), _lanes32(v, 8, xu, xh + 64), e0)
-                e1 = vfma(vpair4(sc, 6, 7), _lanes32(v, 12, xu, xh + 96), e1)
-                em = vfma(m1 if h else m0, vload(xsum16[u], xh // 16), em)
-    out[t, r] = vhsum(vadd(acc0, acc1)) + vhsum(accm)
-    if two:
-        out[u, r] = vhsum(vadd(e0, e1)) + vhsum(em)
+                qs = o + 32
+                d = vsplat(f16at(b, o + 108))
+                s0, s1 = vq3scales(b, o + 96)
+                sc0 = vmul(d, s0)
+                sc1 = vmul(d, s1)
+                m0 = vmul(vsplat(MFOUR), sc0)
+                m1 = vmul(vsplat(MFOUR), sc1)
+            xo = k * 256
+            for h in range(2):              # groups 8h .. 8h + 7: values 128h + 16g'
+                xh = xo + 128 * h
+                if q2:
+                    v = vq2lanes(b, qs + 32 * h)
+                elif h == 0:
+                    v = vq3lanes(b, qs, o, 0)
+                else:
+                    v = vq3lanes(b, qs + 32, o, 4)
+                sc = sc1 if h else sc0
+                acc0 = vfma(vpair4(sc, 0, 1), _lanes32(v, 0, xt, xh), acc0)
+                acc1 = vfma(vpair4(sc, 2, 3), _lanes32(v, 4, xt, xh + 32), acc1)
+                acc0 = vfma(vpair4(sc, 4, 5), _lanes32(v, 8, xt, xh + 64), acc0)
+                acc1 = vfma(vpair4(sc, 6, 7), _lanes32(v, 12, xt, xh + 96), acc1)
+                accm = vfma(m1 if h else m0, vload(xsum16[t], xh // 16), accm)
+                if two:
+                    e0 = vfma(vpair4(sc, 0, 1), _lanes32(v, 0, xu, xh), e0)
+                    e1 = vfma(vpair4(sc, 2, 3), _lanes32(v, 4, xu, xh + 32), e1)
+                    e0 = vfma(vpair4(sc, 4, 5), _lanes32(v, 8, xu, xh + 64), e0)
+                    e1 = vfma(vpair4(sc, 6, 7), _lanes32(v, 12, xu, xh + 96), e1)
+                    em = vfma(m1 if h else m0, vload(xsum16[u], xh // 16), em)
+        out[t, r] = vhsum(vadd(acc0, acc1)) + vhsum(accm)
+        if two:
+            out[u, r] = vhsum(vadd(e0, e1)) + vhsum(em)
+    return rows
+
+
+_q23_k_rows1, _q23_k_rows2 = _q23_k_rows_for(False), _q23_k_rows_for(True)        # one row of x; two (t, t + 1)
 
 
 # The row bodies above with the block type a constant, one kernel each (``mv_*``: rows of x one
@@ -536,7 +585,7 @@ def mv_q4_1(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(x.shape[0]):
-                _q501_rows(dq.Q4_1, False, raw, x, xsum, out, r, t, lut)
+                _q501_rows1(dq.Q4_1, raw, x, xsum, out, r, t, lut)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -545,7 +594,7 @@ def mv2_q4_1(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(0, x.shape[0], 2):
-                _q501_rows(dq.Q4_1, True, raw, x, xsum, out, r, t, lut)
+                _q501_rows2(dq.Q4_1, raw, x, xsum, out, r, t, lut)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -554,7 +603,7 @@ def mv_q5_0(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(x.shape[0]):
-                _q501_rows(dq.Q5_0, False, raw, x, xsum, out, r, t, lut)
+                _q501_rows1(dq.Q5_0, raw, x, xsum, out, r, t, lut)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -563,7 +612,7 @@ def mv2_q5_0(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(0, x.shape[0], 2):
-                _q501_rows(dq.Q5_0, True, raw, x, xsum, out, r, t, lut)
+                _q501_rows2(dq.Q5_0, raw, x, xsum, out, r, t, lut)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -572,7 +621,7 @@ def mv_q5_1(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(x.shape[0]):
-                _q501_rows(dq.Q5_1, False, raw, x, xsum, out, r, t, lut)
+                _q501_rows1(dq.Q5_1, raw, x, xsum, out, r, t, lut)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -581,7 +630,7 @@ def mv2_q5_1(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(0, x.shape[0], 2):
-                _q501_rows(dq.Q5_1, True, raw, x, xsum, out, r, t, lut)
+                _q501_rows2(dq.Q5_1, raw, x, xsum, out, r, t, lut)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -593,7 +642,7 @@ def mv_iq4_nl(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(x.shape[0]):
-                _iq4_rows(False, raw, xq, xsum, out, r, t, lut)
+                _iq4_rows1(raw, xq, xsum, out, r, t, lut)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -605,7 +654,7 @@ def mv2_iq4_nl(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(0, x.shape[0], 2):
-                _iq4_rows(True, raw, xq, xsum, out, r, t, lut)
+                _iq4_rows2(raw, xq, xsum, out, r, t, lut)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -615,7 +664,7 @@ def mv_iq4_xs(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(x.shape[0]):
-                _iq4xs_rows(False, raw, xq, xsum, out, r, t)
+                _iq4xs_rows1(raw, xq, xsum, out, r, t)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -625,7 +674,7 @@ def mv2_iq4_xs(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(0, x.shape[0], 2):
-                _iq4xs_rows(True, raw, xq, xsum, out, r, t)
+                _iq4xs_rows2(raw, xq, xsum, out, r, t)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -635,7 +684,7 @@ def mv_q2_k(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(x.shape[0]):
-                _q23_k_rows(dq.Q2_K, False, raw, xq, xsum16, out, r, t)
+                _q23_k_rows1(dq.Q2_K, raw, xq, xsum16, out, r, t)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -645,7 +694,7 @@ def mv2_q2_k(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(0, x.shape[0], 2):
-                _q23_k_rows(dq.Q2_K, True, raw, xq, xsum16, out, r, t)
+                _q23_k_rows2(dq.Q2_K, raw, xq, xsum16, out, r, t)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -655,7 +704,7 @@ def mv_q3_k(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(x.shape[0]):
-                _q23_k_rows(dq.Q3_K, False, raw, xq, xsum16, out, r, t)
+                _q23_k_rows1(dq.Q3_K, raw, xq, xsum16, out, r, t)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -665,7 +714,7 @@ def mv2_q3_k(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(0, x.shape[0], 2):
-                _q23_k_rows(dq.Q3_K, True, raw, xq, xsum16, out, r, t)
+                _q23_k_rows2(dq.Q3_K, raw, xq, xsum16, out, r, t)
 
 
 @njit(cache=True, inline="always", fastmath=FLAGS)
@@ -676,69 +725,76 @@ def _k45_chunk(q5, b, q, qh, c):
     return vnlanes(b, q)
 
 
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _k45_rows(q5, two, raw, x, xsum, out, r, t):
-    """Q4_K and Q5_K row r times row t of x and, with ``two`` (a constant), row t + 1: each chunk
-    decoded once for both, each row's arithmetic that of the row alone.  xsum[t, s]
-    (``block_sums``): sum of x[t] over 32-value sub-block s (for the dmin * min term).  A block's
-    8 scales and mins are unpacked as two vectors (``vkscales``); each 32 bytes of nibbles (Q5_K:
-    with their fifth bits, bit sb of qh[i] for sub-block sb) are converted where they lie
-    (``vnlanes``, ``vq5lanes``) against x in the matching order (x: ``lanes_x_order``): every
-    vector holds one sub-block, whose scale is broadcast into its FMA.  Hot, 768 x 768 on Zen 3,
-    against widening each 8 values and reducing 8 sub-block sums (``vsum8``): Q4_K 29 -> 27 us,
-    Q5_K 40 -> 30 us."""
-    bs = 176 if q5 else 144
-    qo = 48 if q5 else 16
-    nb = x.shape[1] // 256
-    b = raw[r]
-    u = t + 1 if two else t
-    xt = x[t]
-    xu = x[u]
-    acc0 = vzero()
-    acc1 = vzero()
-    accm = vzero()
-    e0 = vzero()
-    e1 = vzero()
-    em = vzero()
-    for k in range(nb):
-        o = k * bs
-        if t == 0:
-            _prefetch_ahead(raw, r, o, bs)
-        sc, mn = vkscales(b, o + 4)
-        mn = vmul(vsplat(f16at(b, o + 2)), mn)
-        accm = vfma(mn, vload(xsum[t], k * 8), accm)
+def _k45_rows_for(two):
+    """The row body below, ``two`` a constant of the closure: where it is False Numba drops the second
+    row's code before compiling it (a literal argument is not pruned: ~0.2 s more a kernel)."""
+    @njit(cache=True, inline="always", fastmath=FLAGS)
+    def rows(q5, raw, x, xsum, out, r, t):
+        """Q4_K and Q5_K row r times row t of x and, with ``two`` (a constant), row t + 1: each chunk
+        decoded once for both, each row's arithmetic that of the row alone.  xsum[t, s]
+        (``block_sums``): sum of x[t] over 32-value sub-block s (for the dmin * min term).  A block's
+        8 scales and mins are unpacked as two vectors (``vkscales``); each 32 bytes of nibbles (Q5_K:
+        with their fifth bits, bit sb of qh[i] for sub-block sb) are converted where they lie
+        (``vnlanes``, ``vq5lanes``) against x in the matching order (x: ``lanes_x_order``): every
+        vector holds one sub-block, whose scale is broadcast into its FMA.  Hot, 768 x 768 on Zen 3,
+        against widening each 8 values and reducing 8 sub-block sums (``vsum8``): Q4_K 29 -> 27 us,
+        Q5_K 40 -> 30 us."""
+        bs = 176 if q5 else 144
+        qo = 48 if q5 else 16
+        nb = x.shape[1] // 256
+        b = raw[r]
+        u = t + 1 if two else t
+        xt = x[t]
+        xu = x[u]
+        acc0 = vzero()
+        acc1 = vzero()
+        accm = vzero()
+        e0 = vzero()
+        e1 = vzero()
+        em = vzero()
+        for k in range(nb):
+            o = k * bs
+            if t == 0:
+                _prefetch_ahead(raw, r, o, bs)
+            sc, mn = vkscales(b, o + 4)
+            mn = vmul(vsplat(f16at(b, o + 2)), mn)
+            accm = vfma(mn, vload(xsum[t], k * 8), accm)
+            if two:
+                em = vfma(mn, vload(xsum[u], k * 8), em)
+            sc = vmul(vsplat(f16at(b, o)), sc)
+            xo = k * 256
+            q = o + qo
+            v = _k45_chunk(q5, b, q, o + 16, 0)
+            acc0 = vfma(vpair4(sc, 0, 0), _lanes32(v, 0, xt, xo), acc0)
+            acc1 = vfma(vpair4(sc, 1, 1), _lanes32(v, 4, xt, xo + 32), acc1)
+            if two:
+                e0 = vfma(vpair4(sc, 0, 0), _lanes32(v, 0, xu, xo), e0)
+                e1 = vfma(vpair4(sc, 1, 1), _lanes32(v, 4, xu, xo + 32), e1)
+            v = _k45_chunk(q5, b, q + 32, o + 16, 1)
+            acc0 = vfma(vpair4(sc, 2, 2), _lanes32(v, 0, xt, xo + 64), acc0)
+            acc1 = vfma(vpair4(sc, 3, 3), _lanes32(v, 4, xt, xo + 96), acc1)
+            if two:
+                e0 = vfma(vpair4(sc, 2, 2), _lanes32(v, 0, xu, xo + 64), e0)
+                e1 = vfma(vpair4(sc, 3, 3), _lanes32(v, 4, xu, xo + 96), e1)
+            v = _k45_chunk(q5, b, q + 64, o + 16, 2)
+            acc0 = vfma(vpair4(sc, 4, 4), _lanes32(v, 0, xt, xo + 128), acc0)
+            acc1 = vfma(vpair4(sc, 5, 5), _lanes32(v, 4, xt, xo + 160), acc1)
+            if two:
+                e0 = vfma(vpair4(sc, 4, 4), _lanes32(v, 0, xu, xo + 128), e0)
+                e1 = vfma(vpair4(sc, 5, 5), _lanes32(v, 4, xu, xo + 160), e1)
+            v = _k45_chunk(q5, b, q + 96, o + 16, 3)
+            acc0 = vfma(vpair4(sc, 6, 6), _lanes32(v, 0, xt, xo + 192), acc0)
+            acc1 = vfma(vpair4(sc, 7, 7), _lanes32(v, 4, xt, xo + 224), acc1)
+            if two:
+                e0 = vfma(vpair4(sc, 6, 6), _lanes32(v, 0, xu, xo + 192), e0)
+                e1 = vfma(vpair4(sc, 7, 7), _lanes32(v, 4, xu, xo + 224), e1)
+        out[t, r] = vhsum(vadd(acc0, acc1)) - vhsum(accm)
         if two:
-            em = vfma(mn, vload(xsum[u], k * 8), em)
-        sc = vmul(vsplat(f16at(b, o)), sc)
-        xo = k * 256
-        q = o + qo
-        v = _k45_chunk(q5, b, q, o + 16, 0)
-        acc0 = vfma(vpair4(sc, 0, 0), _lanes32(v, 0, xt, xo), acc0)
-        acc1 = vfma(vpair4(sc, 1, 1), _lanes32(v, 4, xt, xo + 32), acc1)
-        if two:
-            e0 = vfma(vpair4(sc, 0, 0), _lanes32(v, 0, xu, xo), e0)
-            e1 = vfma(vpair4(sc, 1, 1), _lanes32(v, 4, xu, xo + 32), e1)
-        v = _k45_chunk(q5, b, q + 32, o + 16, 1)
-        acc0 = vfma(vpair4(sc, 2, 2), _lanes32(v, 0, xt, xo + 64), acc0)
-        acc1 = vfma(vpair4(sc, 3, 3), _lanes32(v, 4, xt, xo + 96), acc1)
-        if two:
-            e0 = vfma(vpair4(sc, 2, 2), _lanes32(v, 0, xu, xo + 64), e0)
-            e1 = vfma(vpair4(sc, 3, 3), _lanes32(v, 4, xu, xo + 96), e1)
-        v = _k45_chunk(q5, b, q + 64, o + 16, 2)
-        acc0 = vfma(vpair4(sc, 4, 4), _lanes32(v, 0, xt, xo + 128), acc0)
-        acc1 = vfma(vpair4(sc, 5, 5), _lanes32(v, 4, xt, xo + 160), acc1)
-        if two:
-            e0 = vfma(vpair4(sc, 4, 4), _lanes32(v, 0, xu, xo + 128), e0)
-            e1 = vfma(vpair4(sc, 5, 5), _lanes32(v, 4, xu, xo + 160), e1)
-        v = _k45_chunk(q5, b, q + 96, o + 16, 3)
-        acc0 = vfma(vpair4(sc, 6, 6), _lanes32(v, 0, xt, xo + 192), acc0)
-        acc1 = vfma(vpair4(sc, 7, 7), _lanes32(v, 4, xt, xo + 224), acc1)
-        if two:
-            e0 = vfma(vpair4(sc, 6, 6), _lanes32(v, 0, xu, xo + 192), e0)
-            e1 = vfma(vpair4(sc, 7, 7), _lanes32(v, 4, xu, xo + 224), e1)
-    out[t, r] = vhsum(vadd(acc0, acc1)) - vhsum(accm)
-    if two:
-        out[u, r] = vhsum(vadd(e0, e1)) - vhsum(em)
+            out[u, r] = vhsum(vadd(e0, e1)) - vhsum(em)
+    return rows
+
+
+_k45_rows1, _k45_rows2 = _k45_rows_for(False), _k45_rows_for(True)        # one row of x; two (t, t + 1)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -748,7 +804,7 @@ def mv_q4_k(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(x.shape[0]):
-                _k45_rows(False, False, raw, xq, xsum, out, r, t)
+                _k45_rows1(False, raw, xq, xsum, out, r, t)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -759,7 +815,7 @@ def mv2_q4_k(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(0, x.shape[0], 2):
-                _k45_rows(False, True, raw, xq, xsum, out, r, t)
+                _k45_rows2(False, raw, xq, xsum, out, r, t)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -769,7 +825,7 @@ def mv_q5_k(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(x.shape[0]):
-                _k45_rows(True, False, raw, xq, xsum, out, r, t)
+                _k45_rows1(True, raw, xq, xsum, out, r, t)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -780,65 +836,72 @@ def mv2_q5_k(raw, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(0, x.shape[0], 2):
-                _k45_rows(True, True, raw, xq, xsum, out, r, t)
+                _k45_rows2(True, raw, xq, xsum, out, r, t)
 
 
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def _q6k_rows(two, raw, raw_i8, x, xsum16, out, r, t):
-    """Q6_K row r times row t of x and, with ``two`` (a constant), row t + 1: each half-block decoded
-    once for both, each row's arithmetic that of the row alone.  Per half-block: 128 values decoded
-    in place in 32-bit lanes (``vq6lanes``) against x in the matching order (``lanes_x_order``);
-    each run's lanes hold two 16-value groups, whose scales (``vpair4`` of d * the 8 int8 scales)
-    multiply the run's products in one FMA.  xsum16[t, g] (``block_sums``): sum of x[t] over group
-    g, for the -32 offset of every value.  Hot, 768 x 768 on Zen 3: 41 -> 28 us against summing
-    each group and reducing the 8 sums (``vq6half`` + ``vsum8``), which spent its time on the
-    widening shuffles."""
-    nb = x.shape[1] // 256
-    b = raw[r]
-    sb8 = raw_i8[r]
-    u = t + 1 if two else t
-    xt = x[t]
-    xu = x[u]
-    acc0 = vzero()
-    acc1 = vzero()
-    accm = vzero()
-    e0 = vzero()
-    e1 = vzero()
-    em = vzero()
-    for k in range(nb):
-        o = k * 210
-        if t == 0:
-            _prefetch_ahead(raw, r, o, 210)
-        d = vsplat(f16at(b, o + 208))
-        for h in range(2):
-            xo = k * 256 + h * 128
-            v = vq6lanes(b, o + h * 64, o + 128 + h * 32)
-            sc = vmul(d, vload(sb8, o + 192 + h * 8))
-            acc0 = vfma(vpair4(sc, 0, 1), _lanes32(v, 0, xt, xo), acc0)
-            acc1 = vfma(vpair4(sc, 2, 3), _lanes32(v, 4, xt, xo + 32), acc1)
-            acc0 = vfma(vpair4(sc, 4, 5), _lanes32(v, 8, xt, xo + 64), acc0)
-            acc1 = vfma(vpair4(sc, 6, 7), _lanes32(v, 12, xt, xo + 96), acc1)
-            accm = vfma(sc, vload(xsum16[t], xo // 16), accm)
-            if two:
-                e0 = vfma(vpair4(sc, 0, 1), _lanes32(v, 0, xu, xo), e0)
-                e1 = vfma(vpair4(sc, 2, 3), _lanes32(v, 4, xu, xo + 32), e1)
-                e0 = vfma(vpair4(sc, 4, 5), _lanes32(v, 8, xu, xo + 64), e0)
-                e1 = vfma(vpair4(sc, 6, 7), _lanes32(v, 12, xu, xo + 96), e1)
-                em = vfma(sc, vload(xsum16[u], xo // 16), em)
-    out[t, r] = vhsum(vadd(acc0, acc1)) - np.float32(32.0) * vhsum(accm)
-    if two:
-        out[u, r] = vhsum(vadd(e0, e1)) - np.float32(32.0) * vhsum(em)
+def _q6k_rows_for(two):
+    """The row body below, ``two`` a constant of the closure: where it is False Numba drops the second
+    row's code before compiling it (a literal argument is not pruned: ~0.2 s more a kernel)."""
+    @njit(cache=True, inline="always", fastmath=FLAGS)
+    def rows(raw, raw_i8, x, xsum16, out, r, t):
+        """Q6_K row r times row t of x and, with ``two`` (a constant), row t + 1: each half-block decoded
+        once for both, each row's arithmetic that of the row alone.  Per half-block: 128 values decoded
+        in place in 32-bit lanes (``vq6lanes``) against x in the matching order (``lanes_x_order``);
+        each run's lanes hold two 16-value groups, whose scales (``vpair4`` of d * the 8 int8 scales)
+        multiply the run's products in one FMA.  xsum16[t, g] (``block_sums``): sum of x[t] over group
+        g, for the -32 offset of every value.  Hot, 768 x 768 on Zen 3: 41 -> 28 us against summing
+        each group and reducing the 8 sums (``vq6half`` + ``vsum8``), which spent its time on the
+        widening shuffles."""
+        nb = x.shape[1] // 256
+        b = raw[r]
+        sb8 = raw_i8[r]
+        u = t + 1 if two else t
+        xt = x[t]
+        xu = x[u]
+        acc0 = vzero()
+        acc1 = vzero()
+        accm = vzero()
+        e0 = vzero()
+        e1 = vzero()
+        em = vzero()
+        for k in range(nb):
+            o = k * 210
+            if t == 0:
+                _prefetch_ahead(raw, r, o, 210)
+            d = vsplat(f16at(b, o + 208))
+            for h in range(2):
+                xo = k * 256 + h * 128
+                v = vq6lanes(b, o + h * 64, o + 128 + h * 32)
+                sc = vmul(d, vload(sb8, o + 192 + h * 8))
+                acc0 = vfma(vpair4(sc, 0, 1), _lanes32(v, 0, xt, xo), acc0)
+                acc1 = vfma(vpair4(sc, 2, 3), _lanes32(v, 4, xt, xo + 32), acc1)
+                acc0 = vfma(vpair4(sc, 4, 5), _lanes32(v, 8, xt, xo + 64), acc0)
+                acc1 = vfma(vpair4(sc, 6, 7), _lanes32(v, 12, xt, xo + 96), acc1)
+                accm = vfma(sc, vload(xsum16[t], xo // 16), accm)
+                if two:
+                    e0 = vfma(vpair4(sc, 0, 1), _lanes32(v, 0, xu, xo), e0)
+                    e1 = vfma(vpair4(sc, 2, 3), _lanes32(v, 4, xu, xo + 32), e1)
+                    e0 = vfma(vpair4(sc, 4, 5), _lanes32(v, 8, xu, xo + 64), e0)
+                    e1 = vfma(vpair4(sc, 6, 7), _lanes32(v, 12, xu, xo + 96), e1)
+                    em = vfma(sc, vload(xsum16[u], xo // 16), em)
+        out[t, r] = vhsum(vadd(acc0, acc1)) - np.float32(32.0) * vhsum(accm)
+        if two:
+            out[u, r] = vhsum(vadd(e0, e1)) - np.float32(32.0) * vhsum(em)
+    return rows
+
+
+_q6k_rows1, _q6k_rows2 = _q6k_rows_for(False), _q6k_rows_for(True)        # one row of x; two (t, t + 1)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
 def mv_q6_k(raw, raw_i8, x, out, lut):
-    """Q6_K weights, rows of x one at a time (``_q6k_rows``)."""
+    """Q6_K weights, rows of x one at a time (``_q6k_rows_for``)."""
     xsum16 = block_sums(x, 16)
     xq = lanes_x_order(x)
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(x.shape[0]):
-                _q6k_rows(False, raw, raw_i8, xq, xsum16, out, r, t)
+                _q6k_rows1(raw, raw_i8, xq, xsum16, out, r, t)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -849,7 +912,7 @@ def mv2_q6_k(raw, raw_i8, x, out, lut):
     for task in prange((raw.shape[0] + ROWS - 1) // ROWS):
         for r in range(task * ROWS, min(raw.shape[0], task * ROWS + ROWS)):
             for t in range(0, x.shape[0], 2):
-                _q6k_rows(True, raw, raw_i8, xq, xsum16, out, r, t)
+                _q6k_rows2(raw, raw_i8, xq, xsum16, out, r, t)
 
 
 @njit(cache=True, inline="always", fastmath=FLAGS)
@@ -1300,17 +1363,9 @@ def tiles2(w0r, w1r, x, out, col, two, act):
     """out[t, col] = act(w0r . x[t]) and, with ``two``, out[t, col + 1] = act(w1r . x[t]), for every
     row t of x, by ``tile2x4`` (act 0: none, 1: tanh, 2: sigmoid)."""
     T = x.shape[0]
-    t0 = 0
-    while T - t0 > 2:
+    for t0 in range(0, T, 4):
         s0, s1 = tile2x4(w0r, w1r, x, t0)
         for i in range(min(4, T - t0)):
-            out[t0 + i, col] = _act(s0[i], act)
-            if two:
-                out[t0 + i, col + 1] = _act(s1[i], act)
-        t0 += 4
-    if t0 < T:                  # one or two rows left: half the FMAs of a 4-row tile, the same sums
-        s0, s1 = tile2x2(w0r, w1r, x, t0)
-        for i in range(T - t0):
             out[t0 + i, col] = _act(s0[i], act)
             if two:
                 out[t0 + i, col + 1] = _act(s1[i], act)
@@ -1339,32 +1394,6 @@ def tile2x4(w0r, w1r, x, t0):
           _tail(vhsum(a02), w0r, x2, c8), _tail(vhsum(a03), w0r, x3, c8))
     s1 = (_tail(vhsum(a10), w1r, x0, c8), _tail(vhsum(a11), w1r, x1, c8),
           _tail(vhsum(a12), w1r, x2, c8), _tail(vhsum(a13), w1r, x3, c8))
-    return s0, s1
-
-
-@njit(cache=True, inline="always", fastmath=FLAGS)
-def tile2x2(w0r, w1r, x, t0):
-    """``tile2x4`` for rows t0 and t0 + 1 of x (the second repeating the first past the end): each
-    sum by the same operations as in ``tile2x4``, so the same bits."""
-    cols = w0r.shape[0]
-    c8 = cols - cols % 8
-    x0 = x[t0]
-    x1 = x[min(t0 + 1, x.shape[0] - 1)]
-    a00 = vzero()
-    a01 = vzero()
-    a10 = vzero()
-    a11 = vzero()
-    for j in range(0, c8, 8):
-        w = vload_w(w0r, j)
-        v = vload_w(w1r, j)
-        y = vload(x0, j)
-        a00 = vfma(w, y, a00)
-        a10 = vfma(v, y, a10)
-        y = vload(x1, j)
-        a01 = vfma(w, y, a01)
-        a11 = vfma(v, y, a11)
-    s0 = (_tail(vhsum(a00), w0r, x0, c8), _tail(vhsum(a01), w0r, x1, c8))
-    s1 = (_tail(vhsum(a10), w1r, x0, c8), _tail(vhsum(a11), w1r, x1, c8))
     return s0, s1
 
 
@@ -1401,7 +1430,7 @@ def _bind_single(W):
     rb = W.row_bytes
     ri = rb.view(np.int8)
     if qtype == dq.IQ4_NL and W.shape[1] % 64:
-        return None                         # an odd number of blocks: ``_iq4_rows`` takes pairs
+        return None                         # an odd number of blocks: ``_iq4_rows_for`` takes pairs
     pair = _SINGLE.get(qtype)
     if pair is None:
         return None
