@@ -35,7 +35,8 @@ from numba import njit, prange
 
 from . import dequant as dq
 from .matvec import FLAGS, ROWS, _prefetch_ahead, f16lut, store4
-from .actquant import _f16r, q8_0_scale, q8_1_scale, q8_k_scale
+from .actquant import _f16r
+from .simd import (i8rint, i8store, i8sums, vamax32)
 from .simd import (f16at, f16x8, i16add, i16nib, i16q3sc, i16sel2, i16load, i16s8, i8bc4, i8bit, i8crumb, i8half, i8iq4, i8load, i8nib, i8nib16, i8or,
                    i8q5, i8q6,
                    i8sub, iadd, idot, imaddss,
@@ -46,6 +47,27 @@ TYPES = (dq.Q8_0, dq.Q4_0, dq.Q4_K, dq.Q6_K, dq.Q4_1, dq.Q5_0, dq.Q5_1, dq.IQ4_N
          dq.IQ4_XS)
 
 
+@njit(cache=True, inline="always")
+def _scale32(xt, o):
+    """``actquant.q8_1_scale`` of the block xt[o:o+32] of a row, its amax by ``vamax32`` (the same
+    value: a max of absolute values): (d = f16(amax / 127), 127 / amax, amax / 127)."""
+    amax = vamax32(xt, o)
+    d = amax / np.float32(127.0)
+    return _f16r(d), (np.float32(127.0) / amax if amax > 0 else np.float32(0.0)), d
+
+
+@njit(cache=True, inline="always")
+def _q8_0_block(xt, o, qt, qo, stride):
+    """Q8_0 block xt[o:o+32] into qt from qo (stride 4: in a run; 32: in ``_to_lanes``' lanes):
+    (d, d before its f16 rounding, the sum of the 32 q), 32 values a vector (``i8rint``: the same
+    products and rint as a value at a time)."""
+    d, idv, d32 = _scale32(xt, o)
+    v = i8rint(xt, o, idv, False)
+    i8store(qt, qo, v, stride)
+    s0, s1 = i8sums(v)
+    return d, d32, s0 + s1
+
+
 @njit(cache=True)
 def quantize_q8_0(x, xq, xd):
     """Q8_0 blocks of each row of x [T, n]: xq int8 [T, n], xd float32 [T, n/32] (the f16 scale).
@@ -53,32 +75,61 @@ def quantize_q8_0(x, xq, xd):
     T, n = x.shape
     for t in range(T):
         for b in range(n // 32):
-            o = b * 32
-            d, idv = q8_0_scale(x, t, o)
+            xd[t, b] = _q8_0_block(x[t], b * 32, xq[t], b * 32, 4)[0]
+
+
+@njit(cache=True, inline="always")
+def _k_scale(xt, o):
+    """``actquant.q8_k_scale`` of the block xt[o:o+256], its amax by ``vamax32``: (iscale, d), m the
+    signed value of the first largest |x| (found by a scan, bounded: a NaN block gives NaNs)."""
+    amax = vamax32(xt, o)
+    for j in range(1, 8):
+        amax = max(amax, vamax32(xt, o + 32 * j))
+    if amax == 0:
+        return np.float32(0.0), np.float32(0.0)
+    i = o
+    while i < o + 255 and abs(xt[i]) != amax:
+        i += 1
+    iscale = np.float32(-127.0) / xt[i]
+    return iscale, np.float32(1.0) / iscale
+
+
+@njit(cache=True, inline="always")
+def _q8_k_run(xt, o, iscale, qt, qo, stride):
+    """The 32 values xt[o:o+32] as Q8_K, min(127, rint(iscale x)), into qt from qo (stride as
+    ``_q8_0_block``): (sum of values 0-15, sum of 16-31)."""
+    v = i8rint(xt, o, iscale, True)
+    i8store(qt, qo, v, stride)
+    return i8sums(v)
+
+
+@njit(cache=True, inline="always")
+def _q8_k_rows(x, xq, xd, sums, per16):
+    """Q8_K blocks of each row of x into xq, xd; sums[t] the sums of q per 32 values, or (per16, a
+    constant) per 16."""
+    T, n = x.shape
+    for t in range(T):
+        xt = x[t]
+        for b in range(n // 256):
+            o = b * 256
+            iscale, d = _k_scale(xt, o)
             xd[t, b] = d
-            for i in range(32):
-                xq[t, o + i] = np.int8(np.rint(x[t, o + i] * idv))
+            for j in range(8):
+                s0, s1 = _q8_k_run(xt, o + 32 * j, iscale, xq[t], o + 32 * j, 4)
+                if per16:
+                    sums[t, 2 * (b * 8 + j)] = s0
+                    sums[t, 2 * (b * 8 + j) + 1] = s1
+                else:
+                    sums[t, b * 8 + j] = s0 + s1
 
 
 @njit(cache=True)
 def quantize_q8_k(x, xq, xd, bsum32):
     """Q8_K blocks of each row of x [T, n]: xq int8, xd float32 [T, n/256], bsum32 int32
     [T, n/32] (sums of q per 32 values).  As ggml's quantize_row_q8_K: iscale = -127 / m
-    (m: the signed value of largest |x|), q = min(127, rint(iscale * x)), d = 1 / iscale."""
-    T, n = x.shape
-    for t in range(T):
-        xt = x[t]
-        for b in range(n // 256):
-            o = b * 256
-            iscale, d = q8_k_scale(xt, o)
-            xd[t, b] = d
-            for j in range(8):
-                s = 0
-                for i in range(32):
-                    q = min(np.float32(127.0), np.rint(iscale * xt[o + 32 * j + i]))
-                    xq[t, o + 32 * j + i] = np.int8(q)
-                    s += np.int32(q)
-                bsum32[t, b * 8 + j] = s
+    (m: the signed value of largest |x|), q = min(127, rint(iscale * x)), d = 1 / iscale; 32
+    values a vector (``i8rint``)."""
+    _q8_k_rows(x, xq, xd, bsum32, False)
 
 
 @njit(cache=True, parallel=True, fastmath=FLAGS)
@@ -138,14 +189,8 @@ def quantize_q8_1(x, xq, xd, xs):
     T, n = x.shape
     for t in range(T):
         for b in range(n // 32):
-            o = b * 32
-            d, idv, d32 = q8_1_scale(x, t, o)
+            d, d32, s = _q8_0_block(x[t], b * 32, xq[t], b * 32, 4)
             xd[t, b] = d
-            s = np.int32(0)
-            for i in range(32):
-                q = np.int8(np.rint(x[t, o + i] * idv))
-                xq[t, o + i] = q
-                s += np.int32(q)
             xs[t, b] = _f16r(d32 * np.float32(s))
 
 
@@ -267,14 +312,12 @@ def mvi_q5_1(raw, x, out, lut):
 def quantize_q8_0_bs(x, xq, xd, xs):
     """``quantize_q8_0`` plus xs[t, k] = -8 x (the sum of block k's 32 values of xq[t]): the Q4_0
     offset of a whole block (``_rows8_task``)."""
-    quantize_q8_0(x, xq, xd)
-    T, n = xq.shape
+    T, n = x.shape
     for t in range(T):
         for k in range(n // 32):
-            s = np.int32(0)
-            for i in range(32):
-                s += np.int32(xq[t, 32 * k + i])
-            xs[t, k] = np.int32(-8) * s
+            d, _, s = _q8_0_block(x[t], k * 32, xq[t], k * 32, 4)
+            xd[t, k] = d
+            xs[t, k] = np.int32(-8) * np.int32(s)
 
 
 @njit(cache=True, forceinline=True)
@@ -551,21 +594,20 @@ def _to_lanes(x, kq):
         tg = t // 8
         tt = t % 8
         xt = x[t]
+        xg = xi[tg]
         for k in range(nb):
             if kq:
-                iscale, d = q8_k_scale(xt, k * 256)
+                iscale, d = _k_scale(xt, k * 256)
+                xdv[tg, 8 * k + tt] = d
+                for j in range(k * 8, k * 8 + 8):
+                    s0, s1 = _q8_k_run(xt, 32 * j, iscale, xg, 256 * j + 4 * tt, 32)
+                    xsv[tg, 8 * j + tt] = np.int32(-8) * np.int32(s0 + s1)
+                    xs16[tg, 16 * (j // 2) + 2 * tt + j % 2] = s0 + s1
             else:
-                d, iscale = q8_0_scale(x, t, k * 32)
-            xdv[tg, 8 * k + tt] = d
-            for j in range(k * 8 if kq else k, (k + 1) * 8 if kq else k + 1):
-                sm = np.int32(0)
-                for i in range(32):
-                    v = iscale * xt[32 * j + i]
-                    q = np.int8(min(np.float32(127.0), np.rint(v)) if kq else np.rint(v))
-                    xi[tg, 32 * (8 * j + i // 4) + 4 * tt + i % 4] = q
-                    sm += np.int32(q)
-                xsv[tg, 8 * j + tt] = np.int32(-8) * sm
-                xs16[tg, 16 * (j // 2) + 2 * tt + j % 2] = sm
+                d, _, sm = _q8_0_block(xt, 32 * k, xg, 256 * k + 4 * tt, 32)
+                xdv[tg, 8 * k + tt] = d
+                xsv[tg, 8 * k + tt] = np.int32(-8) * np.int32(sm)
+                xs16[tg, 16 * (k // 2) + 2 * tt + k % 2] = sm
     return xi, xdv, xsv, xs16
 
 
@@ -638,15 +680,8 @@ def _quantize16(x):
     T, cols = x.shape
     xq = np.empty((T, cols), dtype=np.int8)
     xd = np.empty((T, cols // 256), dtype=np.float32)
-    bsum32 = np.empty((T, cols // 32), dtype=np.int32)
-    quantize_q8_k(x, xq, xd, bsum32)
     xs16 = np.empty((T, cols // 16), dtype=np.int16)
-    for t in range(T):
-        for g in range(cols // 16):
-            a = np.int32(0)
-            for i in range(16):
-                a += np.int32(xq[t, 16 * g + i])
-            xs16[t, g] = a
+    _q8_k_rows(x, xq, xd, xs16, True)
     return xq, xd, xs16
 
 

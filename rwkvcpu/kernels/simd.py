@@ -1460,3 +1460,102 @@ def imaddss(typingctx, w, x):
     def cg(ctx, builder, sig, args):
         return _maddubs(builder, _sign(builder, args[0], args[0]), _sign(builder, args[1], args[0]))
     return i16x16(w, x), cg
+
+
+# --- activation quantizers (intdot.py): 32 float32 values to 8 bits at a time -------------------
+
+def _load32f(ctx, builder, sig, args):
+    """The 32 floats arr[idx:idx+32] (args 0, 1) as four <8 x float>."""
+    i = ctx.cast(builder, args[1], sig.args[1], types.intp)
+    return [builder.load(_vec_ptr(ctx, builder, sig.args[0], args[0], builder.add(i, ir.Constant(i.type, 8 * k)), _F),
+                         align=4) for k in range(4)]
+
+
+def _vmax(builder, a, b):
+    """Lane-wise max, a where they compare equal or unordered (``a if a >= b else b`` per lane)."""
+    return builder.select(builder.fcmp_ordered("<", a, b), b, a)
+
+
+@intrinsic
+def vamax32(typingctx, arr, idx):
+    """max(|arr[idx + i]|, i < 32) of a float32 row (0 for an all-zero block): the Q8_0 block's amax
+    (exact: a max of absolute values is the same in any order)."""
+    if not (_is_row(arr, types.float32) and isinstance(idx, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8F, [_V8F]), "llvm.fabs.v8f32")
+        v = [builder.call(fabs, [u]) for u in _load32f(ctx, builder, sig, args)]
+        m = _vmax(builder, _vmax(builder, v[0], v[1]), _vmax(builder, v[2], v[3]))
+        for half in (4, 2, 1):
+            sh = builder.shuffle_vector(m, ir.Constant(_V8F, ir.Undefined),
+                                        _const_vec(ir.VectorType(_I32, 8), [(i + half) % 8 for i in range(8)]))
+            m = _vmax(builder, m, sh)
+        return builder.extract_element(m, ir.Constant(_I32, 0))
+    return types.float32(arr, idx), cg
+
+
+@intrinsic
+def i8rint(typingctx, arr, idx, s, clamp):
+    """int8(rint(arr[idx + i] * s)) for i < 32 (round half to even, as ``np.rint``; with ``clamp``
+    (a literal) min(127, ...) first, as ggml's Q8_K).  The caller's scale keeps |value| <= 127.5."""
+    if not (_is_row(arr, types.float32) and isinstance(idx, types.Integer) and s == types.float32
+            and isinstance(clamp, types.BooleanLiteral)):
+        return None
+    cl = clamp.literal_value
+
+    def cg(ctx, builder, sig, args):
+        rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8F, [_V8F]), "llvm.rint.v8f32")
+        sv = _splat(builder, args[2], _V8F)
+        q = []
+        for v in _load32f(ctx, builder, sig, args):
+            r = builder.call(rint, [builder.fmul(v, sv)])
+            if cl:
+                top = ir.Constant(_V8F, [127.0] * 8)
+                r = builder.select(builder.fcmp_ordered("<", top, r), top, r)
+            q.append(builder.fptosi(r, _V8I32))
+        idx16 = _const_vec(ir.VectorType(_I32, 16), range(16))
+        a = builder.shuffle_vector(q[0], q[1], idx16)
+        b = builder.shuffle_vector(q[2], q[3], idx16)
+        w = builder.shuffle_vector(a, b, _const_vec(ir.VectorType(_I32, 32), range(32)))
+        return builder.trunc(w, _V32I8)
+    return i8x32(arr, idx, s, clamp), cg
+
+
+@intrinsic
+def i8sums(typingctx, v):
+    """(sum of bytes 0-15, sum of bytes 16-31) of v as signed bytes (int64s)."""
+    if v != i8x32:
+        return None
+    rty = types.UniTuple(types.int64, 2)
+
+    def cg(ctx, builder, sig, args):
+        v16 = ir.VectorType(_I32, 16)
+        red = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [v16]), "llvm.vector.reduce.add.v16i32")
+        out = []
+        for h in range(2):
+            part = builder.shuffle_vector(args[0], ir.Constant(_V32I8, ir.Undefined),
+                                          _const_vec(ir.VectorType(_I32, 16), range(16 * h, 16 * h + 16)))
+            out.append(builder.sext(builder.call(red, [builder.sext(part, ir.VectorType(_I32, 16))]), ir.IntType(64)))
+        return ctx.make_tuple(builder, rty, out)
+    return rty(v), cg
+
+
+@intrinsic
+def i8store(typingctx, arr, idx, v, stride):
+    """Store v into an int8 row: bytes 4g..4g+3 at arr[idx + stride * g], g < 8 (stride 4: the 32
+    bytes in a run; 32: one 4-byte unit per 32, the batch kernels' lanes)."""
+    if not (_is_row(arr, types.int8) and isinstance(idx, types.Integer) and v == i8x32
+            and isinstance(stride, types.Integer)):
+        return None
+
+    def cg(ctx, builder, sig, args):
+        ary = ctx.make_array(sig.args[0])(ctx, builder, args[0])
+        i = ctx.cast(builder, args[1], sig.args[1], types.intp)
+        st = ctx.cast(builder, args[3], sig.args[3], types.intp)
+        u = builder.bitcast(args[2], _V8I32)
+        for g in range(8):
+            p = builder.gep(ary.data, [builder.add(i, builder.mul(st, ir.Constant(st.type, g)))])
+            builder.store(builder.extract_element(u, ir.Constant(_I32, g)), builder.bitcast(p, ir.PointerType(_I32)), align=1)
+        return ctx.get_dummy_value()
+    return types.none(arr, idx, v, stride), cg

@@ -365,3 +365,60 @@ def test_q4_0_block_sums_of_the_quantizer():
     assert np.array_equal(xq, xq2) and np.array_equal(xd, xd2)
     np.testing.assert_array_equal(xs, -8 * xq.reshape(3, 4, 32).astype(np.int64).sum(-1))
     assert xs[1, 0] == -8 * 127 * 32
+
+
+@njit(cache=True)
+def _quant_ops(x, s, q, sums, amax, lanes):
+    """The quantizers' vector operations (simd.vamax32, i8rint, i8sums, i8store) on each 32-value block."""
+    for b in range(x.shape[0] // 32):
+        o = b * 32
+        amax[b] = S.vamax32(x, o)
+        v = S.i8rint(x, o, s, False)
+        S.i8store(q[0], o, v, 4)
+        S.i8store(lanes, 256 * b + 4 * (b % 8), v, 32)
+        S.i8store(q[1], o, S.i8rint(x, o, s, True), 4)
+        sums[b, 0], sums[b, 1] = S.i8sums(v)
+
+
+def test_quantizer_vector_operations_against_numpy():
+    """vamax32 = max |x| of 32; i8rint = int8(rint(x s)) (with the clamp, min(127, .)); i8sums = the
+    two 16-value sums; i8store with stride 4 (a run) and 32 (one 4-byte unit per 32 bytes, the lanes
+    of ``_to_lanes``) -- on values with exact .5 ties after scaling, and one that rounds to 128 (the
+    clamp's case)."""
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(256) * 3).astype(np.float32)   # |x s| < 127 but for x[70]
+    s = np.float32(4.0)
+    x[:64] = np.round(x[:64] * 8) / 8                       # x s on halves: rint rounds ties to even
+    x[70] = np.float32(127.75) / s                          # 128 unclamped (out of int8), 127 clamped
+    q = np.zeros((2, 256), np.int8)
+    sums = np.zeros((8, 2), np.int64)
+    amax = np.zeros(8, np.float32)
+    lanes = np.zeros(256 * 8, np.int8)
+    _quant_ops(x, s, q, sums, amax, lanes)
+    r = np.rint(x * s)
+    assert (np.abs(x[:64] * s) % 1 == 0.5).sum() > 10       # the ties are there
+    np.testing.assert_array_equal(amax, np.abs(x).reshape(8, 32).max(1))
+    ok = np.abs(r) <= 127
+    np.testing.assert_array_equal(q[0][ok], r[ok].astype(np.int8))
+    np.testing.assert_array_equal(q[1], np.minimum(r, 127).astype(np.int8))
+    assert q[1][70] == 127
+    np.testing.assert_array_equal(sums, q[0].astype(np.int64).reshape(8, 2, 16).sum(-1))
+    for b in range(8):                                      # unit g of block b at 256 b + 4 (b % 8) + 32 g
+        for g in range(8):
+            at = 256 * b + 4 * (b % 8) + 32 * g
+            np.testing.assert_array_equal(lanes[at:at + 4], q[0][32 * b + 4 * g:32 * b + 4 * g + 4])
+
+
+def test_q8_k_takes_the_sign_of_the_first_largest_value():
+    """Q8_K's scale is -127 / m with m the signed value of the first element of largest |x|: a block
+    holding -3 before +3 and one holding +3 before -3 (the vectorised scan against NumPy's argmax)."""
+    x = np.zeros((2, 256), np.float32)
+    x[:, 1:] = np.linspace(-2, 2, 255, dtype=np.float32)
+    x[0, 5], x[0, 9] = -3.0, 3.0
+    x[1, 5], x[1, 9] = 3.0, -3.0
+    xq = np.empty(x.shape, np.int8)
+    xd = np.empty((2, 1), np.float32)
+    bs = np.empty((2, 8), np.int32)
+    I.quantize_q8_k(x, xq, xd, bs)
+    assert xd[0, 0] > 0 > xd[1, 0] or xd[0, 0] < 0 < xd[1, 0]   # opposite signs: the first one counts
+    np.testing.assert_array_equal(np.repeat(xd, 256, axis=1) * xq.astype(np.float32), A.round_like_llama_ref(x, dq.Q4_K))
