@@ -272,6 +272,7 @@ def test_pair_kernels_give_each_row_its_single_row_numbers(qtype):
     else:
         raw = np.ascontiguousarray(quantize(rng.standard_normal((13, cols)).astype(np.float32),
                                             GGMLQuantizationType(qtype)))
+        raw.setflags(write=False)       # read-only like a loaded file: the signature models compile
     W = QTensor("w", qtype, (13, cols), raw)
     rb = W.row_bytes
     one, two = MV._SINGLE[qtype]
@@ -305,6 +306,7 @@ def test_16bit_pair_kernel_gives_each_row_its_single_row_bits(qtype):
         else:
             w16 = (wf.view(np.uint32) >> 16).astype(np.uint16)
             wq = (w16.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        w16.setflags(write=False)       # read-only like a loaded file: the signature models compile
         x = rand(2, cols)
         pair = np.empty((2, 13), np.float32)
         MV.mv2_16bit(w16, x, pair, qtype == dq.BF16)
