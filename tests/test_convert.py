@@ -86,6 +86,14 @@ def test_llama_cpp_reads_our_files_identically(typ, tmp_path):
     from rwkvcpu.convert import convert
     convert(str(fx / "tiny-rwkv7.pth"), str(out), typ, vocab=str(fx / "tiny-vocab.txt"))
     ref = np.load(fx / f"ref-llama-tiny-rwkv7-{typ}.npz")
-    llm = llama_cpp.Llama(model_path=str(out), logits_all=True, n_threads=1, verbose=False)
-    llm.eval(ref["seqlong_tokens"].tolist())
-    assert np.array_equal(np.array(llm.scores[:64], dtype=np.float32), ref["seqlong_llama_logits"])
+    toks = ref["seqlong_tokens"].tolist()
+
+    def scores(path):
+        llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_threads=1, verbose=False)
+        llm.eval(toks)
+        return np.array(llm.scores[:len(toks)], dtype=np.float32)
+
+    # Both files through the llama.cpp installed here, not against the stored logits: llama.cpp's
+    # arithmetic depends on its build.  A native build on an AVX-512 machine (Zen 5) did not give
+    # the fixture's logits on 5 of these 6 files, its own or ours; an AVX2 build gives them exactly.
+    assert np.array_equal(scores(out), scores(fx / f"tiny-rwkv7-{typ}.gguf"))

@@ -75,7 +75,37 @@ def worker_rwkvcpu(path, threads, n_decode, n_prefill, batch, device="cpu", nume
     for _ in range(steps):
         outs = m.forward_batch([[int(np.argmax(o))] for o in outs], cache, slots)
     batched = batch * steps / (time.perf_counter() - t)
-    return {"decode": decode, "prefill": prefill, "batched": batched, "load_s": load_s, "decode_rss_mb": decode_rss}
+    return {"decode": decode, "prefill": prefill, "batched": batched, "load_s": load_s, "decode_rss_mb": decode_rss,
+            "target": _rwkvcpu_target()}
+
+
+def _rwkvcpu_target() -> str:
+    """What rwkvcpu's kernels were compiled for, and NumPy's OpenBLAS core (prefill's sgemm)."""
+    import llvmlite.binding as ll
+    from numba.core import config
+    feats = config.CPU_FEATURES or ""
+    host512 = bool(ll.get_host_cpu_features().get("avx512f"))
+    width = "AVX-512" if ("+avx512f" in feats or (host512 and not config.CPU_NAME)) else "AVX2 width"
+    out = f"Numba {config.CPU_NAME or ll.get_host_cpu_name()} at {width}"
+    try:
+        import ctypes
+        libs = sorted({w for w in open("/proc/self/maps").read().split() if "openblas" in w and w.endswith(".so")})
+        for name in ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename"):
+            f = getattr(ctypes.CDLL(libs[0]), name, None) if libs else None
+            if f is not None:
+                f.restype = ctypes.c_char_p
+                return out + f", OpenBLAS {f().decode()}"
+    except OSError:
+        pass
+    return out
+
+
+def _llama_target() -> str:
+    """The SIMD levels this llama.cpp build uses (llama_print_system_info's "X = 1" entries)."""
+    import llama_cpp
+    info = llama_cpp.llama_print_system_info().decode()
+    on = [k.strip() for k, _, v in (e.partition("=") for e in info.replace(";", "|").split("|")) if v.strip() == "1"]
+    return "llama.cpp " + (" ".join(on) or info.strip())
 
 
 def worker_llama(path, threads, n_decode, n_prefill, batch, device="cpu"):
@@ -102,7 +132,8 @@ def worker_llama(path, threads, n_decode, n_prefill, batch, device="cpu"):
     prefill = n_prefill / (time.perf_counter() - t)
     del llm
     batched = _llama_batched(path, threads, batch, max(4, n_decode // 2), rng)
-    return {"decode": decode, "prefill": prefill, "batched": batched, "load_s": load_s, "decode_rss_mb": decode_rss}
+    return {"decode": decode, "prefill": prefill, "batched": batched, "load_s": load_s, "decode_rss_mb": decode_rss,
+            "target": _llama_target()}
 
 
 def _llama_batched(path, threads, batch, steps, rng):
@@ -303,6 +334,8 @@ def main(argv=None):
         rss = f"{r.get('decode_rss_mb', float('nan')):.0f}/{r['peak_rss_mb']:.0f}"
         print(f"{e:<10} {cell('decode', 13)} {cell('prefill', 13)} {cell('batched', 14)} "
               f"{rss:>20} {(f'{cs:.2f}' if cs else 'n/a'):>13}")
+    for t in sorted({r["target"] for r in best.values() if r.get("target")}):
+        print(f"built for: {t}")
     for e in [e for e in ("rwkvcpu", "rwkvcpu-ll") if e in best and "rwkv-pip" in best and anchor != "rwkv-pip"]:
         r, q = best[e], best["rwkv-pip"]
         print(f"{e} / rwkv-pip: " + ", ".join(f"{k} {r[k] / q[k]:.2f}x" for k in ("decode", "prefill", "batched")
