@@ -29,7 +29,7 @@ def _avx2_width_target():
     AVX2 width keeps every x86-64 machine with AVX2 on the same arithmetic; the speed cost measured
     on that Zen 5 was within the noise (decode 0.95-1.0x).  RWKVCPU_AVX512=1 keeps AVX-512 (or set
     NUMBA_CPU_NAME/NUMBA_CPU_FEATURES yourself).  It takes effect when rwkvcpu is imported before
-    anything else compiles with Numba in the process (Numba fixes its target at its first compile)."""
+    any function is decorated with Numba's @njit in the process (Numba fixes its target then)."""
     env = _os.environ
     if env.get("RWKVCPU_AVX512") == "1" or "NUMBA_CPU_NAME" in env or "NUMBA_CPU_FEATURES" in env:
         return None
@@ -48,4 +48,9 @@ def _avx2_width_target():
 _target = _avx2_width_target()
 if _target is not None:
     _os.environ["NUMBA_CPU_NAME"], _os.environ["NUMBA_CPU_FEATURES"] = _target
+    import sys as _sys
+    if "numba.core.config" in _sys.modules:
+        # Numba was imported first: it read its settings then, and re-reads them only when it
+        # compiles, after it has made its code generator (at the first @njit).  Re-read them now.
+        _sys.modules["numba.core.config"].reload_config()
 

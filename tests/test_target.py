@@ -50,11 +50,13 @@ def test_no_pin_on_avx2_hosts_or_when_the_user_chose(monkeypatch):
     assert rwkvcpu._avx2_width_target() is None
 
 
-def test_numba_compiles_for_the_pinned_target_in_a_fresh_process():
-    """Importing rwkvcpu before Numba compiles anything sets Numba's target: on this machine,
-    AVX-512 off where it has it, the host's own target where it has not."""
+@pytest.mark.parametrize("first", ["", "import numba\n"])
+def test_numba_compiles_for_the_pinned_target_in_a_fresh_process(first):
+    """Importing rwkvcpu before anything is compiled with Numba (Numba itself may be imported
+    first: pytest plugins, apps) sets Numba's target: on this machine, AVX-512 off where it has it,
+    the host's own target where it has not."""
     env = {k: v for k, v in os.environ.items() if k not in _ENV}
-    code = ("import rwkvcpu, llvmlite.binding as ll\n"
+    code = (first + "import rwkvcpu, llvmlite.binding as ll\n"
             "from numba.core.registry import cpu_target\n"
             "from numba.core import config\n"
             "print(bool(ll.get_host_cpu_features().get('avx512f')), config.CPU_NAME,\n"
