@@ -73,3 +73,16 @@ def test_random_pth_is_written_without_torch_and_equals_the_gguf(tmp_path):
     b, _ = Model.load(str(gguf)).forward([1, 2, 3, 4], all_logits=True)
     assert np.all(np.isfinite(a)) and np.abs(a).max() > 0
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+
+
+def test_profile_step_times_every_part_of_a_step():
+    """tools/profile_step.py on a fixture model, 3 sequences: every kernel it wraps was called (a
+    positive time) and its wrappers are taken off afterwards.  No timing is asserted."""
+    from tests.conftest import require_fixtures
+    import profile_step
+    from rwkvcpu.kernels import fused as F
+    before = F.tmix_in
+    r = profile_step.profile(str(require_fixtures() / "tiny-rwkv7-q8_0.gguf"), "llama", batch=3, steps=2)
+    assert F.tmix_in is before                      # the wrappers are taken off again
+    assert {"tmix_in", "tmix_wkv", "cmix_in", "mm", "head", "other", "step"} <= set(r)
+    assert all(v > 0 for k, v in r.items() if k != "other")
