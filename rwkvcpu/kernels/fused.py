@@ -117,8 +117,12 @@ def _ahead(M, d):
 
 GATE_SPAN = 32           # output channels per task of tmix_in's up projections
 
+# Numba's parfor fusion pass looks for parallel loops to merge: tmix_in has none to merge (each
+# up loop needs every down result), and the search took 2.5 of its 15 s compile.
+NO_FUSION = {"fusion": False}
 
-@njit(cache=True, parallel=True, fastmath=FLAGS)
+
+@njit(cache=True, parallel=NO_FUSION, fastmath=FLAGS)
 def tmix_in(x, ln_w, ln_b, ln_eps, seg_start, seg_len, seg_slot, cache_rows, mixes,
             w1, w2, w0, a1, a2, a0, v1, v2, v0, g1, g2, has_v, rnd, xr, xk, xv, w, a, vg, g):
     """The time mix up to its projections, for layer input rows x: layer norm, token shift
