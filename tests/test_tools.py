@@ -46,6 +46,8 @@ def test_bench_runs_end_to_end_and_reports_rss_through_decode(tmp_path):
         assert 0 < e["decode_rss_mb"] <= e["peak_rss_mb"]
     assert "llama.cpp not installed: skipped" in r.stderr
     assert "batched/single decode" in r.stdout and "peak RSS through decode = file +" in r.stdout
+    # what rwkvcpu's kernels were compiled for, as the worker's Numba saw it (AVX2 width or AVX-512)
+    assert [ln for ln in r.stdout.splitlines() if ln.startswith("built for: Numba ") and " at " in ln]
 
 
 def test_bench_names_a_missing_model_file(tmp_path, capsys):
