@@ -37,6 +37,7 @@ def test_tiled_matmul_on_quantized_rows(qtype):
     rng = np.random.default_rng(2)
     a = rng.standard_normal((300, 512)).astype(np.float32)
     raw = quantize_blocks(a, qtype)
+    raw.setflags(write=False)       # read-only like a loaded file's: the kernels' one compiled signature
     Wd = np.empty((300, 512), np.float32)
     dq.dequant_rows(qtype, raw, Wd, dq.KVALUES_IQ4, dq.F16_LUT)
     x = rng.standard_normal((20, 512)).astype(np.float32)

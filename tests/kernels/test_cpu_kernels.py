@@ -115,7 +115,9 @@ def test_f32_and_f16_matvec_ragged_rows(T, half):
     ragged F16 rows (through its float32 buffer; whole 8-lane rows are converted in registers):
     75 columns."""
     w = rand(13, 75)
-    W = QTensor("w", dq.F16, (13, 75), w.astype(np.float16)) if half else QTensor("w", dq.F32, (13, 75), w)
+    data = w.astype(np.float16) if half else w
+    data.setflags(write=False)      # read-only like a loaded file's: the kernels' one compiled signature
+    W = QTensor("w", dq.F16 if half else dq.F32, (13, 75), data)
     x = rand(T, 75)
     ref = x.astype(np.float64) @ W.dequantize().T.astype(np.float64)
     np.testing.assert_allclose(K.matmul(x, W), ref, atol=1e-5)
