@@ -88,3 +88,31 @@ def test_profile_step_times_every_part_of_a_step():
     assert F.tmix_in is before                      # the wrappers are taken off again
     assert {"tmix_in", "tmix_wkv", "cmix_in", "mm", "head", "other", "step"} <= set(r)
     assert all(v > 0 for k, v in r.items() if k != "other")
+
+
+def test_profile_step_roofline_counts_a_step_and_puts_it_against_the_peaks():
+    """--roofline: the multiply-adds and weight bytes of a decode step, counted here from the
+    fixture's shapes (3 layers, C 256, ffn 1024, vocab 4096, low-rank 64/64/32/128, no value
+    residual in layer 0; Q8_0 blocks of 32 in 34 bytes), and each part's time at given peaks."""
+    from tests.conftest import require_fixtures
+    import profile_step as P
+    path = str(require_fixtures() / "tiny-rwkv7-q8_0.gguf")
+    C, F, V, L = 256, 1024, 4096, 3
+    mm = L * (4 * C * C + 2 * C * F)
+    lowrank = 2 * C * (L * (64 + 64 + 128) + (L - 1) * 32)
+    macs = P.macs_per_token(path, "llama")
+    assert macs == {"mm": {"int8": mm, "bytes": mm * 34 // 32}, "head": {"int8": V * C, "bytes": V * C * 34 // 32},
+                    "tmix_in": {"f32": lowrank, "bytes": 4 * lowrank}}
+    assert P.macs_per_token(path, "exact")["mm"] == {"f32": mm, "bytes": mm * 34 // 32}
+    pk = {"f32": 10.0, "int8": 20.0, "read": 1.0}           # GMAC/s, GB/s
+    r = {"mm": 1e-3, "head": 1e-3, "tmix_in": 1e-3, "step": 5e-3}
+    lines = P.roofline(path, "llama", 4, r, {"step": 2e-3}, pk=pk)
+    mm_peak = max(4 * mm / 20e9, mm * 34 / 32 / 1e9)     # compute (int8) or memory, whichever is longer
+    assert f"at peak {mm_peak * 1e3:6.3f} ms" in lines[1]
+    tm_peak = max(4 * lowrank / 10e9, 4 * lowrank / 1e9)
+    assert f"at peak {tm_peak * 1e3:6.3f} ms" in lines[3]
+    head_peak = max(4 * V * C / 20e9, V * C * 34 / 32 / 1e9)
+    best = 5e-3 - sum(max(0.0, 1e-3 - p) for p in (mm_peak, head_peak, tm_peak))
+    assert f"at peak {4 / best / 500:.2f}x" in lines[-1]      # one sequence: 500 tok/s
+    got = P.peaks(seconds=0.02)
+    assert all(got[k] > 0 for k in ("f32", "int8", "read"))
