@@ -121,22 +121,10 @@ def _up8(M, h, c):
     ``vload_w``) times one row h of a down projection's output, whose length is a multiple of 8.
     The 8 accumulators are reduced together (``vsum8``: 9 shuffles and adds for 8 sums), where
     ``tile2x4`` ends each 64-long row in a horizontal sum of its own."""
-    m0 = M[c]
-    m1 = M[c + 1]
-    m2 = M[c + 2]
-    m3 = M[c + 3]
-    m4 = M[c + 4]
-    m5 = M[c + 5]
-    m6 = M[c + 6]
-    m7 = M[c + 7]
-    a0 = vzero()
-    a1 = vzero()
-    a2 = vzero()
-    a3 = vzero()
-    a4 = vzero()
-    a5 = vzero()
-    a6 = vzero()
-    a7 = vzero()
+    m0, m1, m2, m3 = M[c], M[c + 1], M[c + 2], M[c + 3]
+    m4, m5, m6, m7 = M[c + 4], M[c + 5], M[c + 6], M[c + 7]
+    a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
+    a4, a5, a6, a7 = vzero(), vzero(), vzero(), vzero()
     for j in range(0, M.shape[1], 8):
         hv = vload(h, j)
         a0 = vfma(vload_w(m0, j), hv, a0)
